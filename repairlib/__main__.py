@@ -1,0 +1,3 @@
+from repairlib.cli import main
+
+raise SystemExit(main())
