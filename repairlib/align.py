@@ -1,0 +1,177 @@
+"""Neuron alignment: find the permutation of ``model_b``'s units that best matches ``model_a``.
+
+- Activation matching (Li et al. 2015; paper section 2.3, Eq. 2): maximise the summed correlation
+  of paired units. The statistics of every matched unit of both networks are gathered in ONE pass
+  over the data (permuting earlier layers does not change a unit's activations), then each group
+  is solved with ``scipy.optimize.linear_sum_assignment``.
+- Weight matching (Ainsworth et al. 2022): data-free; maximise the summed inner product of paired
+  weights by coordinate descent over the groups, one assignment problem per step.
+"""
+
+import copy
+
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from repairlib.interpolate import check_same_architecture
+from repairlib.spec import PermutationSpec, permutation_spec
+from repairlib.stats import Moments, as_samples, capture, eval_mode, model_device
+
+
+class Alignment(dict):
+    """``group name -> LongTensor [size]`` permutation of ``model_b``'s units; ``.spec`` is kept.
+
+    ``perm[i]`` is the unit of ``model_b`` matched to unit ``i`` of ``model_a``, so the aligned
+    network is ``model_b`` indexed by ``perm`` along every axis of the group.
+    ``correlations`` (activation matching) holds each group's ``[size, size]`` correlation matrix.
+    """
+
+    def __init__(self, perms, spec, correlations=None):
+        super().__init__(perms)
+        self.spec = spec
+        self.correlations = correlations or {}
+
+    def matched_correlation(self):
+        """Mean correlation of matched pairs per group (paper section 3.2 quotes about 0.4)."""
+        return {g: float(c[torch.arange(len(self[g])), self[g]].mean()) for g, c in self.correlations.items()}
+
+
+def first_inputs(data):
+    for batch in data:
+        return batch[0] if isinstance(batch, (tuple, list)) else batch
+    raise ValueError("the data yielded no batches")
+
+
+def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spec=None,
+          max_iter=100, seed=0) -> Alignment:
+    """Permutations that align ``model_b`` to ``model_a``: ``{group name: LongTensor}``.
+
+    ``data``: any iterable of ``(inputs, targets)`` batches (targets unused). With
+    ``method="weight"`` only its first batch is used, to trace shapes. ``spec`` defaults to
+    :func:`repairlib.permutation_spec` of ``model_a``. Neither model is modified.
+    """
+    if method not in ("activation", "weight"):
+        raise ValueError(f"method must be 'activation' or 'weight', got {method!r}")
+    check_same_architecture(model_a, model_b)
+    if spec is None:
+        spec = permutation_spec(model_a, first_inputs(data))
+    if method == "weight":
+        params = {k for k, _ in model_a.named_parameters()}
+        return Alignment(weight_matching(spec, model_a.state_dict(), model_b.state_dict(), params,
+                                         max_iter, seed), spec)
+    corr = activation_correlations(model_a, model_b, data, spec)
+    perms = {g: solve_assignment(c) for g, c in corr.items()}
+    return Alignment(perms, spec, corr)
+
+
+def solve_assignment(score: torch.Tensor) -> torch.Tensor:
+    """``score [n, n]`` -> LongTensor ``perm`` maximising ``sum_i score[i, perm[i]]`` (Hungarian)."""
+    _, cols = linear_sum_assignment(score.detach().cpu().double().numpy(), maximize=True)
+    return torch.as_tensor(cols, dtype=torch.long)
+
+
+@torch.no_grad()
+def activation_correlations(model_a, model_b, data, spec: PermutationSpec) -> dict:
+    """One pass over ``data``: each group's ``[size, size]`` correlation matrix (Eq. 2).
+
+    A group with several probes (a residual stream is seen after every block) sums their
+    correlation matrices, i.e. maximises the summed correlation over all places it is observed.
+    """
+    probe_group = {p: g for g, grp in spec.groups.items() for p in grp.probes}
+    for g, grp in spec.groups.items():
+        if not grp.probes:
+            raise ValueError(f"group {g!r} has no probe where its activations can be measured")
+    probes = list(probe_group)
+    cap_a, cap_b = capture(model_a, probes), capture(model_b, probes)
+    moments = {p: Moments(cross="full") for p in probes}
+    dev_a, dev_b = model_device(model_a), model_device(model_b)
+    with eval_mode(model_a, model_b):
+        for batch in data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
+            for p, va, vb in zip(probes, outs_a, outs_b):
+                size = spec.groups[probe_group[p]].size
+                moments[p].update(as_samples(va.float(), size), as_samples(vb.float().to(dev_a), size))
+    corr = {}
+    for p in probes:
+        g = probe_group[p]
+        c = moments[p].corr_xy()
+        corr[g] = c if g not in corr else corr[g] + c
+    return {g: corr[g] for g in spec.groups}
+
+
+def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter=100, seed=0) -> dict:
+    """Ainsworth et al.'s weight matching: coordinate descent over groups (data-free).
+
+    For group g, the score ``S[i, j] = sum over g's entries <W_a[i], W_b'[j]>`` (every other axis of
+    W_b already permuted by the current permutations) is maximised by an assignment; repeat over
+    groups in random order until no group improves. ``keys`` limits the sum to these tensors
+    (parameters, not running statistics).
+    """
+    axes = spec.axes_of()
+    perms = {g: torch.arange(grp.size) for g, grp in spec.groups.items()}
+    order_rng = torch.Generator().manual_seed(seed)
+    names = list(spec.groups)
+    for _ in range(max_iter):
+        improved = False
+        for gi in torch.randperm(len(names), generator=order_rng).tolist():
+            g = names[gi]
+            grp = spec.groups[g]
+            score = torch.zeros(grp.size, grp.size, dtype=torch.float64)
+            for key, axis, inner in grp.entries:
+                if keys is not None and key not in keys:
+                    continue
+                wb = state_b[key]
+                for ax, other, inn in axes[key]:
+                    if other != g:
+                        wb = permute_axis(wb, ax, inn, perms[other])
+                wa = state_a[key].double().movedim(axis, 0).reshape(grp.size, -1)
+                score += wa @ wb.double().movedim(axis, 0).reshape(grp.size, -1).T
+            new = solve_assignment(score)
+            idx = torch.arange(grp.size)
+            if score[idx, new].sum() > score[idx, perms[g]].sum() + 1e-9 * score.abs().max():
+                perms[g], improved = new, True
+        if not improved:
+            break
+    return perms
+
+
+def permute_axis(t: torch.Tensor, axis: int, inner: int, perm: torch.Tensor) -> torch.Tensor:
+    """Reorder ``t`` along ``axis``, viewed as ``[len(perm), inner]``: ``t'[.., i, ..] = t[.., perm[i], ..]``."""
+    perm = perm.to(t.device)
+    if inner == 1:
+        return t.index_select(axis, perm)
+    shape = t.shape
+    split = shape[:axis] + (len(perm), inner) + shape[axis + 1:]
+    return t.reshape(split).index_select(axis, perm).reshape(shape)
+
+
+def permute(model: nn.Module, perms: dict, spec: PermutationSpec = None) -> nn.Module:
+    """A new network computing the same function as ``model``, its units reordered by ``perms``.
+
+    ``perms`` maps group names to LongTensor permutations (as returned by :func:`align`, whose
+    result carries its spec; otherwise pass ``spec``). ``model`` is not modified.
+    """
+    spec = spec if spec is not None else getattr(perms, "spec", None)
+    if spec is None:
+        raise ValueError("permute needs the spec the permutations refer to: pass spec=...")
+    state = dict(model.state_dict())
+    for g, perm in perms.items():
+        if g not in spec.groups:
+            raise ValueError(f"unknown permutation group {g!r}; the spec has {sorted(spec.groups)[:5]}...")
+        size = spec.groups[g].size
+        perm = torch.as_tensor(perm, dtype=torch.long)
+        if perm.shape != (size,) or not torch.equal(perm.sort().values, torch.arange(size)):
+            raise ValueError(f"permutation for group {g!r} is not a permutation of {size} units")
+        for key, axis, inner in spec.groups[g].entries:
+            state[key] = permute_axis(state[key], axis, inner, perm)
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out
+
+
+def random_permutations(spec: PermutationSpec, seed=0) -> dict:
+    """A random permutation for every group of ``spec`` (for tests and demonstrations)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {g: torch.randperm(grp.size, generator=gen) for g, grp in spec.groups.items()}
