@@ -53,6 +53,10 @@ def _add_book(sub):
     p.add_argument("--only", nargs="+", default=None, metavar="SECTION")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
     p.add_argument("--no-build", action="store_true", help="execute the notebooks but skip jupyter-book")
+    p.add_argument("--notebooks", default=None, metavar="DIR", help="source notebooks (default: notebooks/)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the executed copies go (default: book/executed/<profile>/)")
+    p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the one running this Python)")
     p.set_defaults(func=_cmd_book)
 
 

@@ -1,0 +1,179 @@
+"""Matplotlib figures of the book: interpolation curves, barrier sweeps, variance ratios, channel stats, filters.
+
+Every function builds a fresh ``matplotlib.figure.Figure`` (not registered with pyplot, so a notebook
+shows it exactly once, as the cell's value, and nothing needs ``plt.show``), labels its axes, adds a
+legend when there is more than one series, and returns it. Values may be lists, NumPy arrays or
+torch tensors. ``styles`` maps a series label to extra ``Axes.plot`` keywords, e.g.
+``{"before REPAIR": {"linestyle": "--"}}``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules and not os.environ.get("DISPLAY"):
+    matplotlib.use("Agg")  # no display: render off-screen (a notebook keeps its inline backend)
+
+ALPHA_LABEL = r"interpolation coefficient $\alpha$"
+
+
+def _array(values, what: str) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    array = np.asarray(values, dtype=float)
+    if array.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {array.shape}")
+    return array
+
+
+def _series(xs, series: dict, what: str) -> tuple:
+    if not series:
+        raise ValueError(f"{what}: series is empty; pass {{label: values}}")
+    xs = _array(xs, "x values")
+    out = {}
+    for label, values in series.items():
+        values = _array(values, f"series {label!r}")
+        if len(values) != len(xs):
+            raise ValueError(f"series {label!r} has {len(values)} values for {len(xs)} x values")
+        out[label] = values
+    return xs, out
+
+
+def _figure(figsize=(5.0, 3.4)):
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _finish(fig, ax, xlabel, ylabel, title, n_series):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if n_series > 1:
+        ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def curve(alphas, series: dict, ylabel: str, title: str | None = None, xlabel: str = ALPHA_LABEL,
+          styles: dict | None = None) -> Figure:
+    """Performance along the interpolation path: one line per series over ``alphas`` (Figs. 3-5, 7, 14).
+
+    ``series``: {label: values at each alpha}, e.g. {"before REPAIR": accs, "after REPAIR": accs}.
+    """
+    alphas, series = _series(alphas, series, "curve")
+    fig, ax = _figure()
+    for label, values in series.items():
+        ax.plot(alphas, values, marker="o", markersize=3, label=label, **(styles or {}).get(label, {}))
+    return _finish(fig, ax, xlabel, ylabel, title, len(series))
+
+
+def barrier_vs(xs, series: dict, xlabel: str, ylabel: str, log2: bool = False, title: str | None = None,
+               styles: dict | None = None) -> Figure:
+    """A barrier (or accuracy) against width or depth, one line per series (Figs. 4 left, 6, 12).
+
+    ``log2=True`` puts x on a base-2 log axis with the x values as tick labels (widths 1, 2, 4, ...).
+    """
+    xs, series = _series(xs, series, "barrier_vs")
+    if log2 and (xs <= 0).any():
+        raise ValueError("log2 axis needs positive x values")
+    fig, ax = _figure()
+    for label, values in series.items():
+        ax.plot(xs, values, marker="o", markersize=4, label=label, **(styles or {}).get(label, {}))
+    if log2:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    return _finish(fig, ax, xlabel, ylabel, title, len(series))
+
+
+def layer_ratios(series: dict, title: str | None = None, ylabel: str | None = None,
+                 styles: dict | None = None, logy: bool = False) -> Figure:
+    """Variance collapse (Figs. 1 left, 2): per-layer ratio v_alpha / ((v_1 + v_2) / 2), layer by layer.
+
+    ``series``: {label: [ratio of layer 1, layer 2, ...]}; series may have different lengths (depths).
+    A dotted line marks 1, the ratio of a network without collapse.
+    """
+    if not series:
+        raise ValueError("layer_ratios: series is empty; pass {label: ratios}")
+    fig, ax = _figure()
+    for label, ratios in series.items():
+        ratios = _array(ratios, f"series {label!r}")
+        ax.plot(np.arange(1, len(ratios) + 1), ratios, marker="o", markersize=3, label=label,
+                **(styles or {}).get(label, {}))
+    ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
+    if logy:
+        ax.set_yscale("log")
+    ylabel = ylabel or r"variance ratio $v_\alpha \,/\, \frac{v_1 + v_2}{2}$"
+    return _finish(fig, ax, "layer", ylabel, title, len(series))
+
+
+def channel_stats(goal, series: dict, title: str | None = None,
+                  xlabel: str = "channel std in the endpoints (goal)",
+                  ylabel: str = "channel std in the interpolated network") -> Figure:
+    """Per-channel statistics before/after REPAIR against their goal (Fig. 3 left): one point per channel.
+
+    ``goal``: [C] the target per channel, (1 - alpha) std_1 + alpha std_2 (paper Eq. 4);
+    ``series``: {label: [C] the measured std of each channel}, e.g. before and after REPAIR.
+    Points on the diagonal have exactly the endpoints' statistics.
+    """
+    goal, series = _series(goal, series, "channel_stats")
+    fig, ax = _figure(figsize=(4.2, 4.0))
+    for label, values in series.items():
+        ax.scatter(goal, values, s=10, alpha=0.7, label=label)
+    top = max(float(goal.max()), *(float(v.max()) for v in series.values()))
+    ax.plot([0, top], [0, top], color="0.4", linestyle=":", linewidth=1, label="goal")
+    ax.set_xlim(0, top * 1.05)
+    ax.set_ylim(0, top * 1.05)
+    return _finish(fig, ax, xlabel, ylabel, title, len(series) + 1)
+
+
+def _filter_grid(weights, ncols: int | None) -> np.ndarray:
+    """[C, in, kh, kw] -> one [rows*(kh+1), cols*(kw+1), 3] RGB image, each filter scaled to [0, 1]."""
+    if hasattr(weights, "detach"):
+        weights = weights.detach().cpu().numpy()
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 4:
+        raise ValueError(f"filters must have shape [C, in, kh, kw], got {w.shape}")
+    c, cin, kh, kw = w.shape
+    w = w[:, :3] if cin >= 3 else np.repeat(w[:, :1], 3, axis=1)  # RGB, or grey from the first input
+    low = w.min(axis=(1, 2, 3), keepdims=True)
+    span = w.max(axis=(1, 2, 3), keepdims=True) - low
+    w = (w - low) / np.where(span > 0, span, 1.0)
+    ncols = ncols or math.ceil(math.sqrt(c))
+    nrows = math.ceil(c / ncols)
+    grid = np.ones((nrows * (kh + 1) - 1, ncols * (kw + 1) - 1, 3))
+    for i in range(c):
+        r, q = divmod(i, ncols)
+        grid[r * (kh + 1): r * (kh + 1) + kh, q * (kw + 1): q * (kw + 1) + kw] = w[i].transpose(1, 2, 0)
+    return grid
+
+
+def filters(weights, title: str | None = None, ncols: int | None = None) -> Figure:
+    """First-layer convolution filters as an image grid (Fig. 9), each filter scaled to its own range.
+
+    ``weights``: [C, in, kh, kw] (3 inputs shown as RGB, otherwise the first input in grey), or a
+    dict {panel label: weights} for side-by-side panels, e.g. A, B aligned to A, B as trained.
+    """
+    panels = weights if isinstance(weights, dict) else {title or "": weights}
+    if not panels:
+        raise ValueError("filters: no weights given")
+    fig = Figure(figsize=(3.2 * len(panels), 3.4), layout="constrained")
+    for i, (label, w) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax.imshow(_filter_grid(w, ncols), interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(f"{len(w)} filters")
+        if label:
+            ax.set_title(label)
+    if title and isinstance(weights, dict):
+        fig.suptitle(title)
+    return fig
