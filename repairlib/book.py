@@ -52,128 +52,100 @@ ROOT = Path(__file__).resolve().parents[1]  # the repository (an editable instal
 
 # --------------------------------------------------------------------------------------------------
 # Scale profiles: one dict per profile, {"common": {...}, section: {...}}; a section's settings are
-# common | section. Model entries are repairlib.models.build() configs; "<family>_epochs" and
-# "<family>_train_subset" go with "<family>". Retune freely: the notebooks read nothing else.
+# common | section. Model entries are repairlib.models.build() configs; "<family>_dataset",
+# "<family>_epochs" and "<family>_train_subset" go with "<family>" (e.g. "mlp", "conv"). Every profile
+# has the same keys per section (tested). Retune freely: the notebooks read their scale from here only.
 # --------------------------------------------------------------------------------------------------
 
+FM = "fashion_mnist"
 MLP10 = {"arch": "mlp", "depth": 10, "width": 512}  # the paper's 10-layer MLP (sections 4, 5.3)
+RESNET20_BN = {"arch": "resnet20", "width": 1, "norm": "bn"}
 
 SMOKE = {
-    "common": {
-        "dataset": "fashion_mnist", "seeds": (0, 1), "stats_examples": 128, "eval_examples": 128,
-        "alphas": (0.0, 0.5, 1.0), "device": None,
-    },
-    "quickstart": {"model": {"arch": "mlp", "depth": 10, "width": 16}, "epochs": 1, "train_subset": 256},
+    "common": {"seeds": (0, 1), "stats_examples": 128, "eval_examples": 128, "alphas": (0.0, 0.5, 1.0),
+               "device": None},
+    "quickstart": {"dataset": FM, "model": {"arch": "mlp", "depth": 10, "width": 16}, "epochs": 1,
+                   "train_subset": 256},
     "3": {
-        "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1, "mlp_train_subset": 256,
-        "conv": {"arch": "resnet20", "width": 1, "norm": "bn"}, "conv_epochs": 1, "conv_train_subset": 128,
-        "alpha": 0.5,
+        "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
+        "mlp_train_subset": 256,
+        "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128, "alpha": 0.5,
     },
     "4": {
-        "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1, "mlp_train_subset": 256,
-        "depths": (2, 4), "depth_width": 16,
-        "conv": {"arch": "resnet20", "width": 1, "norm": "bn"}, "conv_epochs": 1, "conv_train_subset": 128,
+        "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
+        "mlp_train_subset": 256, "depths": (2, 4), "depth_width": 16,
+        "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
     },
-    "5.1": {"norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1, "train_subset": 128},
-    "5.2": {
-        "models": ({"arch": "tv_resnet18"},), "epochs": 1, "train_subset": 128, "scopes": ("conv", "all"),
-    },
+    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1,
+            "train_subset": 128},
+    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 1, "train_subset": 128,
+            "scopes": ("conv", "all")},
     "5.3": {
-        "datasets": ("fashion_mnist",),
-        "mlp_depth": 10, "mlp_widths": (8, 16), "mlp_epochs": 1, "mlp_train_subset": 256,
+        "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (8, 16), "mlp_epochs": 1, "mlp_train_subset": 256,
         "resnet_widths": (1,), "resnet_norm": "bn", "resnet_epochs": 1, "resnet_train_subset": 128,
-        "vgg_dataset": "fashion_mnist", "vgg_depths": (11,), "vgg_width": 1, "vgg_epochs": 1,
-        "vgg_train_subset": 128,
+        "vgg_dataset": FM, "vgg_depths": (11,), "vgg_width": 1, "vgg_epochs": 1, "vgg_train_subset": 128,
     },
-    "5.4": {
-        "model": {"arch": "resnet20", "width": 1, "norm": "bn"}, "epochs": 1, "train_subset": 128,
-        "major": 0.8,
-    },
+    "5.4": {"dataset": FM, "model": RESNET20_BN, "epochs": 1, "train_subset": 128, "major": 0.8},
     "C": {
-        "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1, "mlp_train_subset": 256,
-        "conv": {"arch": "resnet20", "width": 1, "norm": "bn"}, "conv_epochs": 1, "conv_train_subset": 128,
+        "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
+        "mlp_train_subset": 256,
+        "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
     },
 }
 
-# cpu: the sections share checkpoints wherever the paper's grids overlap (same config, epochs, subset,
-# seed -> one zoo entry): the 10x512 MLP pair (quickstart, 3, 4, 5.3, C) and the ResNet20 BN pairs
-# (3, 4, 5.1, 5.3, C). Rough cold cost on 2 cores: MLP pair ~1 min, depth sweep ~1 min, ResNet20
-# 3 norms x widths 1,2 ~7 min, VGG11/13 ~2 min, tv ResNet18 ~1 min, split data ~1 min.
-_CPU_RESNET = {"epochs": 2, "train_subset": 2000}
+# cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
+# epochs, subset and seed -> one zoo entry): the 10x512 MLP pair (quickstart, 3, 4, 5.3, C) and the
+# ResNet20 BN pairs (3, 4, 5.1, 5.3, C). Rough cold cost on 2 cores: MLP pair ~1 min, depth sweep
+# ~1 min, ResNet20 with 3 norms x widths 1, 2 ~7 min, VGG11/13 ~2 min, tv ResNet18 ~1 min, split ~1 min.
+CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 4, "mlp_train_subset": 20000}
+CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 2, "conv_train_subset": 2000}
+ALPHAS11 = tuple(i / 10 for i in range(11))
 CPU = {
-    "common": {
-        "dataset": "fashion_mnist", "seeds": (0, 1), "stats_examples": 2000, "eval_examples": 2000,
-        "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None,
-    },
-    "quickstart": {
-        "model": MLP10, "epochs": 4, "train_subset": 20000, "alphas": tuple(i / 10 for i in range(11)),
-    },
-    "3": {
-        "mlp": MLP10, "mlp_epochs": 4, "mlp_train_subset": 20000,
-        "conv": {"arch": "resnet20", "width": 1, "norm": "bn"},
-        "conv_epochs": _CPU_RESNET["epochs"], "conv_train_subset": _CPU_RESNET["train_subset"],
-        "alpha": 0.5,
-    },
-    "4": {
-        "mlp": MLP10, "mlp_epochs": 4, "mlp_train_subset": 20000,
-        "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 128,
-        "conv": {"arch": "resnet20", "width": 1, "norm": "bn"},
-        "conv_epochs": _CPU_RESNET["epochs"], "conv_train_subset": _CPU_RESNET["train_subset"],
-        "alphas": tuple(i / 10 for i in range(11)),
-    },
-    "5.1": {"norms": ("bn", "ln", "fixup"), "widths": (1, 2), "curve_width": 2, **_CPU_RESNET},
-    "5.2": {
-        "models": ({"arch": "tv_resnet18"},), "epochs": 2, "train_subset": 4000, "scopes": ("conv", "all"),
-    },
+    "common": {"seeds": (0, 1), "stats_examples": 2000, "eval_examples": 2000,
+               "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None},
+    "quickstart": {"dataset": FM, "model": MLP10, "epochs": 4, "train_subset": 20000, "alphas": ALPHAS11},
+    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5},
+    "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 128, **CPU_CONV, "alphas": ALPHAS11},
+    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1, 2), "curve_width": 2,
+            "epochs": CPU_CONV["conv_epochs"], "train_subset": CPU_CONV["conv_train_subset"]},
+    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 2, "train_subset": 4000,
+            "scopes": ("conv", "all")},
     "5.3": {
-        "datasets": ("fashion_mnist",),
-        "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512), "mlp_epochs": 4, "mlp_train_subset": 20000,
-        "resnet_widths": (1, 2), "resnet_norm": "bn",
-        "resnet_epochs": _CPU_RESNET["epochs"], "resnet_train_subset": _CPU_RESNET["train_subset"],
-        "vgg_dataset": "fashion_mnist", "vgg_depths": (11, 13), "vgg_width": 1, "vgg_epochs": 2,
-        "vgg_train_subset": 1000,
+        "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512), "mlp_epochs": 4,
+        "mlp_train_subset": 20000,
+        "resnet_widths": (1, 2), "resnet_norm": "bn", "resnet_epochs": CPU_CONV["conv_epochs"],
+        "resnet_train_subset": CPU_CONV["conv_train_subset"],
+        "vgg_dataset": FM, "vgg_depths": (11, 13), "vgg_width": 1, "vgg_epochs": 2, "vgg_train_subset": 1000,
     },
-    "5.4": {
-        "model": {"arch": "resnet20", "width": 1, "norm": "bn"}, "epochs": 2, "train_subset": 4000,
-        "major": 0.8, "alphas": tuple(i / 10 for i in range(11)),
-    },
-    "C": {
-        "mlp": MLP10, "mlp_epochs": 4, "mlp_train_subset": 20000,
-        "conv": {"arch": "resnet20", "width": 1, "norm": "bn"},
-        "conv_epochs": _CPU_RESNET["epochs"], "conv_train_subset": _CPU_RESNET["train_subset"],
-        "alphas": tuple(i / 10 for i in range(11)),
-    },
+    "5.4": {"dataset": FM, "model": RESNET20_BN, "epochs": 2, "train_subset": 4000, "major": 0.8,
+            "alphas": ALPHAS11},
+    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11},
 }
 
 # paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
-_ALPHAS21 = tuple(i / 20 for i in range(21))
 PAPER = {
-    "common": {
-        "dataset": "cifar10", "seeds": (0, 1), "stats_examples": 5000, "eval_examples": None,
-        "alphas": _ALPHAS21, "device": None,
-    },
+    "common": {"seeds": (0, 1), "stats_examples": 5000, "eval_examples": None,
+               "alphas": tuple(i / 20 for i in range(21)), "device": None},
     "quickstart": {"dataset": "mnist", "model": MLP10, "epochs": 100, "train_subset": None},
-    "3": {  # Fig. 2: 35-layer MLP on MNIST, VGG on CIFAR-10 (ResNet50/ImageNet lives in 5.2)
+    "3": {  # Fig. 2: 35-layer MLP on MNIST, VGG11 on CIFAR-10 (ResNet50 on ImageNet lives in 5.2)
         "mlp_dataset": "mnist", "mlp": {"arch": "mlp", "depth": 35, "width": 512}, "mlp_epochs": 100,
         "mlp_train_subset": None,
-        "conv": {"arch": "vgg", "depth": 11, "width": 1}, "conv_epochs": 100, "conv_train_subset": None,
-        "alpha": 0.5,
+        "conv_dataset": "cifar10", "conv": {"arch": "vgg", "depth": 11, "width": 1}, "conv_epochs": 100,
+        "conv_train_subset": None, "alpha": 0.5,
     },
     "4": {  # Fig. 3: ResNet18 on CIFAR-10 (channel stats, curves); MLP depth sweep 2..50 on MNIST
         "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
         "depths": (2, 4, 6, 8, 10, 15, 20, 27, 35, 50), "depth_width": 512,
-        "conv": {"arch": "resnet18", "width": 1, "norm": "bn"}, "conv_epochs": 200, "conv_train_subset": None,
+        "conv_dataset": "cifar10", "conv": {"arch": "resnet18", "width": 1, "norm": "bn"}, "conv_epochs": 200,
+        "conv_train_subset": None,
     },
-    "5.1": {"norms": ("bn", "ln", "fixup"), "widths": (1, 2, 4, 8, 16), "curve_width": 8, "epochs": 200,
-            "train_subset": None},
-    "5.2": {
-        "dataset": "imagenet", "models": ({"arch": "tv_resnet18"}, {"arch": "tv_resnet50"}), "epochs": 300,
-        "train_subset": None, "scopes": ("conv", "all"), "alphas": tuple(i / 10 for i in range(11)),
-    },
+    "5.1": {"dataset": "cifar10", "norms": ("bn", "ln", "fixup"), "widths": (1, 2, 4, 8, 16), "curve_width": 8,
+            "epochs": 200, "train_subset": None},
+    "5.2": {"dataset": "imagenet", "models": ({"arch": "tv_resnet18"}, {"arch": "tv_resnet50"}), "epochs": 300,
+            "train_subset": None, "scopes": ("conv", "all"), "alphas": ALPHAS11},
     "5.3": {
-        "datasets": ("mnist", "fashion_mnist", "svhn", "cifar10"),
-        "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512, 1024, 2048), "mlp_epochs": 100,
-        "mlp_train_subset": None,
+        "datasets": ("mnist", "fashion_mnist", "svhn", "cifar10"), "mlp_depth": 10,
+        "mlp_widths": (32, 64, 128, 256, 512, 1024, 2048), "mlp_epochs": 100, "mlp_train_subset": None,
         "resnet_widths": (1, 2, 4, 8, 16), "resnet_norm": "bn", "resnet_epochs": 200, "resnet_train_subset": None,
         "vgg_dataset": "cifar10", "vgg_depths": (11, 13, 16, 19), "vgg_width": 1, "vgg_epochs": 100,
         "vgg_train_subset": None,
@@ -184,7 +156,8 @@ PAPER = {
     },
     "C": {
         "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
-        "conv": {"arch": "resnet20", "width": 4, "norm": "bn"}, "conv_epochs": 200, "conv_train_subset": None,
+        "conv_dataset": "cifar10", "conv": {"arch": "resnet20", "width": 4, "norm": "bn"}, "conv_epochs": 200,
+        "conv_train_subset": None,
     },
 }
 

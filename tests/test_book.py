@@ -1,0 +1,234 @@
+"""The book's machinery: profiles, the papermill runner, provenance, the results table, the plots."""
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from repairlib import book, cli, plots
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- profiles --------------------------------------------------------------------------------------
+
+def test_every_profile_defines_every_section_with_the_same_settings():
+    for section in book.SECTIONS:
+        keys = {profile: set(book.settings(profile, section)) for profile in book.PROFILES}
+        assert keys["smoke"] == keys["cpu"] == keys["paper"], section
+        assert {"seeds", "stats_examples", "eval_examples", "alphas"} <= keys["cpu"], section
+
+
+def test_cpu_profile_is_fashion_mnist_and_smoke_is_one_epoch():
+    for section in book.SECTIONS:
+        cpu, smoke = book.settings("cpu", section), book.settings("smoke", section)
+        datasets = [v for k, v in cpu.items() if k == "dataset" or k.endswith("_dataset")]
+        datasets += list(cpu.get("datasets", []))
+        assert set(datasets) == {"fashion_mnist"}, section
+        epochs = [v for k, v in smoke.items() if k == "epochs" or k.endswith("_epochs")]
+        assert epochs and all(e == 1 for e in epochs), section
+
+
+def test_settings_overrides_and_validation():
+    s = book.settings("cpu", "5.1", widths=[1, 4], epochs=None)
+    assert s["widths"] == [1, 4]
+    assert s["epochs"] == book.settings("cpu", "5.1")["epochs"]  # None keeps the profile's value
+    s["norms"] = ("bn",)  # a fresh copy every time
+    assert book.settings("cpu", "5.1")["norms"] != ("bn",)
+    with pytest.raises(ValueError, match="valid profiles: smoke, cpu, paper"):
+        book.settings("gpu", "3")
+    with pytest.raises(ValueError, match=r"valid sections: quickstart, 3, 4, 5\.1"):
+        book.settings("cpu", "6")
+    with pytest.raises(ValueError, match="'widht'.*valid settings:.*widths"):
+        book.settings("cpu", "5.1", widht=3)
+
+
+@pytest.mark.parametrize("text, value", [
+    ("3", 3), ("0.5", 0.5), ("[1, 2, 4]", [1, 2, 4]), ('{"arch": "mlp"}', {"arch": "mlp"}),
+    ("null", None), ("None", None), ("(1, 2)", (1, 2)), ("true", True), ("fashion_mnist", "fashion_mnist"),
+])
+def test_parse_value(text, value):
+    assert book.parse_value(text) == value
+
+
+# --- the runner ------------------------------------------------------------------------------------
+
+def _notebook(path: Path, *cells, parameters=True):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if parameters:
+        cell = nbformat.v4.new_code_cell(
+            'import os\nprofile = os.environ.get("REPAIR_PROFILE", "cpu")\nwidths = None\nepochs = None')
+        cell.metadata["tags"] = ["parameters"]
+        nb.cells.append(cell)
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    nbformat.write(nb, str(path))
+    return path
+
+
+GOOD = [
+    "import time\nstart = time.time()",
+    'print(f"profile={profile} widths={widths!r} epochs={epochs!r} cwd={os.getcwd()}")',
+    ('from repairlib import book\n'
+    'book.show_provenance(profile, {"dataset": "fashion_mnist", "seeds": [0, 1]}, start)'),
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One runner call on two throwaway notebooks: one raises, the other reports its parameters."""
+    src = tmp_path_factory.mktemp("notebooks")
+    out = tmp_path_factory.mktemp("executed")
+    _notebook(src / "a_fails.ipynb", 'raise RuntimeError("boom from the notebook")', 'print("never")')
+    _notebook(src / "b_good.ipynb", *GOOD)
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = cli.main(["book", "--profile", "smoke", "--notebooks", str(src), "--out", str(out),
+                           "--no-build", "-p", "widths", "[1, 2]"])
+    return {"status": status, "src": src, "out": out, "lines": stdout.getvalue().splitlines()}
+
+
+def _text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []):
+            parts.append(o.get("text", ""))
+            parts += [str(v) for v in o.get("data", {}).values()]
+            parts += [o.get("ename", ""), o.get("evalue", "")]
+    return "\n".join(parts)
+
+
+def test_runner_keeps_going_past_a_failing_notebook(run):
+    assert run["status"] == 1
+    assert (run["out"] / "a_fails.ipynb").exists() and (run["out"] / "b_good.ipynb").exists()
+    failed = _text(nbformat.read(str(run["out"] / "a_fails.ipynb"), as_version=4))
+    assert "boom from the notebook" in failed and "never" not in failed
+    progress = [line for line in run["lines"] if line.startswith("[")]
+    assert len(progress) == 2
+    assert "a_fails" in progress[0] and "FAILED" in progress[0] and "boom" in progress[0]
+    assert "b_good" in progress[1] and progress[1].split()[-1] == "ok"
+
+
+def test_runner_injects_profile_and_overrides(run):
+    nb = nbformat.read(str(run["out"] / "b_good.ipynb"), as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and 'profile = "smoke"' in injected[0].source
+    text = _text(nb)
+    # papermill's value overrides the parameters cell; an override not given stays None
+    assert f"profile=smoke widths=[1, 2] epochs=None cwd={run['src']}" in text
+
+
+def test_executed_copy_ends_with_provenance(run):
+    text = _text(nbformat.read(str(run["out"] / "b_good.ipynb"), as_version=4))
+    assert "Provenance of this page" in text
+    for field in ("| profile | smoke |", "| dataset | fashion_mnist |", "| seeds | [0, 1] |", "| commit |",
+                  "| device |", "| wall time s |", f"| torch | {torch.__version__} |"):
+        assert field in text
+
+
+def test_runner_rejects_unknown_parameters_sections_and_notebooks_without_parameters(tmp_path, capsys):
+    _notebook(tmp_path / "n.ipynb", "x = 1")
+    assert cli.main(["book", "--notebooks", str(tmp_path), "--no-build", "-p", "widht", "2"]) == 2
+    assert "'widht' are not declared" in capsys.readouterr().err
+    assert cli.main(["book", "--notebooks", str(tmp_path), "--no-build", "--only", "5.9"]) == 2
+    assert "valid sections: quickstart, 3, 4" in capsys.readouterr().err
+    assert cli.main(["book", "--notebooks", str(tmp_path), "--no-build", "--only", "5.1"]) == 2
+    assert "05_1_normalization.ipynb does not exist" in capsys.readouterr().err
+    _notebook(tmp_path / "bare.ipynb", "x = 1", parameters=False)
+    assert cli.main(["book", "--notebooks", str(tmp_path), "--no-build"]) == 2
+    assert "has no code cell tagged 'parameters'" in capsys.readouterr().err
+
+
+def test_select_notebooks_reading_order_and_section_ids(tmp_path):
+    for stem in ("C_no_alignment", "05_1_normalization", "00_quickstart", "_draft", "zz_extra"):
+        _notebook(tmp_path / f"{stem}.ipynb", "x = 1")
+    assert [p.stem for p in book.select_notebooks(tmp_path)] == [
+        "00_quickstart", "05_1_normalization", "C_no_alignment", "zz_extra"]
+    assert [p.stem for p in book.select_notebooks(tmp_path, ["C", "quickstart", "zz_extra", "C"])] == [
+        "C_no_alignment", "00_quickstart", "zz_extra"]
+
+
+# --- results ---------------------------------------------------------------------------------------
+
+def test_results_round_trip_into_the_table(tmp_path, monkeypatch):
+    monkeypatch.delenv("REPAIR_RESULTS", raising=False)
+    params = book.settings("cpu", "5.1")
+    assert book.save_results("5.1", "smoke", params, {"resnet20x8_bn": {"after": "1%"}}) is None
+    path = book.save_results("5.1", "cpu", params, {"resnet20x8_bn": {
+        "before": "41.0%", "after": "88.5%", "endpoints": "90.1 / 90.3%", "note": "ResNet20 x2"}},
+        directory=tmp_path)
+    assert path == tmp_path / "5.1_cpu.json"
+    assert json.loads(path.read_text())["provenance"]["profile"] == "cpu"
+    table = book.results_table(tmp_path)
+    row = next(line for line in table.splitlines() if "ResNet20 x8 BatchNorm" in line)
+    assert "41.0% → 88.5% (endpoints 90.1 / 90.3%); ResNet20 x2 | cpu | fashion_mnist |" in row
+    assert "| 32.3% | 94.4% |" in row  # the paper's numbers stay beside ours
+    assert table.count("pending") == len(book.REFERENCE) - 1
+    with pytest.raises(ValueError, match="unknown result key"):
+        book.save_results("5.1", "cpu", params, {"resnet20x9": {}}, directory=tmp_path)
+    page = tmp_path / "results.md"
+    page.write_text(f"intro\n{book.RESULTS_BEGIN}\nold\n{book.RESULTS_END}\noutro\n")
+    assert book.write_results_page(page, tmp_path) is True
+    assert "old" not in page.read_text() and "88.5%" in page.read_text()
+    assert page.read_text().endswith("outro\n")
+    assert book.write_results_page(page, tmp_path) is False
+
+
+def test_committed_results_page_is_up_to_date():
+    text = (ROOT / "book" / "results.md").read_text()
+    generated = text.split(book.RESULTS_BEGIN)[1].split(book.RESULTS_END)[0].strip()
+    assert generated == book.results_table(ROOT / "book" / "results").strip(), (
+        "book/results.md is stale: run python -c 'import repairlib.book as b; b.write_results_page()'")
+
+
+def test_provenance_fields():
+    info = book.provenance("paper", {"mlp_dataset": "mnist", "conv_dataset": "cifar10", "seeds": (3, 4)}, 0.0)
+    assert info["profile"] == "paper" and info["dataset"] == "mnist, cifar10" and info["seeds"] == [3, 4]
+    assert info["wall_time_s"] > 0 and info["torch"] == torch.__version__
+    assert info["commit"] != "unknown" if (ROOT / ".git").exists() else True
+    assert book.provenance("cpu", {})["wall_time_s"] is None
+    with pytest.raises(ValueError, match="unknown profile"):
+        book.provenance("fast", {})
+
+
+# --- plots -----------------------------------------------------------------------------------------
+
+def test_curve_and_barrier_plots_label_and_validate():
+    fig = plots.curve([0, 0.5, 1], {"before": [0.9, 0.3, 0.9], "after": torch.tensor([0.9, 0.8, 0.9])},
+                      "test accuracy", "MLP")
+    ax = fig.axes[0]
+    assert isinstance(fig, Figure) and ax.get_ylabel() == "test accuracy" and ax.get_title() == "MLP"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["before", "after"]
+    with pytest.raises(ValueError, match="'after' has 2 values for 3"):
+        plots.curve([0, 0.5, 1], {"after": [1, 2]}, "loss")
+    fig = plots.barrier_vs([1, 2, 4, 8], {"BN": [0.4, 0.3, 0.2, 0.1]}, "width", "barrier", log2=True)
+    assert fig.axes[0].get_xscale() == "log" and [t.get_text() for t in fig.axes[0].get_xticklabels()] == [
+        "1", "2", "4", "8"]
+    with pytest.raises(ValueError, match="positive"):
+        plots.barrier_vs([0, 1], {"x": [1, 2]}, "width", "barrier", log2=True)
+
+
+def test_layer_channel_and_filter_plots(tmp_path):
+    fig = plots.layer_ratios({"MLP x10": [0.9, 0.7, 0.5], "MLP x20": [0.9] * 6})
+    assert [len(line.get_xdata()) for line in fig.axes[0].get_lines()[:2]] == [3, 6]
+    goal = torch.rand(32)
+    fig = plots.channel_stats(goal, {"before": goal / 2, "after": goal})
+    assert len(fig.axes[0].collections) == 2
+    fig = plots.filters({"A": torch.randn(16, 3, 7, 7), "B": torch.randn(8, 1, 3, 3)})
+    assert [ax.get_title() for ax in fig.axes] == ["A", "B"]
+    assert fig.axes[0].get_images()[0].get_array().shape == (4 * 8 - 1, 4 * 8 - 1, 3)
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match=r"\[C, in, kh, kw\]"):
+        plots.filters(torch.randn(3, 3))
+
+
+def test_plots_need_no_display():
+    backend = plots.matplotlib.get_backend().lower()
+    assert os.environ.get("DISPLAY") or backend in ("agg", "module://matplotlib_inline.backend_inline")
