@@ -1,0 +1,407 @@
+"""REPAIR (paper section 4): correction points, endpoint statistics, both variants, fusion, reset_bn."""
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from repairlib import models
+from repairlib.interpolate import interpolate
+from repairlib.repair import (
+    ChannelAffine,
+    correction_points,
+    endpoint_stats,
+    measure,
+    repair,
+    reset_bn,
+)
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+FAST = settings(max_examples=3, deadline=None)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a shared machine: one thread avoids contention (several times faster)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- tiny networks
+class TinyCNN(nn.Module):
+    """conv-relu-conv-relu-conv-relu-pool-linear, biases everywhere; [B, 1, 8, 8] -> [B, 3]."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(1, 6, 3), nn.Conv2d(6, 8, 3), nn.Conv2d(8, 8, 3)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = F.relu(self.conv3(F.relu(self.conv2(F.relu(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class TinyBN(nn.Module):
+    """Bias-free convs each followed by BatchNorm2d; [B, 1, 8, 8] -> [B, 3]."""
+
+    def __init__(self, width=8):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, width, 3, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, bias=False), nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class TinyResNet(nn.Module):
+    """Stem, two identity-shortcut blocks (`+` then ReLU module; torch.add with no activation),
+    a broadcasting scalar bias (not a residual add); [B, 1, 8, 8] -> [B, 3]."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv_a, self.conv_b = nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.scalar = nn.Parameter(torch.tensor([0.1]))
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        x = self.relu(x + self.conv_a(x))
+        x = torch.add(x, self.conv_b(x)) + self.scalar
+        return self.fc(x.mean((2, 3)))
+
+
+def pair(make, seed=0, double=True):
+    torch.manual_seed(seed)
+    a, b = make(), make()
+    if double:
+        a, b = a.double(), b.double()
+    return a.eval(), b.eval()
+
+
+def image_data(n=96, batch=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 8, 8, generator=g) * 2 + 0.5
+    y = torch.randint(0, 3, (n,), generator=g)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+def one_batch(data):
+    return [(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))]
+
+
+def channel_moments(model, data, names):
+    """{name: (mean [C], std [C])} of graph nodes, pooled over all samples (via repair.measure)."""
+    (m,) = measure([model], data, names)
+    return {p: (m[p].mean_x, m[p].var_x.sqrt()) for p in names}
+
+
+def hooked_outputs(model, data, module):
+    """All outputs of one submodule over the data, as [samples, C] float64 (independent of repairlib)."""
+    got = []
+    handle = module.register_forward_hook(lambda mod, i, o: got.append(o.detach()))
+    with torch.no_grad():
+        for x, _ in data:
+            model(x.to(next(model.parameters()).dtype))
+    handle.remove()
+    out = torch.cat(got).double()
+    return out.movedim(1, -1).reshape(-1, out.shape[1])
+
+
+def outputs(model, data):
+    model.eval()
+    with torch.no_grad():
+        return torch.cat([model(x.to(next(model.parameters()).dtype)) for x, _ in data])
+
+
+# ---------------------------------------------------------------- correction points
+def test_points_conv_scope_excludes_the_classifier():
+    mlp = models.mlp(depth=3, width=16, in_features=64, num_classes=3)
+    linears = [n for n, m in mlp.named_modules() if isinstance(m, nn.Linear)]
+    assert len(correction_points(mlp, "conv")) == len(linears) - 1 == 3
+    assert correction_points(TinyCNN(), "conv") == ["conv1", "conv2", "conv3"]
+
+
+def test_points_all_scope_adds_block_outputs_only_for_equal_shape_adds():
+    x = image_data()[0][0]
+    pts = correction_points(TinyResNet(), "all", x)
+    assert pts[:3] == ["stem", "conv_a", "relu_1"]  # x + conv_a(x) -> relu: the block output is the relu
+    assert pts[3:] == ["conv_b", "add_1"]  # torch.add with no activation after it; '+ scalar' is no point
+    assert correction_points(TinyResNet(), "conv") == ["stem", "conv_a", "conv_b"]
+    with pytest.raises(ValueError, match="example"):
+        correction_points(TinyResNet(), "all")
+
+
+def test_points_of_the_project_resnet20():
+    net = models.resnet20(width=1, in_channels=1)
+    convs = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+    blocks = len(net.layers)
+    assert len(correction_points(net, "conv")) == len(convs)
+    assert len(correction_points(net, "all", torch.randn(2, 1, 8, 8))) == len(convs) + blocks
+
+
+# ---------------------------------------------------------------- endpoint statistics
+def test_endpoint_stats_are_pooled_over_all_samples_in_float64():
+    a, b = pair(TinyCNN)
+    data = image_data(n=70, batch=32)  # unequal batches: 32, 32, 6
+    stats = endpoint_stats(a, b, data)
+    xa, xb = hooked_outputs(a, data, a.conv2), hooked_outputs(b, data, b.conv2)
+    torch.testing.assert_close(stats.mean_a["conv2"], xa.mean(0))
+    torch.testing.assert_close(stats.var_a["conv2"], xa.var(0, unbiased=False))
+    torch.testing.assert_close(stats.var_b["conv2"], xb.var(0, unbiased=False))
+    cov = ((xa - xa.mean(0)) * (xb - xb.mean(0))).mean(0)
+    torch.testing.assert_close(stats.cov_ab["conv2"], cov)
+    assert stats.points == ["conv1", "conv2", "conv3"]
+
+
+def test_endpoint_stats_measure_once_for_a_whole_curve():
+    a, b = pair(TinyCNN)
+    data = image_data()
+    stats = endpoint_stats(a, b, data)
+    passes = []
+
+    class Counting(list):
+        def __iter__(self):
+            passes.append(1)
+            return super().__iter__()
+
+    for alpha in (0.25, 0.75):
+        repair(interpolate(a, b, alpha), a, b, Counting(data), alpha, stats=stats)
+    assert len(passes) == 2  # one pass of the interpolated net per alpha, none for the endpoints
+    closed = repair(interpolate(a, b, 0.5), a, b, None, 0.5, variant="closed_form", stats=stats)
+    assert isinstance(closed, TinyCNN)
+
+
+# ---------------------------------------------------------------- the exact variant hits its goals
+@FAST
+@given(alpha=st.floats(0.0, 1.0))
+def test_exact_repair_meets_the_goals_of_eqs_3_and_4(alpha):
+    a, b = pair(TinyCNN)
+    data = image_data(n=240, batch=80)
+    fixed = repair(interpolate(a, b, alpha), a, b, data, alpha)
+    assert isinstance(fixed, TinyCNN)  # fused back into the original architecture
+    got = channel_moments(fixed, data, ["conv1", "conv2", "conv3"])
+    for layer, tol in (("conv1", 1e-4), ("conv2", 1e-2), ("conv3", 1e-2)):
+        xa, xb = hooked_outputs(a, data, getattr(a, layer)), hooked_outputs(b, data, getattr(b, layer))
+        goal_mean = (1 - alpha) * xa.mean(0) + alpha * xb.mean(0)
+        goal_std = (1 - alpha) * xa.std(0, unbiased=False) + alpha * xb.std(0, unbiased=False)
+        mean, std = got[layer]
+        torch.testing.assert_close(std, goal_std, rtol=tol, atol=0)
+        torch.testing.assert_close(mean, goal_mean, rtol=0, atol=tol * goal_std.max().item())
+
+
+def test_exact_repair_is_exact_at_every_depth_with_one_batch():
+    a, b = pair(lambda: models.mlp(depth=5, width=12, in_features=64, num_classes=3))
+    data = one_batch(image_data(n=200))
+    stats = endpoint_stats(a, b, data)
+    fixed = repair(interpolate(a, b, 0.3), a, b, data, 0.3, stats=stats)
+    got = channel_moments(fixed, data, stats.points)
+    for p, (mean, std) in stats.targets(0.3).items():
+        torch.testing.assert_close(got[p][1], std, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(got[p][0], mean, rtol=0, atol=1e-6)
+
+
+def test_closed_form_equals_exact_on_the_first_layer():
+    a, b = pair(TinyCNN)
+    data = image_data()
+    stats = endpoint_stats(a, b, data)
+    mid = interpolate(a, b, 0.4)
+    exact = repair(mid, a, b, data, 0.4, stats=stats)
+    closed = repair(mid, a, b, data, 0.4, variant="closed_form", stats=stats)
+    torch.testing.assert_close(exact.conv1.weight, closed.conv1.weight)
+    torch.testing.assert_close(exact.conv1.bias, closed.conv1.bias)
+    assert not torch.allclose(exact.conv3.weight, closed.conv3.weight)  # deeper: approximate
+
+
+def test_closed_form_restores_the_variance_that_eq_5_predicts():
+    a, b = pair(TinyCNN)
+    data = image_data()
+    stats = endpoint_stats(a, b, data)
+    mid = interpolate(a, b, 0.5)
+    before = channel_moments(mid, data, ["conv1"])["conv1"][1] ** 2
+    predicted = (stats.var_a["conv1"] + stats.var_b["conv1"] + 2 * stats.cov_ab["conv1"]) / 4
+    torch.testing.assert_close(before, predicted)
+    assert (before < (stats.var_a["conv1"] + stats.var_b["conv1"]) / 2).all()  # variance collapse
+
+
+# ---------------------------------------------------------------- fusion
+@pytest.mark.parametrize("make, scope", [(TinyCNN, "conv"), (TinyBN, "conv"), (TinyResNet, "all"),
+                                         (TinyResNet, "conv")])
+@pytest.mark.parametrize("variant", ["exact", "closed_form"])
+def test_fused_network_equals_the_unfused_correction(make, scope, variant):
+    a, b = pair(make)
+    data = image_data()
+    stats = endpoint_stats(a, b, data, scope)
+    mid = interpolate(a, b, 0.5)
+    fused = repair(mid, a, b, data, 0.5, variant, scope, stats=stats)
+    unfused = repair(mid, a, b, data, 0.5, variant, scope, stats=stats, fuse=False)
+    affines = [m for m in unfused.modules() if isinstance(m, ChannelAffine)]
+    assert len(affines) == len(stats.points)
+    torch.testing.assert_close(outputs(fused, data), outputs(unfused, data))
+    assert not torch.allclose(outputs(fused, data), outputs(mid, data))
+    inserted = [m for m in fused.modules() if isinstance(m, ChannelAffine)]
+    if scope == "conv":
+        assert type(fused) is make and not inserted
+    else:  # only the residual-stream points are not folded
+        assert len(inserted) == 2
+
+
+def test_bn_fold_keeps_state_dict_keys_and_running_statistics():
+    a, b = pair(TinyBN)
+    mid = interpolate(a, b, 0.5)
+    fixed = repair(mid, a, b, image_data(), 0.5)
+    assert fixed.state_dict().keys() == mid.state_dict().keys()
+    assert fixed.conv1.bias is None
+    torch.testing.assert_close(fixed.bn1.running_var, mid.bn1.running_var)
+    assert not torch.allclose(fixed.bn1.weight, mid.bn1.weight)
+
+
+def test_fold_creates_a_bias_where_the_layer_has_none():
+    class NoBias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(64, 10, bias=False), nn.Linear(10, 3)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+    a, b = pair(NoBias)
+    data = image_data()
+    fixed = repair(interpolate(a, b, 0.5), a, b, data, 0.5)
+    assert fixed.fc1.bias is not None
+    unfused = repair(interpolate(a, b, 0.5), a, b, data, 0.5, fuse=False)
+    torch.testing.assert_close(outputs(fixed, data), outputs(unfused, data))
+
+
+def test_scope_all_on_the_project_resnet20_meets_block_output_goals():
+    a, b = pair(lambda: models.resnet20(width=1, in_channels=1, num_classes=3))
+    data = one_batch(image_data(n=24))
+    stats = endpoint_stats(a, b, data, "all")
+    mid = interpolate(a, b, 0.5)
+    unfused = repair(mid, a, b, data, 0.5, scope="all", stats=stats, fuse=False)
+    fused = repair(mid, a, b, data, 0.5, scope="all", stats=stats)
+    torch.testing.assert_close(outputs(fused, data), outputs(unfused, data))
+    block_out = stats.points[-1]  # the last block's relu
+    (m,) = measure([unfused], data, [f"repair_{block_out}"])
+    _, std = stats.targets(0.5)[block_out]
+    torch.testing.assert_close(m[f"repair_{block_out}"].var_x.sqrt(), std, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------- REPAIR vs BatchNorm reset (section 5.2)
+def bn_mlp(width=32):
+    """BatchNorm1d after every hidden (bias-free) layer; [B, 1, 8, 8] -> [B, 10]."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(),
+                         nn.Linear(width, width, bias=False), nn.BatchNorm1d(width), nn.ReLU(),
+                         nn.Linear(width, 10))
+
+
+def train_digits(seed, x, y, epochs=6):
+    torch.manual_seed(seed)
+    net = bn_mlp()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(epochs):
+        for i in torch.randperm(len(x)).split(50):
+            opt.zero_grad()
+            F.cross_entropy(net(x[i]), y[i]).backward()
+            opt.step()
+    return net.eval()
+
+
+def test_conv_scope_on_a_batchnorm_net_matches_reset_bn():
+    """With BatchNorm after every layer, REPAIR of the layer outputs ~ resetting BatchNorm (paper 5.2)."""
+    from repairlib.align import align, permute
+
+    digits = pytest.importorskip("sklearn.datasets").load_digits()
+    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 8 - 1
+    y = torch.tensor(digits.target)
+    train = [(x[i:i + 250], y[i:i + 250]) for i in range(0, 1000, 250)]
+    a, b = train_digits(0, x[:1000], y[:1000]), train_digits(1, x[:1000], y[:1000])
+    for net in (a, b):  # running statistics = the data's statistics, as after a long training
+        reset_bn(net, train)
+    b = permute(b, align(a, b, train))
+    mid = interpolate(a, b, 0.5)
+    repaired, reset = repair(mid, a, b, train, 0.5), reset_bn(copy.deepcopy(mid), train)
+    assert repaired.state_dict().keys() == mid.state_dict().keys()
+    test = [(x[1000:], y[1000:])]
+    pred_repaired, pred_reset = outputs(repaired, test).argmax(1), outputs(reset, test).argmax(1)
+    acc = [(p == y[1000:]).float().mean().item() for p in (pred_repaired, pred_reset)]
+    assert abs(acc[0] - acc[1]) <= 0.005
+    assert (pred_repaired == pred_reset).float().mean() >= 0.99
+
+
+# ---------------------------------------------------------------- reset_bn
+def test_reset_bn_covers_batchnorm1d_and_restores_modes():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3)).double()
+    net[2].momentum = 0.3
+    net[2].running_mean.fill_(7.0)
+    net.train()
+    net[4].eval()
+    data = image_data(n=64, batch=32)
+    reset_bn(net, data)
+    pre = hooked_outputs(net.eval(), data, net[1])
+    torch.testing.assert_close(net[2].running_mean, pre.mean(0))  # equal batches: average = pooled mean
+    assert net[2].momentum == 0.3
+    net.train()
+    net[4].eval()
+    reset_bn(net, data)
+    assert net.training and net[2].training and not net[4].training
+
+
+def test_reset_bn_on_empty_data_raises_and_keeps_the_statistics():
+    net = TinyBN()
+    net.bn1.running_mean.fill_(3.0)
+    with pytest.raises(ValueError, match="no batches"):
+        reset_bn(net, [])
+    assert (net.bn1.running_mean == 3.0).all()
+
+
+# ---------------------------------------------------------------- inputs untouched, bad inputs
+def test_repair_never_modifies_its_inputs():
+    a, b = pair(TinyResNet)
+    a.train()
+    mid = interpolate(a, b, 0.5)
+    before = [copy.deepcopy(m.state_dict()) for m in (mid, a, b)]
+    modes = [[m.training for m in net.modules()] for net in (mid, a, b)]
+    for variant in ("exact", "closed_form"):
+        repair(mid, a, b, image_data(), 0.5, variant, "all")
+    for net, state, mode in zip((mid, a, b), before, modes):
+        assert net.state_dict().keys() == state.keys()
+        assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
+        assert [m.training for m in net.modules()] == mode
+
+
+def test_bad_inputs_raise_clear_errors():
+    a, b = pair(TinyCNN)
+    data = image_data()
+    mid = interpolate(a, b, 0.5)
+    other = TinyBN().double()
+    with pytest.raises(ValueError, match="differ"):
+        repair(mid, a, other, data, 0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        repair(mid, a, b, data, 1.5)
+    repair(interpolate(a, b, 1.2, extrapolate=True), a, b, data, 1.2, extrapolate=True)
+    nan = copy.deepcopy(b)
+    nan.conv2.weight.data[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="conv2.weight"):
+        repair(mid, a, nan, data, 0.5)
+    with pytest.raises(ValueError, match="no batches"):
+        repair(mid, a, b, [], 0.5)
+    bad_data = [(torch.full((4, 1, 8, 8), float("inf")), torch.zeros(4, dtype=torch.long))]
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        endpoint_stats(a, b, bad_data)
+    with pytest.raises(ValueError, match="variant"):
+        repair(mid, a, b, data, 0.5, variant="approximate")
+    with pytest.raises(ValueError, match="scope"):
+        repair(mid, a, b, data, 0.5, scope="everything")
+    with pytest.raises(ValueError, match="scope"):
+        repair(mid, a, b, data, 0.5, scope="all", stats=endpoint_stats(a, b, data))
