@@ -230,25 +230,25 @@ class _Analysis:
         elif isinstance(mod, _NORM_MODULES):
             for attr in ("weight", "bias", "running_mean", "running_var"):
                 if getattr(mod, attr, None) is not None:
-                    self.entry(f"{name}.{attr}", 0, s_in)
+                    self.entry(f"{name}.{attr}", 0, s_in, inner_in)
             self.same(node, src)
         elif isinstance(mod, nn.GroupNorm):
             if mod.num_groups not in (1, mod.num_channels):
                 self.spaces.fix(s_in)  # statistics are pooled within fixed channel groups
             elif mod.affine:
-                self.entry(f"{name}.weight", 0, s_in)
-                self.entry(f"{name}.bias", 0, s_in)
+                self.entry(f"{name}.weight", 0, s_in, inner_in)
+                self.entry(f"{name}.bias", 0, s_in, inner_in)
             self.same(node, src)
         elif isinstance(mod, nn.LayerNorm):
             rank = len(self.shape(src))
             if len(mod.normalized_shape) == rank - 1 and mod.elementwise_affine:  # covers the channels
-                self.entry(f"{name}.weight", 0, s_in)
+                self.entry(f"{name}.weight", 0, s_in, inner_in)
                 if mod.bias is not None:
-                    self.entry(f"{name}.bias", 0, s_in)
+                    self.entry(f"{name}.bias", 0, s_in, inner_in)
             self.same(node, src)
         elif isinstance(mod, nn.PReLU):
             if mod.num_parameters > 1:
-                self.entry(f"{name}.weight", 0, s_in)
+                self.entry(f"{name}.weight", 0, s_in, inner_in)
             self.same(node, src)
         elif isinstance(mod, nn.Flatten):
             self.flatten(node, src, mod.start_dim)
@@ -314,7 +314,7 @@ class _Analysis:
         rank = len(self.shape(node))
         shape = (1,) * (rank - value.dim()) + tuple(value.shape)
         if shape[1] == value.numel() and value.dim() >= rank - 1:
-            self.entry(attr.target, value.dim() - (rank - 1), space)
+            self.entry(attr.target, value.dim() - (rank - 1), space, self.out[node.all_input_nodes[0]][1])
         else:
             self.fail(node, f"parameter {attr.target} of shape {tuple(value.shape)} is not per-channel")
 

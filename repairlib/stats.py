@@ -91,10 +91,10 @@ class Moments:
             return self.sxy / self.n - torch.outer(mx, my)
         return self.sxy / self.n - mx * my
 
-    def corr_xy(self, eps=1e-8):
+    def corr_xy(self, eps=1e-12):
         """Correlation matrix ``[C, C]`` (paper Eq. 2); dead units (zero variance) give 0, never NaN."""
         std_x, std_y = self.var_x.sqrt(), self.var_y.sqrt()
-        return self.cov_xy / (torch.outer(std_x, std_y) + eps)
+        return self.cov_xy / torch.outer(std_x, std_y).clamp_min(eps)
 
 
 def capture(model: nn.Module, names):

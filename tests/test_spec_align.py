@@ -1,0 +1,268 @@
+"""Permutation specs found from the graph, permutations, and both alignment methods."""
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from repairlib import models
+from repairlib.align import align, permute, random_permutations
+from repairlib.interpolate import interpolate
+from repairlib.spec import Group, PermutationSpec, permutation_spec
+
+
+class Unlisted(nn.Module):
+    """A network no table lists: depthwise conv, squeeze-excite gating, GroupNorm, PReLU, LayerNorm."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 12, 3, padding=1)
+        self.gn = nn.GroupNorm(1, 12)
+        self.act = nn.PReLU(12)
+        self.dw = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.gate = nn.Conv2d(12, 12, 1)
+        self.proj = nn.Conv2d(12, 8, 1)
+        self.ln = nn.LayerNorm(8 * 7 * 7)
+        self.head = nn.Linear(8 * 7 * 7, 5)
+
+    def forward(self, x):
+        x = self.act(self.gn(self.stem(x)))
+        x = x * torch.sigmoid(self.gate(x.mean((2, 3), keepdim=True)))
+        x = nn.functional.max_pool2d(self.dw(x) + x, 4)
+        x = self.proj(x).flatten(1)
+        return self.head(torch.relu(self.ln(x)))
+
+
+def randomize_norm_stats(model, seed=0):
+    """Give BatchNorm non-trivial running statistics and affine so permutations are visible."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(m.num_features, generator=gen) * 0.1)
+            elif isinstance(m, (models.Bias, models.Scale)):
+                for p in m.parameters():
+                    p.add_(torch.rand(p.shape, generator=gen) * 0.1)
+    return model.eval()
+
+
+ARCHS = {
+    "mlp": (lambda: models.mlp(depth=3, width=16), (1, 28, 28)),
+    "vgg11": (lambda: models.vgg(11, width=1, in_channels=1), (1, 28, 28)),
+    "vgg11_bn": (lambda: models.vgg(11, width=1, norm="bn", in_channels=1), (1, 28, 28)),
+    "resnet20_bn": (lambda: models.resnet20(width=1, in_channels=1), (1, 28, 28)),
+    "resnet20_ln": (lambda: models.resnet20(width=1, norm="ln", in_channels=1), (1, 28, 28)),
+    "resnet20_fixup": (lambda: models.resnet20(width=1, norm="fixup", in_channels=1), (1, 28, 28)),
+    "resnet18": (lambda: models.resnet18(width=1), (3, 16, 16)),
+    "tv_resnet18": (lambda: torchvision.models.resnet18(num_classes=7), (3, 32, 32)),
+    "tv_resnet50": (lambda: torchvision.models.resnet50(num_classes=7), (3, 32, 32)),
+    "tv_vgg11_bn": (lambda: torchvision.models.vgg11_bn(num_classes=7), (3, 32, 32)),
+    "unlisted": (Unlisted, (1, 28, 28)),
+}
+
+
+@pytest.fixture(scope="module")
+def built():
+    torch.manual_seed(0)
+    out = {}
+    for name, (make, shape) in ARCHS.items():
+        model = randomize_norm_stats(make())
+        x = torch.randn(4, *shape)
+        out[name] = (model, x, permutation_spec(model, x))
+    return out
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_random_permutation_keeps_outputs(built, name):
+    model, x, spec = built[name]
+    assert spec.groups, "every listed network has hidden units to permute"
+    perms = random_permutations(spec, seed=1)
+    moved = sum(int((p != torch.arange(len(p))).any()) for p in perms.values())
+    assert moved == len(perms)
+    before = copy.deepcopy(model.state_dict())
+    permuted = permute(model, perms, spec)
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), model(x), rtol=1e-4, atol=1e-4)
+    # the weights did change, and the input model did not
+    changed = [k for k, v in permuted.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), name=st.sampled_from(["mlp", "resnet20_bn", "resnet20_fixup", "unlisted"]))
+def test_permutation_property(built, seed, name):
+    model, x, spec = built[name]
+    permuted = permute(model, random_permutations(spec, seed), spec)
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+def test_every_weight_of_hidden_layers_is_covered(built):
+    """Nothing that indexes hidden units is missed: only the input and output layers stay unpermuted."""
+    model, _, spec = built["resnet20_bn"]
+    covered = {k for g in spec.groups.values() for k, _, _ in g.entries}
+    missed = [k for k in model.state_dict() if k not in covered and not k.endswith("num_batches_tracked")]
+    assert missed == ["fc.bias"]
+    residual = [g for g in spec.groups.values() if g.residual]
+    assert [g.size for g in residual] == [16, 32, 64]  # one permutation per residual stage
+    assert sum(not g.residual for g in spec.groups.values()) == 9  # one per block's inner conv
+
+
+def test_residual_stream_is_one_group_in_torchvision_resnet50(built):
+    _, _, spec = built["tv_resnet50"]
+    stream = [n for n, g in spec.groups.items() if g.residual]
+    assert len(stream) == 4
+    keys = {k for k, _, _ in spec.groups[stream[0]].entries}
+    assert {"layer1.0.conv3.weight", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_var",
+            "layer1.2.bn3.weight", "layer2.0.conv1.weight", "layer2.0.downsample.0.weight"} <= keys
+    # the stem feeds a 1x1 downsampling shortcut, so it is a group of its own, not part of the stream
+    assert not spec.groups["conv1"].residual and ("bn1.running_var", 0, 1) in spec.groups["conv1"].entries
+    assert ("fc.weight", 1, 1) in spec.groups[stream[-1]].entries
+
+
+def test_flatten_into_linear_uses_inner_blocks(built):
+    _, _, spec = built["unlisted"]
+    (name,) = [n for n, g in spec.groups.items() if ("head.weight", 1, 49) in g.entries]
+    assert spec.groups[name].size == 8
+
+
+def test_unknown_op_names_the_graph_node():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), 1))
+
+    with pytest.raises(ValueError, match="cumsum"):
+        permutation_spec(Odd(), torch.randn(2, 4))
+
+
+def test_concat_keeps_channels_fixed():
+    class Cat(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 3), nn.Linear(4, 5), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.c(torch.cat([self.a(x), self.b(x)], 1))
+
+    spec = permutation_spec(Cat(), torch.randn(2, 4))
+    assert spec.groups == {}
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet20_bn", "resnet20_ln", "vgg11_bn", "unlisted"])
+@pytest.mark.parametrize("method", ["activation", "weight"])
+def test_align_recovers_a_random_permutation(built, name, method):
+    model, _, spec = built[name]
+    gen = torch.Generator().manual_seed(3)
+    shape = ARCHS[name][1]
+    data = [(torch.randn(64, *shape, generator=gen), torch.zeros(64)) for _ in range(2)]
+    true = random_permutations(spec, seed=7)
+    shuffled = permute(model, true, spec)
+    found = align(model, shuffled, data, method=method)
+    assert set(found) == set(spec.groups)
+    exact = True
+    for g in found:
+        wrong = (true[g][found[g]] != torch.arange(len(found[g]))).nonzero().flatten()
+        if method == "weight" or len(wrong) == 0:
+            assert len(wrong) == 0, g
+            continue
+        # activation matching may only swap dead units: they correlate with nothing
+        exact = False
+        corr = found.correlations[g]
+        assert corr[wrong].abs().max() == 0, g
+    if exact:  # aligning the shuffled copy back gives the original weights
+        back = permute(shuffled, found)
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(back.state_dict()[k], v)
+
+
+def test_activation_matching_correlations_are_one_for_identical_units(built):
+    model, _, spec = built["mlp"]
+    data = [(torch.randn(128, 1, 28, 28), torch.zeros(128))]
+    found = align(model, permute(model, random_permutations(spec, 2), spec), data)
+    for g, corr in found.correlations.items():
+        matched = corr[torch.arange(len(found[g])), found[g]]
+        live = matched != 0  # a dead unit (never active on this data) correlates with nothing
+        assert live.float().mean() > 0.5
+        torch.testing.assert_close(matched[live], torch.ones(int(live.sum()), dtype=matched.dtype),
+                                   atol=1e-4, rtol=0)
+
+
+def test_dead_units_give_no_nan():
+    model = models.mlp(depth=2, width=8)
+    with torch.no_grad():
+        model[1].bias[:3] = -1e3  # three units never fire
+    data = [(torch.randn(32, 1, 28, 28), torch.zeros(32))]
+    found = align(model, copy.deepcopy(model), data)
+    for c in found.correlations.values():
+        assert torch.isfinite(c).all()
+
+
+def test_align_rejects_different_architectures():
+    a, b = models.mlp(depth=2, width=8), models.mlp(depth=2, width=9)
+    with pytest.raises(ValueError, match=r"0\.weight|1\.weight"):
+        align(a, b, [(torch.randn(4, 1, 28, 28), None)])
+    with pytest.raises(ValueError, match="method"):
+        align(a, a, [(torch.randn(4, 1, 28, 28), None)], method="magic")
+
+
+def test_permute_rejects_bad_permutations(built):
+    model, _, spec = built["mlp"]
+    g = next(iter(spec.groups))
+    with pytest.raises(ValueError, match="not a permutation"):
+        permute(model, {g: torch.zeros(16, dtype=torch.long)}, spec)
+    with pytest.raises(ValueError, match="unknown permutation group"):
+        permute(model, {"nope": torch.arange(3)}, spec)
+    with pytest.raises(ValueError, match="spec"):
+        permute(model, {g: torch.arange(16)})
+
+
+def test_hand_written_spec_with_hook_probes():
+    """A spec written by hand; probes are submodule names captured with forward hooks."""
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))
+    spec = PermutationSpec(groups={"hidden": Group(6, [("0.weight", 0, 1), ("0.bias", 0, 1), ("2.weight", 1, 1)],
+                                                   probes=["1"])})
+    true = {"hidden": torch.tensor([5, 3, 1, 0, 2, 4])}
+    data = [(torch.randn(200, 3), None)]
+    found = align(model, permute(model, true, spec), data, spec=spec)
+    assert torch.equal(true["hidden"][found["hidden"]], torch.arange(6))
+
+
+def test_align_does_not_modify_inputs(built):
+    model, _, _ = built["resnet20_bn"]
+    other = randomize_norm_stats(models.resnet20(width=1, in_channels=1), seed=5)
+    before_a, before_b = copy.deepcopy(model.state_dict()), copy.deepcopy(other.state_dict())
+    model.train()
+    align(model, other, [(torch.randn(16, 1, 28, 28), None)])
+    assert model.training and not other.training
+    for ref, m in ((before_a, model), (before_b, other)):
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, ref[k]), k
+    model.eval()
+
+
+def test_alignment_lowers_the_weight_distance():
+    """Two differently initialised nets: weight matching brings B's weights closer to A's."""
+    torch.manual_seed(0)
+    a, b = models.mlp(depth=2, width=32), models.mlp(depth=2, width=32)
+    found = align(a, b, [(torch.randn(8, 1, 28, 28), None)], method="weight")
+    b2 = permute(b, found)
+
+    def dist(m):
+        return sum(float((p - q).pow(2).sum()) for p, q in zip(a.parameters(), m.parameters()))
+
+    assert dist(b2) < dist(b)
+    mid = interpolate(a, b2, 0.5)
+    assert all(torch.isfinite(p).all() for p in mid.parameters())
