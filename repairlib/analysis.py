@@ -1,0 +1,139 @@
+"""Measurements behind the book's sections 3 and 4 and appendix C that REPAIR itself does not need.
+
+- Section 3.2: the correlation of aligned units, corr(X_1, X_2), and the variance of a unit of the
+  interpolated network predicted from the endpoints alone (Eq. 5), with its equal-std simplification
+  Var(X_alpha) = ((1 - a)^2 + a^2 + 2 a (1 - a) corr) Var(X_1)  (0.5 + 0.5 corr at the midpoint).
+- Sections 3.1 and 4: per-channel statistics and per-layer variance ratios measured where a
+  correction point's *final* value lives. ``repair(..., fuse=True)`` may fold a point's correction
+  into the BatchNorm after it (the conv output itself then stays uncorrected); an unfused REPAIRed
+  network (``repair(..., fuse=False)``) keeps a :class:`repairlib.repair.ChannelAffine` after the point,
+  and the functions here measure that affine's output, i.e. the corrected channel.
+- REPAIR's goals (Eqs. 3, 4): how far measured channels are from them.
+- Permutation invariance: the largest difference between two networks' outputs over a data set.
+
+Statistics are pooled over every sample (examples times spatial positions) in float64, as in
+:mod:`repairlib.stats`.
+"""
+
+import torch
+from torch import nn
+
+from repairlib.repair import ChannelAffine, EndpointStats, as_input, batches, correction_points, measure
+from repairlib.spec import trace
+from repairlib.stats import eval_mode
+
+
+# ---------------------------------------------------------------- section 3.2: Eq. 5
+def unit_correlations(stats: EndpointStats) -> dict:
+    """``point -> [C]`` correlation of each pair of corresponding channels, corr(X_1, X_2).
+
+    ``stats`` from :func:`repairlib.endpoint_stats` (``model_b`` aligned to ``model_a``, or not, to see
+    the unaligned pairing). Dead channels (zero variance in either network) get 0, never NaN.
+    """
+    return {p: stats.cov_ab[p] / (stats.var_a[p] * stats.var_b[p]).sqrt().clamp_min(1e-30) for p in stats.points}
+
+
+def predicted_variance(stats: EndpointStats, alpha: float) -> dict:
+    """``point -> [C]`` Var(X_alpha) predicted from the endpoints alone (paper Eq. 5)::
+
+        Var(X_alpha) = (1 - a)^2 Var(X_1) + a^2 Var(X_2) + 2 a (1 - a) Cov(X_1, X_2)
+
+    Exact for the first layer of the interpolated network (its preactivation is the interpolation
+    of the endpoints' preactivations); deeper, the collapse compounds and the prediction is too high.
+    """
+    a = float(alpha)
+    return {p: (1 - a) ** 2 * stats.var_a[p] + a ** 2 * stats.var_b[p] + 2 * a * (1 - a) * stats.cov_ab[p]
+            for p in stats.points}
+
+
+def equal_std_factor(corr, alpha: float = 0.5):
+    """Var(X_alpha) / Var(X_1) by Eq. 5 when std(X_1) = std(X_2): ``(1-a)^2 + a^2 + 2a(1-a) corr``.
+
+    At the midpoint this is ``0.5 + 0.5 corr``: the paper's corr 0.4 gives 0.7 (section 3.2).
+    ``corr``: a float, array or tensor; the result has the same type.
+    """
+    a = float(alpha)
+    return (1 - a) ** 2 + a ** 2 + 2 * a * (1 - a) * corr
+
+
+# ---------------------------------------------------------------- statistics where the values live
+def value_nodes(model: nn.Module, points) -> dict:
+    """``point -> node name`` of ``trace(model)`` that holds the point's final value.
+
+    That is the output of the :class:`~repairlib.repair.ChannelAffine` an unfused REPAIR inserted
+    after the point, if there is one, else the point itself. ``ValueError`` names a missing point.
+    """
+    gm = trace(model)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    nodes = {}
+    for p in points:
+        if p not in by_name:
+            raise ValueError(f"the network has no node {p!r} (a correction point of another network?)")
+        affine = [u for u in by_name[p].users
+                  if u.op == "call_module" and isinstance(gm.get_submodule(u.target), ChannelAffine)]
+        nodes[p] = affine[0].name if affine else p
+    return nodes
+
+
+def point_statistics(model: nn.Module, data, points) -> dict:
+    """``point -> (mean [C], var [C])``, float64, of each point's final value (:func:`value_nodes`), one pass."""
+    points = list(points)
+    nodes = value_nodes(model, points)
+    (moments,) = measure([model], data, [nodes[p] for p in points])
+    return {p: (moments[nodes[p]].mean_x, moments[nodes[p]].var_x) for p in points}
+
+
+def variance_ratios(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, points=None) -> dict:
+    """Variance collapse (section 3.1): ``point -> v_alpha / ((v_1 + v_2) / 2)`` in network order.
+
+    v is the sum over a layer's channels of each channel's variance over ``data``; v_alpha is measured
+    at the point's final value in ``model`` (:func:`value_nodes`, so an unfused REPAIRed network shows its
+    corrected channels), v_1, v_2 at the points of the endpoints. ``points`` default to
+    ``correction_points(model_a, "conv")``; for a plain network this equals
+    :func:`repairlib.variance_ratio`.
+    """
+    points = correction_points(model_a, "conv") if points is None else list(points)
+    (ends,) = measure([model_a, model_b], data, points)
+    mid = point_statistics(model, data, points)
+    return {p: float(mid[p][1].sum() / ((ends[p].var_x.sum() + ends[p].var_y.sum()) / 2).clamp_min(1e-30))
+            for p in points}
+
+
+# ---------------------------------------------------------------- REPAIR's goals
+def goal_errors(measured: dict, goals: dict) -> dict:
+    """How far channels are from REPAIR's goals (Eqs. 3, 4), per point, in units of the goal std.
+
+    ``measured``: ``point -> (mean [C], var [C])`` (:func:`point_statistics`); ``goals``:
+    ``point -> (mean [C], std [C])`` (``EndpointStats.targets(alpha)``). Returns
+    ``point -> {"mean": max_c |mean - goal mean| / goal std, "std": max_c |std / goal std - 1|}``
+    over channels whose goal std is positive.
+    """
+    errors = {}
+    for p, (goal_mean, goal_std) in goals.items():
+        if p not in measured:
+            raise ValueError(f"no measured statistics for point {p!r}")
+        mean, var = measured[p]
+        live = goal_std > 0
+        std = var.double().sqrt()
+        errors[p] = {
+            "mean": float(((mean.double() - goal_mean) / goal_std)[live].abs().max()) if live.any() else 0.0,
+            "std": float((std / goal_std - 1)[live].abs().max()) if live.any() else 0.0,
+        }
+    return errors
+
+
+# ---------------------------------------------------------------- permutation invariance
+@torch.no_grad()
+def output_difference(model_a: nn.Module, model_b: nn.Module, data) -> dict:
+    """``{"max_diff": max |f_a(x) - f_b(x)|, "max_output": max |f_a(x)|}`` over all outputs on ``data``.
+
+    For a network and its permuted copy (:func:`repairlib.permute`) ``max_diff`` is rounding error,
+    a tiny fraction of ``max_output``.
+    """
+    diff, scale = 0.0, 0.0
+    with eval_mode(model_a, model_b):
+        for x, _ in batches(data):
+            ya, yb = model_a(as_input(x, model_a)), model_b(as_input(x, model_b))
+            diff = max(diff, float((ya.double() - yb.double().to(ya.device)).abs().max()))
+            scale = max(scale, float(ya.abs().max()))
+    return {"max_diff": diff, "max_output": scale}
