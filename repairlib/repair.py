@@ -65,6 +65,8 @@ def as_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 def batches(data):
     """Yield ``(inputs, targets or None)`` of every batch; ``ValueError`` if there is none."""
+    if data is None:
+        raise ValueError("no data given: pass an iterable of (inputs, targets) batches")
     empty = True
     for batch in data:
         empty = False
@@ -457,6 +459,8 @@ def reset_bn(model: nn.Module, data) -> nn.Module:
     restored. The statistics are only reset once the first batch has arrived.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return model
     momenta = [bn.momentum for bn in bns]
     with eval_mode(model):
         try:
