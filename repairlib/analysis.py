@@ -46,6 +46,18 @@ def predicted_variance(stats: EndpointStats, alpha: float) -> dict:
             for p in stats.points}
 
 
+def predicted_variance_ratios(stats: EndpointStats, alpha: float) -> dict:
+    """``point -> v_alpha / ((v_1 + v_2) / 2)`` as Eq. 5 predicts it from each layer's own endpoint units.
+
+    v is a layer's summed channel variance (as in :func:`variance_ratios`). The prediction treats every
+    layer like the first one, i.e. it ignores that a layer's inputs have collapsed already, so deeper
+    layers of a real interpolated network fall below it (the collapse compounds).
+    """
+    predicted = predicted_variance(stats, alpha)
+    return {p: float(predicted[p].sum() / ((stats.var_a[p].sum() + stats.var_b[p].sum()) / 2).clamp_min(1e-30))
+            for p in stats.points}
+
+
 def equal_std_factor(corr, alpha: float = 0.5):
     """Var(X_alpha) / Var(X_1) by Eq. 5 when std(X_1) = std(X_2): ``(1-a)^2 + a^2 + 2a(1-a) corr``.
 

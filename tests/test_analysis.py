@@ -113,6 +113,18 @@ def test_dead_units_have_correlation_zero_not_nan():
     assert torch.isfinite(corr[first]).all() and corr[first][0] == 0
 
 
+def test_predicted_ratios_are_exact_in_the_first_layer_only():
+    a, b = mlp_pair(depth=4, width=16)
+    d = data()
+    stats = endpoint_stats(a, b, d)
+    predicted = analysis.predicted_variance_ratios(stats, 0.5)
+    measured = analysis.variance_ratios(interpolate(a, b, 0.5), a, b, d)
+    first, *deeper = stats.points
+    assert predicted[first] == pytest.approx(measured[first], rel=1e-9)
+    assert list(predicted) == stats.points and 0 < predicted[first] < 1
+    assert any(abs(predicted[p] - measured[p]) > 1e-3 for p in deeper)
+
+
 def test_equal_std_factor():
     assert analysis.equal_std_factor(0.4) == pytest.approx(0.7)  # the paper's section 3.2 example
     assert analysis.equal_std_factor(1.0, 0.37) == pytest.approx(1.0)  # identical units never collapse
