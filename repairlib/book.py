@@ -268,10 +268,11 @@ def provenance_markdown(info: dict) -> str:
     return "**Provenance of this page**\n\n| | |\n|---|---|\n" + rows + "\n"
 
 
-def show_provenance(profile: str, params: dict, start: float | None = None) -> dict:
-    """Display the provenance table (the last cell of every notebook) and return it as a dict.
+def show_provenance(profile: str, params: dict, start: float | None = None) -> None:
+    """Display the provenance table: the last cell of every notebook, ``show_provenance(profile, cfg, start)``.
 
-    Rendered as a Markdown table in Jupyter and in the book; printed as text elsewhere.
+    Rendered as a Markdown table in Jupyter and in the book; printed as text elsewhere. Returns nothing
+    (so the cell shows the table only); :func:`provenance` gives the dict.
     """
     info = provenance(profile, params, start)
     text = provenance_markdown(info)
@@ -284,7 +285,6 @@ def show_provenance(profile: str, params: dict, start: float | None = None) -> d
         display(Markdown(text))
     except ImportError:
         print(text)
-    return info
 
 
 # --------------------------------------------------------------------------------------------------
