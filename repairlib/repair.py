@@ -205,6 +205,12 @@ class EndpointStats:
         return goals
 
 
+def samples(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, *spatial]`` -> ``[samples, C]`` in float32 or float64 (the moments sum in float64)."""
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    return as_samples(x, x.shape[1])
+
+
 @torch.no_grad()
 def measure(models: list, data, points: list) -> list:
     """One pass over ``data``, every model run on every batch: ``[{point: Moments}]`` per pair.
@@ -223,7 +229,7 @@ def measure(models: list, data, points: list) -> list:
                 for j, p in enumerate(points):
                     values = [outs[i][j] for i in pair]
                     device = values[0].device
-                    pair_moments[p].update(*(as_samples(v.double(), v.shape[1]).to(device) for v in values))
+                    pair_moments[p].update(*(samples(v).to(device) for v in values))
     return moments
 
 
@@ -279,7 +285,7 @@ class _Renormalise(nn.Module):
         self.moments = Moments()
 
     def forward(self, x):
-        self.moments.update(as_samples(x.double(), x.shape[1]))
+        self.moments.update(samples(x))
         dims = [d for d in range(x.dim()) if d != 1]
         shape = [1, -1] + [1] * (x.dim() - 2)
         batch_mean = x.mean(dims, keepdim=True)
