@@ -11,16 +11,18 @@ Correction points are found in the torch.fx graph, with no per-architecture code
 
 - scope ``"conv"``: the output (preactivation) of every Conv1d/2d/3d and Linear call except the
   classifier (a layer whose output reaches the network output without passing another conv/linear);
-- scope ``"all"`` adds the residual-block outputs: every addition of two tensors of equal shape; when
-  its only user is an element-wise activation, the point is that activation's output.
+- scope ``"all"`` adds the residual-block outputs: every addition of two tensors of equal shape (before
+  the classifier); when its only user is an element-wise activation, the point is that activation's
+  output.
 
 Channels are dim 1 (``[B, C]`` or ``[B, C, *spatial]``); every spatial position is a sample.
 
 The affines are then fused (:func:`fuse_affines`): a conv/linear point is folded into that layer's
 weight and bias, or, for a bias-free layer followed only by an affine BatchNorm, into that BatchNorm's
-weight and bias (state_dict keys unchanged). Residual-stream points cannot be folded in general (an
-identity shortcut carries the stream); there, and only there, a :class:`ChannelAffine` node is
-inserted into an fx GraphModule.
+weight and bias (state_dict keys unchanged; exact for any scale, unlike a running-statistics fold).
+Residual-stream points cannot be folded in general (an identity shortcut carries the stream); there,
+and only there (or at a layer module called more than once), a :class:`ChannelAffine` node is inserted
+into an fx GraphModule.
 """
 
 import copy
