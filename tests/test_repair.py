@@ -283,6 +283,24 @@ def test_fold_creates_a_bias_where_the_layer_has_none():
     torch.testing.assert_close(outputs(fixed, data), outputs(unfused, data))
 
 
+def test_a_layer_called_twice_keeps_an_affine_node_per_call():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(1, 1, 3, padding=1), nn.Linear(1, 3)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.conv(torch.relu(self.conv(x)))).mean((2, 3)))
+
+    a, b = pair(Shared)
+    data = image_data()
+    fused = repair(interpolate(a, b, 0.5), a, b, data, 0.5)
+    assert correction_points(a) == ["conv", "conv_1"]
+    assert sum(isinstance(m, ChannelAffine) for m in fused.modules()) == 2
+    torch.testing.assert_close(outputs(fused, data), outputs(repair(interpolate(a, b, 0.5), a, b, data, 0.5,
+                                                                    fuse=False), data))
+
+
 def test_scope_all_on_the_project_resnet20_meets_block_output_goals():
     a, b = pair(lambda: models.resnet20(width=1, in_channels=1, num_classes=3))
     data = one_batch(image_data(n=24))
