@@ -15,6 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from repairlib.interpolate import check_same_architecture
+from repairlib.repair import EndpointStats, correction_points, endpoint_stats
 from repairlib.spec import PermutationSpec, permutation_spec
 from repairlib.stats import Moments, as_samples, capture, eval_mode, model_device
 
@@ -27,10 +28,11 @@ class Alignment(dict):
     ``correlations`` (activation matching) holds each group's ``[size, size]`` correlation matrix.
     """
 
-    def __init__(self, perms, spec, correlations=None):
+    def __init__(self, perms, spec, correlations=None, endpoint_stats=None):
         super().__init__(perms)
         self.spec = spec
         self.correlations = correlations or {}
+        self.endpoint_stats = endpoint_stats
 
     def matched_correlation(self):
         """Mean correlation of matched pairs per group (paper section 3.2 quotes about 0.4)."""
@@ -44,12 +46,17 @@ def first_inputs(data):
 
 
 def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spec=None,
-          max_iter=100, seed=0) -> Alignment:
+          max_iter=100, seed=0, stats_scope=None) -> Alignment:
     """Permutations that align ``model_b`` to ``model_a``: ``{group name: LongTensor}``.
 
     ``data``: any iterable of ``(inputs, targets)`` batches (targets unused). With
     ``method="weight"`` only its first batch is used, to trace shapes. ``spec`` defaults to
     :func:`repairlib.permutation_spec` of ``model_a``. Neither model is modified.
+
+    ``stats_scope="conv"|"all"`` also measures REPAIR's endpoint statistics (of ``model_a`` and of
+    the *aligned* ``model_b``) in the same pass over ``data``: permuting B only reorders its
+    channels, so B's statistics are measured once and permuted afterwards. They are returned as
+    ``result.endpoint_stats``, for ``repairlib.repair(..., stats=result.endpoint_stats)``.
     """
     if method not in ("activation", "weight"):
         raise ValueError(f"method must be 'activation' or 'weight', got {method!r}")
@@ -58,11 +65,30 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
         spec = permutation_spec(model_a, first_inputs(data))
     if method == "weight":
         params = {k for k, _ in model_a.named_parameters()}
-        return Alignment(weight_matching(spec, model_a.state_dict(), model_b.state_dict(), params,
-                                         max_iter, seed), spec)
-    corr = activation_correlations(model_a, model_b, data, spec)
+        perms = weight_matching(spec, model_a.state_dict(), model_b.state_dict(), params, max_iter, seed)
+        stats = endpoint_stats(model_a, permute(model_b, perms, spec), data, stats_scope) if stats_scope else None
+        return Alignment(perms, spec, endpoint_stats=stats)
+    points = correction_points(model_a, stats_scope, first_inputs(data)) if stats_scope else []
+    corr, point_moments = activation_correlations(model_a, model_b, data, spec, points)
     perms = {g: solve_assignment(c) for g, c in corr.items()}
-    return Alignment(perms, spec, corr)
+    stats = permuted_endpoint_stats(point_moments, perms, spec, stats_scope) if stats_scope else None
+    return Alignment(perms, spec, corr, stats)
+
+
+def permuted_endpoint_stats(moments: dict, perms: dict, spec: PermutationSpec, scope: str) -> EndpointStats:
+    """REPAIR's endpoint statistics of ``model_a`` and of ``model_b`` aligned by ``perms``.
+
+    ``moments``: ``point -> Moments`` of (A, B) with the full ``[C, C]`` cross moment. A point whose
+    channels belong to group g sees B's channel ``perms[g][i]`` at position i after alignment.
+    """
+    fields = {f: {} for f in ("mean_a", "var_a", "mean_b", "var_b", "cov_ab")}
+    for p, m in moments.items():
+        g = spec.node_groups.get(p)
+        perm = perms[g].to(m.sx.device) if g is not None else torch.arange(len(m.sx), device=m.sx.device)
+        fields["mean_a"][p], fields["var_a"][p] = m.mean_x, m.var_x
+        fields["mean_b"][p], fields["var_b"][p] = m.mean_y[perm], m.var_y[perm]
+        fields["cov_ab"][p] = m.cov_xy[torch.arange(len(perm), device=perm.device), perm]
+    return EndpointStats(scope, **fields)
 
 
 def solve_assignment(score: torch.Tensor) -> torch.Tensor:
@@ -72,33 +98,40 @@ def solve_assignment(score: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def activation_correlations(model_a, model_b, data, spec: PermutationSpec) -> dict:
+def activation_correlations(model_a, model_b, data, spec: PermutationSpec, points=()) -> tuple:
     """One pass over ``data``: each group's ``[size, size]`` correlation matrix (Eq. 2).
 
     A group with several probes (a residual stream is seen after every block) sums their
     correlation matrices, i.e. maximises the summed correlation over all places it is observed.
+    ``points``: further graph nodes whose (A, B) moments are gathered in the same pass.
+    Returns ``(group -> correlation, point -> Moments)``.
     """
     probe_group = {p: g for g, grp in spec.groups.items() for p in grp.probes}
     for g, grp in spec.groups.items():
         if not grp.probes:
             raise ValueError(f"group {g!r} has no probe where its activations can be measured")
     probes = list(probe_group)
-    cap_a, cap_b = capture(model_a, probes), capture(model_b, probes)
-    moments = {p: Moments(cross="full") for p in probes}
+    watched = probes + [p for p in points if p not in probe_group]
+    cap_a, cap_b = capture(model_a, watched), capture(model_b, watched)
+    moments = {p: Moments(cross="full") for p in watched}
     dev_a, dev_b = model_device(model_a), model_device(model_b)
+    seen = 0
     with eval_mode(model_a, model_b):
         for batch in data:
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
-            for p, va, vb in zip(probes, outs_a, outs_b):
-                size = spec.groups[probe_group[p]].size
+            for p, va, vb in zip(watched, outs_a, outs_b):
+                size = spec.groups[probe_group[p]].size if p in probe_group else va.shape[1]
                 moments[p].update(as_samples(va.float(), size), as_samples(vb.float().to(dev_a), size))
+            seen += 1
+    if not seen:
+        raise ValueError("the data yielded no batches")
     corr = {}
     for p in probes:
         g = probe_group[p]
         c = moments[p].corr_xy()
         corr[g] = c if g not in corr else corr[g] + c
-    return {g: corr[g] for g in spec.groups}
+    return {g: corr[g] for g in spec.groups}, {p: moments[p] for p in points}
 
 
 def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter=100, seed=0) -> dict:

@@ -266,3 +266,22 @@ def test_alignment_lowers_the_weight_distance():
     assert dist(b2) < dist(b)
     mid = interpolate(a, b2, 0.5)
     assert all(torch.isfinite(p).all() for p in mid.parameters())
+
+
+@pytest.mark.parametrize("scope", ["conv", "all"])
+def test_endpoint_stats_from_the_alignment_pass_equal_a_separate_pass(scope):
+    """REPAIR's statistics gathered while aligning (B's permuted afterwards) equal measuring aligned B."""
+    from repairlib.repair import endpoint_stats
+
+    torch.manual_seed(0)
+    a = randomize_norm_stats(models.resnet20(width=1, in_channels=1), seed=1)
+    b = randomize_norm_stats(models.resnet20(width=1, in_channels=1), seed=2)
+    data = [(torch.randn(32, 1, 28, 28), None) for _ in range(2)]
+    found = align(a, b, data, stats_scope=scope)
+    shared = found.endpoint_stats
+    separate = endpoint_stats(a, permute(b, found), data, scope)
+    assert shared.points == separate.points and len(shared.points) > 5
+    for field in ("mean_a", "var_a", "mean_b", "var_b", "cov_ab"):
+        for p in shared.points:
+            torch.testing.assert_close(getattr(shared, field)[p], getattr(separate, field)[p],
+                                       rtol=1e-4, atol=1e-6, msg=f"{field} {p}")
