@@ -23,6 +23,22 @@ if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules and not os.
 ALPHA_LABEL = r"interpolation coefficient $\alpha$"
 
 
+def _show_figures_in_notebooks() -> None:
+    """Make IPython render a returned Figure as a PNG (pyplot's inline backend is never loaded here)."""
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import print_figure
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.display_formatter.formatters["image/png"].for_type(
+            Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight", dpi=110))
+
+
+_show_figures_in_notebooks()
+
+
 def _array(values, what: str) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()

@@ -1,0 +1,87 @@
+"""How long the book takes: every notebook at the smoke profile, the cpu profile with an empty checkpoint
+zoo (cold: trains every network) and again with the zoo it filled (warm: evaluation only), and one
+jupyter-book build. Writes benchmarks/results/bench_book.json.
+
+    python benchmarks/bench_book.py                 # smoke, cpu cold, cpu warm, build (the lead's run)
+    python benchmarks/bench_book.py --runs smoke    # seconds: every notebook at the smoke profile
+
+The executed copies go to a temporary directory (the book's own copies are written by
+``python -m repairlib book``); measured results go to a temporary $REPAIR_RESULTS.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from repairlib import book
+
+ROOT = Path(__file__).resolve().parents[1]
+
+RUNS = {"smoke": ("smoke", "fresh"), "cpu_cold": ("cpu", "fresh"), "cpu_warm": ("cpu", "reuse")}
+
+
+def run_profile(profile: str, zoo: Path, out: Path, only=None) -> dict:
+    """Execute the notebooks at ``profile`` with ``$REPAIR_ZOO=zoo``; per-notebook seconds and status."""
+    os.environ["REPAIR_ZOO"] = str(zoo)  # inherited by papermill's kernels
+    notebooks = book.select_notebooks(ROOT / "notebooks", only)
+    start = time.time()
+    results = book.run_notebooks(notebooks, profile, {}, out, cwd=ROOT / "notebooks",
+                                 log=lambda line: print(f"  {line}", flush=True))
+    return {
+        "profile": profile,
+        "total_s": round(time.time() - start, 1),
+        "ok": all(ok for _, _, ok, _ in results),
+        "notebooks": {name: {"seconds": round(s, 1), "ok": ok, "error": err} for name, s, ok, err in results},
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", nargs="+", default=[*RUNS, "build"], choices=[*RUNS, "build"])
+    p.add_argument("--only", nargs="+", default=None, metavar="SECTION", help="a subset of the notebooks")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_book.json"))
+    args = p.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="bench_book_"))
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ["REPAIR_RESULTS"] = str(work / "results")
+    report = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    "device": book.device_name()},
+        "commit": book.git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "runs": {},
+    }
+    status = 0
+    try:
+        for run in [r for r in RUNS if r in args.runs]:
+            profile, zoo_mode = RUNS[run]
+            zoo = work / f"zoo_{profile}"
+            if zoo_mode == "fresh" and zoo.exists():
+                shutil.rmtree(zoo)
+            print(f"{run}: profile {profile}, {'empty' if zoo_mode == 'fresh' else 'filled'} zoo", flush=True)
+            report["runs"][run] = result = run_profile(profile, zoo, work / run, args.only)
+            print(f"{run}: {result['total_s']} s, {'ok' if result['ok'] else 'FAILED'}", flush=True)
+            status |= 0 if result["ok"] else 1
+        if "build" in args.runs:
+            start = time.time()
+            ok = book.build_book(ROOT, path_output=work / "build")
+            report["runs"]["build"] = {"total_s": round(time.time() - start, 1), "ok": ok}
+            status |= 0 if ok else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
