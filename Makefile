@@ -13,7 +13,7 @@ book: setup
 	$(PYTHON) -m repairlib book --profile $(PROFILE)
 
 test:
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q -n 2 --durations=15 tests
 
 lint:
 	$(PYTHON) -m ruff check repairlib tests benchmarks

@@ -1,0 +1,120 @@
+"""Speed of align + exact REPAIR against its floor and against a per-layer prefix-pass matcher.
+
+    python benchmarks/bench_merge.py [--examples 5000] [--repeats 3]
+
+Two ResNet20 x1 (BatchNorm) networks, Fashion-MNIST training images, batch 500, on the CPU. All
+timings are taken side by side in one run, the best of ``--repeats``:
+
+- floor: one forward pass of each endpoint and one of the merged network over the images, the least
+  any data-driven align + REPAIR must spend;
+- repairlib: ``align(stats_scope="conv")`` (one pass of both endpoints gathers the matching and the
+  REPAIR statistics), ``permute``, ``interpolate``, ``repair(variant="exact")`` (one pass of the
+  merged network), fusion included;
+- prefix-pass matcher: the way the authors' release matches, one data pass per matched layer through
+  the sub-network that ends there (here: one pass per permutation group, cut after its last probe),
+  then the same REPAIR.
+
+Writes benchmarks/results/bench_merge.json. Targets: repairlib <= 1.5x the floor; the prefix-pass
+pipeline >= 5x slower than repairlib's (its alignment alone is reported too).
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import repairlib
+from repairlib import data, models
+from repairlib.align import Alignment, permute, solve_assignment
+from repairlib.spec import permutation_spec
+from repairlib.stats import Moments, as_samples, capture
+
+
+def best_of(repeats, fn):
+    times, out = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), out
+
+
+@torch.no_grad()
+def forward_all(model, batches):
+    for x, _ in batches:
+        model(x)
+
+
+def repairlib_merge(a, b, batches):
+    perms = repairlib.align(a, b, batches, stats_scope="conv")
+    b2 = permute(b, perms)
+    mid = repairlib.interpolate(a, b2, 0.5)
+    return repairlib.repair(mid, a, b2, batches, 0.5, stats=perms.endpoint_stats)
+
+
+@torch.no_grad()
+def prefix_pass_align(a, b, batches, spec):
+    """One data pass per permutation group through the prefix network ending at its probes."""
+    perms, corr = {}, {}
+    for g, group in spec.groups.items():
+        cap_a, cap_b = capture(a, group.probes), capture(b, group.probes)
+        moments = [Moments(cross="full") for _ in group.probes]
+        for x, _ in batches:
+            for m, va, vb in zip(moments, cap_a(x), cap_b(x)):
+                m.update(as_samples(va, group.size), as_samples(vb, group.size))
+        corr[g] = sum(m.corr_xy() for m in moments)
+        perms[g] = solve_assignment(corr[g])
+    return Alignment(perms, spec, corr)
+
+
+def prefix_pass_merge(a, b, batches, spec):
+    perms = prefix_pass_align(a, b, batches, spec)
+    b2 = permute(b, perms)
+    mid = repairlib.interpolate(a, b2, 0.5)
+    return repairlib.repair(mid, a, b2, batches, 0.5), perms
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--examples", type=int, default=5000)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    a, b = (models.resnet20(1, "bn", in_channels=1).eval() for _ in range(2))
+    batches = data.loader("fashion_mnist", "train", batch_size=500, subset=args.examples, device="cpu")
+    for m in (a, b):  # BatchNorm statistics of real data, as in a trained network
+        repairlib.reset_bn(m, batches)
+    spec = permutation_spec(a, next(iter(batches))[0])
+    mid = repairlib.interpolate(a, b, 0.5)
+
+    t_floor, _ = best_of(args.repeats, lambda: [forward_all(m, batches) for m in (a, b, mid)])
+    t_ours, merged = best_of(args.repeats, lambda: repairlib_merge(a, b, batches))
+    t_align, ours = best_of(args.repeats, lambda: repairlib.align(a, b, batches, spec=spec))
+    t_prefix_align, theirs = best_of(1, lambda: prefix_pass_align(a, b, batches, spec))
+    t_prefix, _ = best_of(1, lambda: prefix_pass_merge(a, b, batches, spec))
+    same = all(torch.equal(ours[g], theirs[g]) for g in ours)
+    result = {
+        "examples": args.examples, "batch_size": 500, "model": "resnet20 x1 bn", "dataset": "fashion_mnist",
+        "groups": len(spec.groups), "device": f"cpu, {torch.get_num_threads()} threads, {platform.machine()}",
+        "floor_seconds": t_floor, "repairlib_seconds": t_ours, "repairlib_over_floor": t_ours / t_floor,
+        "align_seconds": t_align, "prefix_align_seconds": t_prefix_align,
+        "prefix_align_over_align": t_prefix_align / t_align,
+        "prefix_pipeline_seconds": t_prefix, "prefix_pipeline_over_repairlib": t_prefix / t_ours,
+        "same_permutations": same, "torch": torch.__version__,
+    }
+    out = Path(__file__).parent / "results" / "bench_merge.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"floor (3 forward passes)        {t_floor:7.2f} s")
+    print(f"repairlib align+REPAIR          {t_ours:7.2f} s   {t_ours / t_floor:5.2f}x floor (target <= 1.5)")
+    print(f"prefix-pass align+REPAIR        {t_prefix:7.2f} s   {t_prefix / t_ours:5.2f}x repairlib (target >= 5)")
+    print(f"alignment only: one pass {t_align:.2f} s, prefix passes {t_prefix_align:.2f} s "
+          f"({t_prefix_align / t_align:.1f}x); same permutations: {same}")
+    assert merged is not None
+
+
+if __name__ == "__main__":
+    main()
