@@ -1,0 +1,273 @@
+"""The networks of the paper: MLP, VGG, CIFAR ResNet20/ResNet18 (BatchNorm, LayerNorm or Fixup) and
+torchvision's ImageNet ResNets.
+
+Every model maps images ``[B, C, H, W]`` (28 or 32 px) to logits ``[B, num_classes]``, keeps channels on
+dim 1, and has no data-dependent Python control flow, so ``torch.fx.symbolic_trace`` sees every layer.
+``build({"arch": ..., **kwargs})`` constructs a model from a plain dict (the form stored in checkpoints).
+"""
+
+import inspect
+
+import torch
+from torch import nn
+
+NORMS = {"vgg": (None, "bn"), "resnet": ("bn", "ln", "fixup")}
+VGG_CONFIGS = {  # channels of each 3x3 conv at width 1; "M" = 2x2 max pool
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M"],
+}
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_norm(norm, family: str):
+    norm = None if isinstance(norm, str) and norm.lower() == "none" else norm
+    norm = norm.lower() if isinstance(norm, str) else norm
+    if norm not in NORMS[family]:
+        raise ValueError(f"unknown norm {norm!r} for {family}; valid: {', '.join(map(str, NORMS[family]))}")
+    return norm
+
+
+class MLP(nn.Sequential):
+    """Flatten, ``depth`` x [Linear, ReLU], Linear head: ``[B, *] -> [B, num_classes]``."""
+
+    def __init__(self, depth=10, width=512, in_features=784, num_classes=10):
+        depth, width = _positive_int(depth, "mlp depth"), _positive_int(width, "mlp width")
+        in_features = _positive_int(in_features, "in_features")
+        layers, fan_in = [nn.Flatten()], in_features
+        for _ in range(depth):
+            layers += [nn.Linear(fan_in, width), nn.ReLU()]
+            fan_in = width
+        super().__init__(*layers, nn.Linear(fan_in, _positive_int(num_classes, "num_classes")))
+
+
+def mlp(depth=10, width=512, in_features=784, num_classes=10) -> MLP:
+    """Multi-layer perceptron with ``depth`` hidden layers of ``width`` units."""
+    return MLP(depth, width, in_features, num_classes)
+
+
+class VGG(nn.Module):
+    """VGG conv stack for small images, then a global average pool and one Linear head.
+
+    Max pools use ``ceil_mode`` so 28 px inputs (MNIST-like) reach 1x1 like 32 px ones:
+    28 -> 14 -> 7 -> 4 -> 2 -> 1. ``features``: ``[B, C, H, W] -> [B, 512*width, 1, 1]``.
+    """
+
+    def __init__(self, depth=11, width=1, norm=None, in_channels=3, num_classes=10):
+        super().__init__()
+        if depth not in VGG_CONFIGS:
+            raise ValueError(f"unknown vgg depth {depth!r}; valid: {', '.join(map(str, VGG_CONFIGS))}")
+        width, norm = _positive_int(width, "vgg width"), _check_norm(norm, "vgg")
+        layers, c_in = [], _positive_int(in_channels, "in_channels")
+        for item in VGG_CONFIGS[depth]:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))
+                continue
+            c_out = item * width
+            conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm is None)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's VGG
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+            layers.append(conv)
+            layers += [nn.BatchNorm2d(c_out)] if norm == "bn" else []
+            layers.append(nn.ReLU(inplace=True))
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_in, _positive_int(num_classes, "num_classes"))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def vgg(depth=11, width=1, norm=None, in_channels=3, num_classes=10) -> VGG:
+    """VGG11/13/16/19 with channels 64*width ... 512*width; ``norm`` None or "bn"."""
+    return VGG(depth, width, norm, in_channels, num_classes)
+
+
+def _norm_layer(norm: str, channels: int) -> nn.Module:
+    """BatchNorm2d, LayerNorm over (C, H, W) with per-channel affine (GroupNorm with one group),
+    or nothing (Fixup)."""
+    if norm == "bn":
+        return nn.BatchNorm2d(channels)
+    if norm == "ln":
+        return nn.GroupNorm(1, channels)
+    return nn.Identity()
+
+
+class Bias(nn.Module):
+    """Fixup's scalar bias: ``x + b`` with one learned scalar (zero at init)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x + self.bias
+
+
+class Scale(nn.Module):
+    """Fixup's scalar multiplier: ``x * s`` with one learned scalar (one at init)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+class BasicBlock(nn.Module):
+    """relu(branch(x) + shortcut(x)); branch = conv3x3-norm-relu-conv3x3-norm.
+
+    With norm "fixup" the norms are replaced by scalar biases before each conv and activation and a
+    scalar multiplier at the end of the branch (Zhang et al., 2019). The shortcut is the identity, or a
+    1x1 conv (+norm) when the stride or channel count changes. ``[B, c_in, H, W] -> [B, c_out, H/s, W/s]``.
+    """
+
+    def __init__(self, c_in, c_out, stride, norm):
+        super().__init__()
+        fixup = norm == "fixup"
+        affine = Bias if fixup else nn.Identity
+        self.bias1a, self.bias1b, self.bias2a, self.bias2b = affine(), affine(), affine(), affine()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False)
+        self.norm1 = _norm_layer(norm, c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.norm2 = _norm_layer(norm, c_out)
+        self.scale = Scale() if fixup else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), _norm_layer(norm, c_out))
+
+    def forward(self, x):
+        x = self.bias1a(x)
+        out = self.relu(self.bias1b(self.norm1(self.conv1(x))))
+        out = self.bias2b(self.scale(self.norm2(self.conv2(self.bias2a(out)))))
+        return self.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stem (no max pool), stages of BasicBlocks, global pool, Linear head.
+
+    ``stages`` = [(channels at width 1, blocks, stride), ...]; ``[B, C, H, W] -> [B, num_classes]``.
+    """
+
+    def __init__(self, stages, width=1, norm="bn", in_channels=3, num_classes=10):
+        super().__init__()
+        width, norm = _positive_int(width, "resnet width"), _check_norm(norm, "resnet")
+        c = stages[0][0] * width
+        self.conv1 = nn.Conv2d(_positive_int(in_channels, "in_channels"), c, 3, padding=1, bias=False)
+        self.norm1 = _norm_layer(norm, c)
+        self.bias1 = Bias() if norm == "fixup" else nn.Identity()
+        self.relu = nn.ReLU(inplace=True)
+        blocks = []
+        for channels, count, stride in stages:
+            for i in range(count):
+                blocks.append(BasicBlock(c, channels * width, stride if i == 0 else 1, norm))
+                c = channels * width
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.bias2 = Bias() if norm == "fixup" else nn.Identity()
+        self.fc = nn.Linear(c, _positive_int(num_classes, "num_classes"))
+        if norm == "fixup":
+            self._fixup_init(len(blocks))
+
+    @torch.no_grad()
+    def _fixup_init(self, num_branches: int, m: int = 2):
+        """Fixup: He-init the branch convs scaled by L^(-1/(2m-2)), zero the last conv of each branch
+        and the classifier (L residual branches of m layers each)."""
+        for block in self.layers:
+            nn.init.kaiming_normal_(block.conv1.weight, mode="fan_out", nonlinearity="relu")
+            block.conv1.weight.mul_(num_branches ** (-1.0 / (2 * m - 2)))
+            nn.init.zeros_(block.conv2.weight)
+        nn.init.zeros_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, x):
+        x = self.relu(self.bias1(self.norm1(self.conv1(x))))
+        x = torch.flatten(self.pool(self.layers(x)), 1)
+        return self.fc(self.bias2(x))
+
+
+def resnet20(width=1, norm="bn", in_channels=3, num_classes=10) -> ResNet:
+    """ResNet20: 3 stages x 3 blocks, 16/32/64 x width channels (about 0.27M parameters at width 1)."""
+    return ResNet([(16, 3, 1), (32, 3, 2), (64, 3, 2)], width, norm, in_channels, num_classes)
+
+
+def resnet18(width=1, norm="bn", in_channels=3, num_classes=10) -> ResNet:
+    """CIFAR ResNet18: 3x3 stem, 4 stages x 2 blocks, 64/128/256/512 x width channels."""
+    return ResNet([(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)], width, norm, in_channels, num_classes)
+
+
+def _tv_resnet(name):
+    def make(in_channels=3, num_classes=10):
+        import torchvision
+
+        if in_channels != 3:
+            raise ValueError(f"{name} takes 3 input channels, got in_channels={in_channels!r}")
+        return getattr(torchvision.models, name.removeprefix("tv_"))(num_classes=num_classes)
+
+    make.__name__ = name
+    make.__doc__ = f"torchvision.models.{name.removeprefix('tv_')}(num_classes=...), unchanged."
+    return make
+
+
+ARCHS = {
+    "mlp": mlp,
+    "vgg": vgg,
+    "resnet20": resnet20,
+    "resnet18": resnet18,
+    "tv_resnet18": _tv_resnet("tv_resnet18"),
+    "tv_resnet50": _tv_resnet("tv_resnet50"),
+}
+
+
+def canonical_config(config: dict) -> dict:
+    """``config`` with every constructor default filled in, e.g. {"arch": "resnet20"} ->
+    {"arch": "resnet20", "width": 1, "norm": "bn", "in_channels": 3, "num_classes": 10}.
+
+    Raises ``ValueError`` for an unknown arch or an argument the constructor does not take.
+    """
+    if not isinstance(config, dict) or "arch" not in config:
+        raise ValueError(f"a model config is a dict with an 'arch' key, got {config!r}")
+    arch = config["arch"]
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; valid: {', '.join(ARCHS)}")
+    kwargs = {k: v for k, v in config.items() if k != "arch"}
+    signature = inspect.signature(ARCHS[arch])
+    unknown = sorted(set(kwargs) - set(signature.parameters))
+    if unknown:
+        raise ValueError(f"{arch} takes no argument {unknown[0]!r}; valid: {', '.join(signature.parameters)}")
+    bound = signature.bind(**kwargs)
+    bound.apply_defaults()
+    if isinstance(bound.arguments.get("norm"), str):  # "none" / "BN" -> None / "bn"
+        family = "resnet" if arch.startswith("resnet") else arch
+        bound.arguments["norm"] = _check_norm(bound.arguments["norm"], family)
+    return {"arch": arch, **bound.arguments}
+
+
+def build(config: dict) -> nn.Module:
+    """Construct the model a config dict describes: ``{"arch": "resnet20", "width": 4, "norm": "ln"}``."""
+    config = canonical_config(config)
+    return ARCHS[config["arch"]](**{k: v for k, v in config.items() if k != "arch"})
+
+
+def arch_of(model: nn.Module) -> str:
+    """The recipe family of a model built here: "mlp", "vgg", "resnet20" or "resnet18", "tv_resnet"."""
+    if isinstance(model, MLP):
+        return "mlp"
+    if isinstance(model, VGG):
+        return "vgg"
+    if isinstance(model, ResNet):
+        return "resnet18" if len(model.layers) == 8 else "resnet20"
+    if type(model).__module__.startswith("torchvision.models"):
+        return "tv_resnet"
+    raise ValueError(f"cannot tell the architecture of a {type(model).__name__}; pass recipe= explicitly")
