@@ -141,3 +141,32 @@ def best(values, alphas) -> tuple:
         raise ValueError(f"need as many values as alphas, got {len(values)} and {len(alphas)}")
     i = min(range(len(values)), key=values.__getitem__)
     return alphas[i], values[i]
+
+
+def _before_after(before, after, endpoints) -> str:
+    text = " → ".join(str(x) for x in (before, after) if x not in (None, ""))
+    if endpoints not in (None, ""):
+        text += f" (endpoints {endpoints})"
+    return text.replace("|", "\\|") or "–"
+
+
+def paper_vs_ours(rows: dict, reference=None) -> str:
+    """A Markdown table of the paper's numbers beside ours: one line per key of ``rows``.
+
+    ``rows``: ``{key of repairlib.book.REFERENCE: {"before", "after", "endpoints", "note"}}`` (the form
+    ``book.save_results`` takes; any subset of the fields). ``reference`` defaults to ``book.REFERENCE``.
+    """
+    if reference is None:
+        from repairlib.book import REFERENCE as reference
+    paper = {r[0]: r for r in reference}
+    unknown = sorted(set(rows) - set(paper))
+    if unknown:
+        raise ValueError(f"unknown reference key(s) {unknown}; valid keys: {', '.join(paper)}")
+    lines = ["| Setting | Paper: before → after REPAIR | Ours: before → after REPAIR | Our setting |",
+             "|---|---|---|---|"]
+    for key, row in rows.items():
+        _, setting, _, before, after, ends = paper[key]
+        ours = _before_after(row.get("before"), row.get("after"), row.get("endpoints"))
+        note = str(row.get("note", "")).replace("|", "\\|") or "–"
+        lines.append(f"| {setting} | {_before_after(before, after, ends)} | {ours} | {note} |")
+    return "\n".join(lines) + "\n"
