@@ -211,12 +211,15 @@ def _tv_resnet(name):
     def make(in_channels=3, num_classes=10):
         import torchvision
 
-        if in_channels != 3:
-            raise ValueError(f"{name} takes 3 input channels, got in_channels={in_channels!r}")
-        return getattr(torchvision.models, name.removeprefix("tv_"))(num_classes=num_classes)
+        model = getattr(torchvision.models, name.removeprefix("tv_"))(num_classes=num_classes)
+        if _positive_int(in_channels, "in_channels") != 3:  # e.g. Fashion-MNIST: only the stem's inputs change
+            model.conv1 = nn.Conv2d(in_channels, model.conv1.out_channels, 7, 2, 3, bias=False)
+            nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision
+        return model
 
     make.__name__ = name
-    make.__doc__ = f"torchvision.models.{name.removeprefix('tv_')}(num_classes=...), unchanged."
+    make.__doc__ = (f"torchvision.models.{name.removeprefix('tv_')}(num_classes=...), unchanged except that "
+                    "in_channels != 3 gives its 7x7 stem convolution that many inputs.")
     return make
 
 

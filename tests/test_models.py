@@ -48,8 +48,13 @@ def test_torchvision_resnets_are_used_as_they_are(arch):
         k: v.shape for k, v in reference.state_dict().items()}
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), model(x))
-    with pytest.raises(ValueError, match="in_channels=1"):
-        models.build({"arch": arch, "in_channels": 1})
+    grey = models.build({"arch": arch, "in_channels": 1, "num_classes": 5}).eval()  # Fashion-MNIST at cpu scale
+    assert type(grey) is type(reference) and grey.conv1.weight.shape == (64, 1, 7, 7)
+    assert {k: v.shape for k, v in grey.state_dict().items() if k != "conv1.weight"} == {
+        k: v.shape for k, v in reference.state_dict().items() if k != "conv1.weight"}
+    assert grey(torch.randn(2, 1, 28, 28)).shape == (2, 5)
+    with pytest.raises(ValueError, match="in_channels"):
+        models.build({"arch": arch, "in_channels": 0})
 
 
 def test_channels_stay_on_dim_1():
