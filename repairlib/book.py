@@ -581,6 +581,14 @@ def build_book(root=None, path_output=None, log=print) -> bool:
     return ok
 
 
+def executed_dir(profile: str, root=None) -> Path:
+    """Where the runner writes executed copies: ``book/executed/<profile>/`` (the book's pages are the
+    cpu ones; paper-profile copies are kept beside them), smoke copies under ``_build/`` (never committed)."""
+    root = Path(root) if root is not None else book_root()
+    check_profile(profile)
+    return root / "_build" / "executed" / "smoke" if profile == "smoke" else root / "book" / "executed" / profile
+
+
 def book_cli(args: argparse.Namespace) -> int:
     """``python -m repairlib book``: execute the notebooks, refresh the results table, build the book.
 
@@ -588,7 +596,7 @@ def book_cli(args: argparse.Namespace) -> int:
     """
     root = book_root()
     notebook_dir = Path(getattr(args, "notebooks", None) or root / "notebooks")
-    out_dir = Path(getattr(args, "out", None) or root / "book" / "executed" / args.profile)
+    out_dir = Path(getattr(args, "out", None) or executed_dir(args.profile, root))
     overrides = {}
     for name, value in args.parameter:
         if not name.isidentifier():

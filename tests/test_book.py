@@ -145,6 +145,15 @@ def test_runner_rejects_unknown_parameters_sections_and_notebooks_without_parame
     assert "has no code cell tagged 'parameters'" in capsys.readouterr().err
 
 
+def test_executed_copies_go_where_the_toc_expects_them(tmp_path):
+    assert book.executed_dir("cpu", tmp_path) == tmp_path / "book" / "executed" / "cpu"
+    assert book.executed_dir("paper", tmp_path) == tmp_path / "book" / "executed" / "paper"
+    assert book.executed_dir("smoke", tmp_path).parts[-3:] == ("_build", "executed", "smoke")  # never committed
+    toc = (ROOT / "_toc.yml").read_text()
+    for stem in book.NOTEBOOKS.values():
+        assert f"file: book/executed/cpu/{stem}\n" in toc
+
+
 def test_select_notebooks_reading_order_and_section_ids(tmp_path):
     for stem in ("C_no_alignment", "05_1_normalization", "00_quickstart", "_draft", "zz_extra"):
         _notebook(tmp_path / f"{stem}.ipynb", "x = 1")

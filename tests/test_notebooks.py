@@ -71,7 +71,12 @@ def stale_reason(executed: Path, source: Path) -> str | None:
     """Why the executed copy does not match its source notebook (None when it does)."""
     if not source.exists():
         return f"{executed.relative_to(executed.parents[2])} has no source notebook {source.name}"
-    ran, now = code_cells(nbformat.read(str(executed), 4)), code_cells(nbformat.read(str(source), 4))
+    nb = nbformat.read(str(executed), 4)
+    profile = nb.metadata.get("papermill", {}).get("parameters", {}).get("profile")
+    if profile != executed.parent.name:
+        return (f"{executed.parent.name}/{executed.name} was executed at profile {profile!r}, not "
+                f"{executed.parent.name!r} (run it with python -m repairlib book)")
+    ran, now = code_cells(nb), code_cells(nbformat.read(str(source), 4))
     if ran != now:
         first = next((i for i, (a, b) in enumerate(zip(ran, now)) if a != b), min(len(ran), len(now)))
         return (f"{executed.parent.name}/{executed.name} is stale: code cell {first} differs from "
@@ -96,6 +101,10 @@ def test_stale_check_catches_a_changed_cell(tmp_path):
     nbformat.write(nb, str(source))
     injected = nbformat.v4.new_code_cell('profile = "cpu"', metadata={"tags": ["injected-parameters"]})
     ran = nbformat.v4.new_notebook(cells=[nb.cells[0], injected, nb.cells[1]])
+    ran.metadata["papermill"] = {"parameters": {"profile": "smoke"}}
+    nbformat.write(ran, str(executed))
+    assert "executed at profile 'smoke', not 'cpu'" in stale_reason(executed, source)
+    ran.metadata["papermill"]["parameters"]["profile"] = "cpu"
     nbformat.write(ran, str(executed))
     assert stale_reason(executed, source) is None  # the injected cell is ignored
     ran.cells[2].source = "x + 1"
