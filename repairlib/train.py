@@ -1,0 +1,260 @@
+"""Training with the paper's recipes (Table 1): SGD with momentum 0.9, per-step learning-rate schedules.
+
+| arch             | batch | lr schedule (peak) | weight decay | augmentation            |
+|------------------|-------|--------------------|--------------|-------------------------|
+| mlp              | 2000  | linear 0.2         | 0            | translate               |
+| vgg              | 500   | cosine 0.08        | 5e-4         | flip+translate          |
+| resnet20/18      | 500   | cosine 0.4         | 1e-4         | flip+translate+cutout   |
+| tv_resnet (IN)   | 512   | linear 0.5         | 1e-4         | flip+random-resized-crop|
+
+On MNIST and SVHN flip and cutout are dropped (appendix B.1). Every schedule starts with a linear
+warm-up over the first 5% of the steps, then decays to zero at the last step of the run.
+
+Two additions to the paper's recipe make short and deep runs work:
+
+* Deep MLPs (the paper goes to 50 hidden layers) are trained with a BatchNorm1d after every hidden
+  Linear, which is then fused into that Linear (``torch.nn.utils.fusion.fuse_linear_bn_eval``), so the
+  trained model is a plain MLP of the original architecture.
+* After training, BatchNorm running statistics are re-estimated on up to 5,000 un-augmented training
+  examples with the final weights ("precise BN"), so short runs do not leave stale running averages.
+"""
+
+import contextlib
+import itertools
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_linear_bn_eval
+from tqdm.auto import tqdm
+
+from repairlib import data
+from repairlib.models import MLP, arch_of
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One column of Table 1. ``schedule`` is "linear" or "cosine"; ``warmup`` a fraction of all steps."""
+
+    batch_size: int
+    lr: float
+    schedule: str
+    weight_decay: float
+    augment: str
+    momentum: float = 0.9
+    warmup: float = 0.05
+    label_smoothing: float = 0.0
+
+
+_RESNET = Recipe(500, 0.4, "cosine", 1e-4, "flip+translate+cutout")
+RECIPES = {
+    "mlp": Recipe(2000, 0.2, "linear", 0.0, "translate"),
+    "vgg": Recipe(500, 0.08, "cosine", 5e-4, "flip+translate"),
+    "resnet20": _RESNET,
+    "resnet18": _RESNET,
+    # ImageNet (torchvision ResNets): the ImageNet loader applies RandomResizedCrop + flip when augmenting
+    "tv_resnet": Recipe(512, 0.5, "linear", 1e-4, "flip+translate"),
+}
+NO_FLIP_OR_CUTOUT = ("mnist", "svhn")  # appendix B.1: digits must not be mirrored or cut out
+CALIBRATION_EXAMPLES = 5000
+
+
+def recipe_for(arch: str, dataset: str, **overrides) -> Recipe:
+    """The Table 1 recipe of ``arch`` adapted to ``dataset``; ``overrides`` (e.g. lr=0.1) that are not
+    None replace fields. Raises ``ValueError`` for an unknown arch or field."""
+    arch = "tv_resnet" if arch.startswith("tv_resnet") else arch
+    if arch not in RECIPES:
+        raise ValueError(f"no training recipe for arch {arch!r}; valid: {', '.join(RECIPES)}")
+    recipe = RECIPES[arch]
+    if data.canonical_name(dataset) in NO_FLIP_OR_CUTOUT:
+        kept = [op for op in recipe.augment.split("+") if op not in ("flip", "cutout")]
+        recipe = replace(recipe, augment="+".join(kept))
+    unknown = sorted(set(overrides) - set(asdict(recipe)))
+    if unknown:
+        raise ValueError(f"unknown recipe field {unknown[0]!r}; valid: {', '.join(asdict(recipe))}")
+    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def lr_factor(step: int, total: int, recipe: Recipe) -> float:
+    """Multiplier of the peak lr at ``step`` (0-based) of ``total``: linear warm-up over
+    ``recipe.warmup * total`` steps, then linear or cosine decay towards 0 at ``total``."""
+    warmup = max(1, round(recipe.warmup * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if recipe.schedule == "linear":
+        return 1.0 - progress
+    if recipe.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr schedule {recipe.schedule!r}; valid: linear, cosine")
+
+
+def with_hidden_batchnorm(model: MLP) -> nn.Sequential:
+    """The network trained in place of an MLP: a BatchNorm1d after every hidden Linear.
+
+    Shares the Linear modules with ``model``: ``[Flatten, Linear, BN, ReLU, ..., Linear, BN, ReLU, Linear]``.
+    """
+    layers = []
+    for module in model:
+        layers.append(module)
+        if isinstance(module, nn.Linear) and module is not model[-1]:
+            w = module.weight
+            layers.append(nn.BatchNorm1d(module.out_features, device=w.device, dtype=w.dtype))
+    return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def fuse_hidden_batchnorm(trained: nn.Sequential) -> None:
+    """Fold each eval-mode BatchNorm1d of ``trained`` into the Linear before it, in place, so the
+    shared Linears alone compute ``bn(linear(x))``: W' = W * g / sqrt(v + eps), b' = (b - m) g / sqrt(v + eps) + beta."""
+    trained.eval()
+    for linear, bn in itertools.pairwise(trained):
+        if isinstance(linear, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+            fused = fuse_linear_bn_eval(linear, bn)
+            linear.weight.copy_(fused.weight)
+            linear.bias.copy_(fused.bias)
+
+
+def _batchnorms(model: nn.Module) -> list:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches, max_examples: int = CALIBRATION_EXAMPLES) -> None:
+    """Replace BatchNorm running statistics by exact averages over ``batches`` (at most ``max_examples``
+    inputs ``[B, ...]``) under the current weights; leaves ``model`` in eval mode."""
+    norms = _batchnorms(model)
+    if norms:
+        momenta = [bn.momentum for bn in norms]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over all batches seen
+        model.train()
+        seen = 0
+        for inputs, _ in batches:
+            model(inputs)
+            seen += len(inputs)
+            if seen >= max_examples:
+                break
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+    model.eval()
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, batches) -> dict:
+    """``dict(accuracy, loss)``: top-1 accuracy and mean cross-entropy over ``(inputs, targets)`` batches."""
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    for inputs, targets in batches:
+        logits = model(inputs).float()
+        loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
+        correct += (logits.argmax(1) == targets).sum().item()
+        n += len(targets)
+    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
+
+
+def default_device(device=None) -> torch.device:
+    """``device`` as a torch.device (default: CUDA when available, else CPU); ``ValueError`` if unusable."""
+    try:
+        device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available here; use cpu")
+    return device
+
+
+def _train_loader(dataset, recipe, *, seed, root, device, train_subset, indices, augment=True):
+    """Training batches with ``drop_last`` (no tiny last batch for BatchNorm); the batch shrinks to the
+    data set size when there are fewer examples than one batch."""
+    kwargs = {"subset": train_subset, "augment": recipe.augment if augment else False, "root": root,
+              "device": device, "shuffle": True, "seed": seed, "indices": indices, "drop_last": True}
+    batches = data.loader(dataset, "train", batch_size=recipe.batch_size, **kwargs)
+    n = getattr(batches, "num_examples", recipe.batch_size)
+    if n < recipe.batch_size:
+        batches = data.loader(dataset, "train", batch_size=n, **kwargs)
+    return batches
+
+
+def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=None, root=None,
+        train_subset=None, indices=None, batch_size=None, lr=None, label_smoothing=None, recipe=None,
+        progress: bool = True) -> dict:
+    """Train ``model`` in place on ``dataset`` with its Table 1 recipe; return
+    ``dict(seconds, images_per_second, train_loss, steps, recipe)``.
+
+    ``recipe``: a :class:`Recipe` or a ``RECIPES`` key (default: from the model's class); ``batch_size``,
+    ``lr`` and ``label_smoothing`` override it. ``seed`` fixes data order and augmentation, so the same
+    initial weights and seed give identical weights on the CPU. On CUDA the run uses bf16 autocast and
+    channels_last. ``images_per_second`` counts the SGD steps only; ``seconds`` is the whole call.
+    The model is left in eval mode on ``device``.
+    """
+    start = time.perf_counter()
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    if not isinstance(recipe, Recipe):
+        recipe = recipe_for(recipe or arch_of(model), dataset)
+    overrides = {"batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing}
+    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    device = default_device(device)
+    torch.manual_seed(seed)
+    batches = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
+                            train_subset=train_subset, indices=indices)
+    cuda = device.type == "cuda"
+    model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    net = with_hidden_batchnorm(model) if isinstance(model, MLP) else model
+    stats = _sgd(net, batches, recipe, epochs, cuda, progress, desc=f"train {type(model).__name__} {dataset}")
+    calibration = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
+                                train_subset=train_subset, indices=indices, augment=False)
+    with _autocast(cuda):
+        recalibrate_batchnorm(net, calibration)
+    if net is not model:
+        fuse_hidden_batchnorm(net)
+    model.eval()
+    return {**stats, "seconds": time.perf_counter() - start, "recipe": asdict(recipe)}
+
+
+def _autocast(cuda: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+
+
+def _progress_disabled(progress: bool) -> bool:
+    """No bar when ``progress`` is False or ``$TQDM_DISABLE`` is set to a true value (read at call time)."""
+    return not progress or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false", "no")
+
+
+def _sgd(net, batches, recipe, epochs, cuda, progress, desc) -> dict:
+    """The training loop: ``epochs`` passes of SGD over ``batches``; returns throughput and last-epoch loss."""
+    total = epochs * len(batches)
+    optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                                weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, recipe))
+    criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    net.train()
+    images, loop_start = 0, time.perf_counter()
+    bar = tqdm(total=total, desc=desc, unit="step", disable=_progress_disabled(progress))
+    for _ in range(epochs):
+        epoch_loss = torch.zeros((), device=next(net.parameters()).device)
+        for inputs, targets in batches:
+            if cuda and inputs.ndim == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with _autocast(cuda):
+                loss = criterion(net(inputs), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            epoch_loss += loss.detach().float()
+            images += len(inputs)
+            bar.update(1)
+        train_loss = epoch_loss.item() / max(1, len(batches))
+        bar.set_postfix(loss=f"{train_loss:.3f}")
+        if not math.isfinite(train_loss):
+            bar.close()
+            raise FloatingPointError(f"training diverged: loss {train_loss} (try a smaller lr)")
+    bar.close()
+    loop_seconds = time.perf_counter() - loop_start
+    return {"images_per_second": images / loop_seconds, "train_loss": train_loss, "steps": total}

@@ -1,0 +1,211 @@
+"""Trained networks, trained once and reused everywhere: a content-addressed checkpoint cache.
+
+``trained(config, dataset, epochs=...)`` returns the cached network whose *whole* training
+description (architecture and its arguments, data set, subset, split part, recipe, seed, epochs and
+``TRAIN_CODE_VERSION``) hashes to the same key, and trains and caches it otherwise. A checkpoint is
+one file ``{"format", "config", "state_dict", "meta"}``, so :func:`load` rebuilds the network from the
+file alone. Writes are atomic; a corrupt or partial file is never loaded.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from repairlib import data
+from repairlib.models import build, canonical_config
+from repairlib.train import _evaluate, default_device, fit, recipe_for
+
+TRAIN_CODE_VERSION = 1  # bump when a change to the training code should invalidate cached networks
+FORMAT = "repairlib-checkpoint-1"
+KEYS = ("format", "config", "state_dict", "meta")
+
+
+def resolve_cache_dir(path=None) -> Path:
+    """Where cached networks live: ``path``, else ``$REPAIR_ZOO``, else ``~/.cache/repairlib/zoo``."""
+    return Path(path or os.environ.get("REPAIR_ZOO") or Path.home() / ".cache" / "repairlib" / "zoo").expanduser()
+
+
+def model_config(config: dict, dataset: str) -> dict:
+    """``config`` completed with the data set's input shape and class count (explicit values must agree)."""
+    shape = data.info(dataset)
+    arch = config.get("arch") if isinstance(config, dict) else None
+    implied = {"num_classes": shape["num_classes"]}
+    if arch == "mlp":
+        implied["in_features"] = shape["in_channels"] * shape["image_size"] ** 2
+    elif arch in ("vgg", "resnet20", "resnet18"):
+        implied["in_channels"] = shape["in_channels"]
+    for key, value in implied.items():
+        if config.get(key, value) != value:
+            raise ValueError(f"config has {key}={config[key]!r} but {dataset} needs {key}={value}")
+    return canonical_config({**implied, **config})
+
+
+def training_description(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None) -> dict:
+    """Everything that determines the trained weights, as plain JSON-able values."""
+    dataset = data.canonical_name(dataset)
+    config = model_config(config, dataset)
+    recipe = recipe_for(config["arch"], dataset)
+    return {"config": config, "dataset": dataset, "epochs": epochs, "seed": seed, "train_subset": train_subset,
+            "split_part": split_part, "recipe": asdict(recipe),
+            "train_code_version": TRAIN_CODE_VERSION}
+
+
+def cache_key(description: dict) -> str:
+    """SHA-256 of the canonical JSON of a training description."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_path(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, cache_dir=None):
+    """The cache file of a training description: ``<cache>/<arch>-<dataset>-s<seed>-<key>.pt``."""
+    desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
+                                split_part=split_part)
+    name = f"{desc['config']['arch']}-{desc['dataset']}-s{seed}-{cache_key(desc)[:20]}.pt"
+    return resolve_cache_dir(cache_dir) / name
+
+
+def train_model(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None,
+                device=None, progress=True):
+    """Build ``config`` under ``torch.manual_seed(seed)``, train it, and measure it on the test set.
+
+    ``split_part`` 0 or 1 trains on that class-biased half of the training set (paper 5.4; the split
+    itself is fixed, seed 0). Returns ``(model in eval mode, meta dict)``.
+    """
+    desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
+                                split_part=split_part)
+    dataset, device = desc["dataset"], default_device(device)
+    indices = None
+    if split_part is not None:
+        labels = data.load_tensors(dataset, "train", root)[1]
+        indices = data.biased_split(labels, split_part, desc["config"]["num_classes"])
+    torch.manual_seed(seed)
+    model = build(desc["config"])
+    stats = fit(model, dataset, epochs=epochs, seed=seed, device=device, root=root, train_subset=train_subset,
+                indices=indices, progress=progress)
+    test = _evaluate(model, data.loader(dataset, "test", batch_size=1000, root=root, device=device))
+    meta = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "train_loss": stats["train_loss"],
+            "seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "steps": stats["steps"],
+            "dataset": dataset, "epochs": epochs, "seed": seed, "device": str(device), "torch": str(torch.__version__),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "training": desc, "key": cache_key(desc)}
+    return model, meta
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``: readers see the old
+    file or the complete new one, never a partial one; no temp file survives an error."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".pt.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a cache is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _plain(meta: dict) -> dict:
+    """``meta`` as plain JSON types (str, int, float, bool, None, list, dict), which ``weights_only``
+    loading accepts; anything else is stored as its ``str``."""
+    return json.loads(json.dumps(meta, default=str))
+
+
+def save(model: nn.Module, path, config: dict, meta=None) -> Path:
+    """Write ``model`` (built from ``config``) and ``meta`` to ``path`` atomically; returns the path."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint path {path} is a directory; give a file name such as {path / 'model.pt'}")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_torch_save({"format": FORMAT, "config": canonical_config(config), "state_dict": state,
+                        "meta": _plain(meta or {})}, path)
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """The checkpoint dict in ``path``, checked; ``ValueError`` if it is not a repairlib checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle garbage, foreign format: all mean "not ours"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a valid repairlib checkpoint: cannot be read ({reason})") from err
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a valid repairlib checkpoint: no {FORMAT!r} marker")
+    missing = [k for k in KEYS if k not in ckpt]
+    if missing or not isinstance(ckpt["config"], dict) or not isinstance(ckpt["state_dict"], dict):
+        raise ValueError(f"{path} is not a valid repairlib checkpoint: missing or malformed {missing or 'config'}")
+    return ckpt
+
+
+def load(path, expect_arch=None, device=None) -> nn.Module:
+    """Rebuild the network saved in ``path`` (eval mode, on ``device`` or the CPU).
+
+    ``expect_arch`` ("resnet20", ...) raises ``ValueError`` for a checkpoint of another architecture.
+    """
+    ckpt = load_checkpoint(path)
+    arch = ckpt["config"].get("arch")
+    if expect_arch is not None and arch != expect_arch:
+        raise ValueError(f"{path} holds a {arch!r} network, expected {expect_arch!r}")
+    try:
+        model = build(ckpt["config"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (ValueError, RuntimeError, TypeError) as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ValueError(f"{path} is not a valid repairlib checkpoint: weights do not fit its config ({reason})") from err
+    return model.to(device or "cpu").eval()
+
+
+def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None, device=None,
+            cache_dir=None) -> nn.Module:
+    """The network ``config`` trained on ``dataset`` for ``epochs`` with ``seed`` (eval mode, on ``device``).
+
+    Loaded from the cache when its training description was trained before; otherwise trained now and
+    cached. A corrupt cache file is reported with a warning and replaced.
+    """
+    path = checkpoint_path(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
+                           split_part=split_part, cache_dir=cache_dir)
+    device = default_device(device)
+    if path.exists():
+        try:
+            return load(path, device=device)
+        except ValueError as err:
+            warnings.warn(f"retraining: {err}", stacklevel=2)
+    model, meta = train_model(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
+                              split_part=split_part, root=root, device=device)
+    save(model, path, meta["training"]["config"], meta)
+    return model
+
+
+def train_cli(args) -> int:
+    """``python -m repairlib train``: train one network, save it to ``--out``, print its test metrics."""
+    from repairlib.cli import emit
+
+    config = {"arch": args.arch}
+    config.update({k: getattr(args, k) for k in ("depth", "width", "norm") if getattr(args, k) is not None})
+    for name in ("epochs", "train_subset"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.pt'}")
+    training_description(config, args.dataset, epochs=args.epochs)  # bad arch/width/data set: fail before work
+    model, meta = train_model(config, args.dataset, epochs=args.epochs, seed=args.seed,
+                              train_subset=args.train_subset, root=args.data_root, device=args.device)
+    save(model, out, meta["training"]["config"], meta)
+    keys = ("test_accuracy", "test_loss", "train_loss", "seconds", "images_per_second", "epochs", "seed")
+    emit({**{k: meta[k] for k in keys}, "dataset": meta["dataset"], "out": str(out)}, args.json)
+    return 0

@@ -1,0 +1,309 @@
+"""Training recipes, the trainer, the checkpoint zoo and the ``train`` command, on tiny real data.
+
+Fashion-MNIST (installed by .ci/setup) is the data; every run uses a few hundred examples.
+"""
+
+import itertools
+import json
+import math
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from repairlib import cli, models, train, zoo
+
+DATA = "fashion_mnist"
+TINY_MLP = {"arch": "mlp", "depth": 2, "width": 32}
+
+
+def _tiny_fit(model, seed=0, **kwargs):
+    kwargs = {"epochs": 1, "train_subset": 256, "batch_size": 64, "device": "cpu", "progress": False, **kwargs}
+    return train.fit(model, DATA, seed=seed, **kwargs)
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+# ---------------------------------------------------------------- recipes and schedules
+
+
+def test_recipes_follow_table_1():
+    r = train.RECIPES
+    assert (r["mlp"].batch_size, r["mlp"].lr, r["mlp"].schedule, r["mlp"].weight_decay) == (2000, 0.2, "linear", 0.0)
+    assert (r["vgg"].batch_size, r["vgg"].lr, r["vgg"].schedule, r["vgg"].weight_decay) == (500, 0.08, "cosine", 5e-4)
+    for arch in ("resnet20", "resnet18"):
+        assert (r[arch].batch_size, r[arch].lr, r[arch].schedule, r[arch].weight_decay) == (500, 0.4, "cosine", 1e-4)
+    assert r["resnet20"].augment == "flip+translate+cutout" and r["mlp"].augment == "translate"
+    assert all(recipe.momentum == 0.9 and recipe.label_smoothing == 0.0 for recipe in r.values())
+
+
+def test_recipe_drops_flip_and_cutout_on_digits_only():
+    assert train.recipe_for("resnet20", "MNIST").augment == "translate"
+    assert train.recipe_for("vgg", "svhn").augment == "translate"
+    assert train.recipe_for("resnet20", "fashion-mnist").augment == "flip+translate+cutout"
+    assert train.recipe_for("resnet20", "cifar10", lr=0.1, batch_size=None).lr == 0.1
+    with pytest.raises(ValueError, match="unknown recipe field 'momentun'"):
+        train.recipe_for("mlp", "mnist", momentun=0.5)
+    with pytest.raises(ValueError, match="no training recipe for arch 'lstm'"):
+        train.recipe_for("lstm", "mnist")
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_lr_schedule_warms_up_then_decays_to_zero(schedule):
+    recipe = train.Recipe(100, 0.1, schedule, 0.0, "")
+    total = 200
+    factors = [train.lr_factor(step, total, recipe) for step in range(total)]
+    warmup = round(0.05 * total)
+    assert factors[0] == pytest.approx(1 / warmup) and factors[warmup - 1] == pytest.approx(1.0)
+    assert all(a <= b for a, b in itertools.pairwise(factors[:warmup]))  # rising
+    assert all(a >= b for a, b in itertools.pairwise(factors[warmup - 1:]))  # falling
+    assert factors[-1] < 0.02
+    mid = warmup + (total - warmup) // 2
+    assert factors[mid] == pytest.approx(0.5, abs=0.02)  # linear and cosine both cross 1/2 half-way
+
+
+# ---------------------------------------------------------------- batchnorm training of MLPs
+
+
+def test_hidden_batchnorm_fuses_into_a_plain_mlp_with_the_same_function():
+    torch.manual_seed(0)
+    model = models.mlp(depth=3, width=16, in_features=20)
+    net = train.with_hidden_batchnorm(model)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in net) == 3
+    for bn in (m for m in net if isinstance(m, nn.BatchNorm1d)):  # non-trivial statistics and affine
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(8, 20)
+    expected = net.eval()(x)
+    train.fuse_hidden_batchnorm(net)
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_recalibrate_batchnorm_gives_exact_statistics():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(4, momentum=0.1)
+    batches = [(torch.randn(50, 4) * 3 + 2, None) for _ in range(4)]
+    train.recalibrate_batchnorm(bn, batches, max_examples=10_000)
+    everything = torch.cat([x for x, _ in batches])
+    torch.testing.assert_close(bn.running_mean, everything.mean(0))
+    assert not bn.training and bn.momentum == 0.1
+
+
+def test_deep_mlp_trains():
+    """A 30-hidden-layer MLP (trained with hidden BatchNorm, then fused) clearly lowers its loss."""
+    torch.manual_seed(0)
+    model = models.mlp(depth=30, width=48)
+    result = _tiny_fit(model, epochs=12, train_subset=1024, batch_size=128, lr=0.05)
+    assert result["train_loss"] < 0.75 * math.log(10)  # chance level is ln 10 = 2.30
+    assert all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU)) for m in model)  # still a plain MLP
+
+
+# ---------------------------------------------------------------- fit
+
+
+def test_fit_reports_and_leaves_model_in_eval_mode():
+    torch.manual_seed(0)
+    model = models.build({**TINY_MLP})
+    before = [p.clone() for p in model.parameters()]
+    result = _tiny_fit(model)
+    assert {"seconds", "images_per_second", "train_loss", "steps", "recipe"} <= result.keys()
+    assert result["steps"] == 4 and result["images_per_second"] > 0 and math.isfinite(result["train_loss"])
+    assert result["recipe"]["batch_size"] == 64 and result["recipe"]["lr"] == 0.2
+    assert not model.training
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_same_seed_gives_identical_weights_and_other_seed_differs():
+    def run(seed, config=TINY_MLP, **kw):
+        torch.manual_seed(seed)
+        model = models.build(config)
+        _tiny_fit(model, seed=seed, **kw)
+        return model
+
+    assert _same_weights(run(0), run(0))
+    assert not _same_weights(run(0), run(1))
+    conv = {"arch": "resnet20", "norm": "bn", "in_channels": 1}
+    assert _same_weights(run(3, conv, train_subset=64, batch_size=32), run(3, conv, train_subset=64, batch_size=32))
+
+
+def test_batchnorm_statistics_are_recalibrated_after_training():
+    torch.manual_seed(0)
+    model = models.build({"arch": "resnet20", "in_channels": 1})
+    _tiny_fit(model, train_subset=64, batch_size=32)
+    bn = model.norm1
+    assert bn.num_batches_tracked.item() == 2  # re-estimated from 64 examples, not the training average
+    assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+
+
+def test_progress_bar_shows_and_hides(capsys, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    _tiny_fit(models.build(TINY_MLP), progress=True)
+    assert "step" in capsys.readouterr().err
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    _tiny_fit(models.build(TINY_MLP), progress=True)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"device": "tpu9"}, "unknown device 'tpu9'"),
+])
+def test_fit_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny_fit(models.build(TINY_MLP), **kwargs)
+
+
+# ---------------------------------------------------------------- zoo
+
+
+@pytest.fixture
+def counted_fit(monkeypatch):
+    calls = []
+
+    def fit(*args, **kwargs):
+        calls.append(kwargs)
+        return train.fit(*args, **{**kwargs, "batch_size": 64})
+
+    monkeypatch.setattr(zoo, "fit", fit)
+    return calls
+
+
+def _trained(tmp_path, **kwargs):
+    kwargs = {"epochs": 1, "seed": 0, "train_subset": 128, "device": "cpu", "cache_dir": tmp_path, **kwargs}
+    return zoo.trained(TINY_MLP, DATA, **kwargs)
+
+
+def test_zoo_trains_once_then_returns_cached_weights(tmp_path, counted_fit):
+    first = _trained(tmp_path)
+    second = _trained(tmp_path)
+    assert len(counted_fit) == 1
+    assert _same_weights(first, second) and not second.training
+    assert [p.name for p in tmp_path.iterdir()] == [p.name for p in tmp_path.glob("mlp-fashion_mnist-s0-*.pt")]
+    _trained(tmp_path, seed=1)  # another seed is another network
+    assert len(counted_fit) == 2 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_zoo_cache_key_covers_the_training_description():
+    def key(config=TINY_MLP, **kw):
+        kw = {"epochs": 1, **kw}
+        return zoo.cache_key(zoo.training_description(config, DATA, **kw))
+
+    assert key() == key({**TINY_MLP, "in_features": 784, "num_classes": 10})  # defaults spelled out
+    assert key() == zoo.cache_key(zoo.training_description(TINY_MLP, "FashionMNIST", epochs=1))
+    others = [key(epochs=2), key(seed=1), key(train_subset=100), key(split_part=0), key({**TINY_MLP, "width": 33})]
+    assert len({key(), *others}) == 1 + len(others)
+
+
+def test_zoo_retrains_a_corrupt_checkpoint(tmp_path, counted_fit):
+    path = zoo.checkpoint_path(TINY_MLP, DATA, epochs=1, seed=0, train_subset=128, cache_dir=tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.warns(UserWarning, match="is not a valid repairlib checkpoint"):
+        model = _trained(tmp_path)
+    assert len(counted_fit) == 1
+    assert _same_weights(zoo.load(path), model)
+
+
+def test_cache_dir_comes_from_argument_then_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("REPAIR_ZOO", str(tmp_path / "env"))
+    assert zoo.resolve_cache_dir() == tmp_path / "env"
+    assert zoo.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv("REPAIR_ZOO")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert zoo.resolve_cache_dir() == tmp_path / "home" / ".cache" / "repairlib" / "zoo"
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    config = {"arch": "resnet20", "norm": "ln", "in_channels": 1}
+    model = models.build(config).eval()
+    path = zoo.save(model, tmp_path / "sub" / "r20.pt", config, {"test_accuracy": 0.5})
+    return model, path
+
+
+def test_save_is_atomic_and_load_rebuilds_from_the_file_alone(saved):
+    model, path = saved
+    assert [p.name for p in path.parent.iterdir()] == ["r20.pt"]  # no temp file left behind
+    loaded = zoo.load(path)
+    assert type(loaded) is type(model) and not loaded.training
+    x = torch.randn(2, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert zoo.load_checkpoint(path)["meta"] == {"test_accuracy": 0.5}
+
+
+def test_failed_save_leaves_neither_temp_nor_target(tmp_path, monkeypatch):
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(zoo.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        zoo.save(models.build(TINY_MLP), tmp_path / "m.pt", TINY_MLP)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_rejects_truncated_foreign_and_mismatched_files(saved, tmp_path):
+    _, path = saved
+    blob = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(blob[: len(blob) // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    mismatched = tmp_path / "mismatched.pt"
+    ckpt = torch.load(path, weights_only=True)
+    torch.save({**ckpt, "config": {**ckpt["config"], "width": 2}}, mismatched)
+    for bad in (truncated, foreign, mismatched):
+        with pytest.raises(ValueError, match=f"{bad.name} is not a valid repairlib checkpoint: "):
+            zoo.load(bad)
+    with pytest.raises(FileNotFoundError):
+        zoo.load(tmp_path / "missing.pt")
+
+
+def test_load_with_expected_arch(saved):
+    _, path = saved
+    assert isinstance(zoo.load(path, expect_arch="resnet20"), models.ResNet)
+    with pytest.raises(ValueError, match="holds a 'resnet20' network, expected 'vgg'"):
+        zoo.load(path, expect_arch="vgg")
+
+
+# ---------------------------------------------------------------- command line
+
+
+def test_train_command_on_a_tiny_real_run(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    argv = ["train", "--arch", "mlp", "--depth", "2", "--width", "32", "--dataset", "fashion-mnist",
+            "--train-subset", "512", "--epochs", "1", "--seed", "3", "--out", str(out), "--json"]
+    assert cli.main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"test_accuracy", "test_loss", "seconds", "images_per_second"} <= result.keys()
+    assert 0.0 <= result["test_accuracy"] <= 1.0 and result["test_loss"] > 0 and result["seed"] == 3
+    meta = zoo.load_checkpoint(out)["meta"]
+    assert meta["test_accuracy"] == result["test_accuracy"] and meta["epochs"] == 1
+    assert isinstance(zoo.load(out, expect_arch="mlp"), models.MLP)
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--arch", "transformer", "--dataset", DATA], "unknown arch 'transformer'"),
+    (["--arch", "mlp", "--dataset", "imagenet22k"], "unknown data set 'imagenet22k'"),
+    (["--arch", "resnet20", "--width", "0", "--dataset", DATA], "width must be a positive integer, got 0"),
+    (["--arch", "mlp", "--depth", "0", "--dataset", DATA], "depth must be a positive integer, got 0"),
+    (["--arch", "mlp", "--dataset", "mnist", "--data-root", "EMPTY"], "data set 'mnist' \\(train\\) not found"),
+    (["--arch", "mlp", "--dataset", DATA, "--train-subset", "0"], "--train-subset must be a positive integer"),
+])
+def test_train_command_bad_input_is_one_error_line_and_no_file(args, match, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("REPAIR_DOWNLOAD", "0")
+    monkeypatch.delenv("REPAIR_DATA", raising=False)
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    out = tmp_path / "model.pt"
+    assert cli.main(["train", *args, "--epochs", "1", "--out", str(out), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert re.search(match, err)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["empty"]
