@@ -28,13 +28,17 @@ def merge(model_a: nn.Module, model_b: nn.Module, data, alpha: float = 0.5, alig
     alpha = check_alpha(alpha)
     check_same_architecture(model_a, model_b)
     start = time.perf_counter()
+    stats = None
     if align != "none":
-        model_b = permute(model_b, align_units(model_a, model_b, data, method=align))
+        # the alignment pass also gathers REPAIR's endpoint statistics (of the aligned B)
+        repairing = correct in ("repair", "closed_form")
+        perms = align_units(model_a, model_b, data, method=align, stats_scope=scope if repairing else None)
+        model_b, stats = permute(model_b, perms), perms.endpoint_stats
     aligned = time.perf_counter()
     merged = interpolate(model_a, model_b, alpha)
     if correct in ("repair", "closed_form"):
         variant = "exact" if correct == "repair" else "closed_form"
-        merged = repair(merged, model_a, model_b, data, alpha, variant=variant, scope=scope)
+        merged = repair(merged, model_a, model_b, data, alpha, variant=variant, scope=scope, stats=stats)
     elif correct == "reset_bn":
         reset_bn(merged, data)
     return merged, {"align": aligned - start, "correct": time.perf_counter() - aligned}
