@@ -10,38 +10,20 @@ Reproduces Jordan et al., "REPAIR: REnormalizing Permuted Activations for Interp
     merged = repairlib.repair(repairlib.interpolate(model_a, model_b2, 0.5), model_a, model_b2, data, alpha=0.5)
 """
 
-from importlib import import_module
-
 __version__ = "0.1.0"
 
-# public name -> module that defines it (imported on first use, so `import repairlib` stays cheap)
-_EXPORTS = {
-    "loader": "data",
-    "permutation_spec": "spec",
-    "PermutationSpec": "spec",
-    "align": "align",
-    "permute": "align",
-    "interpolate": "interpolate",
-    "repair": "repair",
-    "endpoint_stats": "repair",
-    "reset_bn": "repair",
-    "evaluate": "metrics",
-    "barrier": "metrics",
-    "variance_ratio": "metrics",
-    "load": "zoo",
-    "save": "zoo",
-}
+# Imported eagerly, not lazily: ``align``, ``interpolate`` and ``repair`` are both submodules and
+# functions, and binding the functions here (after their submodules are loaded) keeps
+# ``repairlib.align(...)`` the function however the submodules are imported later.
+from repairlib.align import align, permute
+from repairlib.data import loader
+from repairlib.interpolate import interpolate
+from repairlib.metrics import barrier, evaluate, variance_ratio
+from repairlib.repair import endpoint_stats, repair, reset_bn
+from repairlib.spec import PermutationSpec, permutation_spec
+from repairlib.zoo import load, save
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(import_module(f"repairlib.{_EXPORTS[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'repairlib' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__all__ = [
+    "PermutationSpec", "align", "barrier", "endpoint_stats", "evaluate", "interpolate", "load", "loader",
+    "permutation_spec", "permute", "repair", "reset_bn", "save", "variance_ratio",
+]
