@@ -95,15 +95,17 @@ SMOKE = {
 
 # cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
 # epochs, subset and seed -> one zoo entry): the 10x512 MLP pair (quickstart, 3, 4, 5.3, C) and the
-# ResNet20 BN pairs (3, 4, 5.1, 5.3, C). Rough cold cost on 2 cores: MLP pair ~1 min, depth sweep
-# ~1 min, ResNet20 with 3 norms x widths 1, 2 ~7 min, VGG11/13 ~2 min, tv ResNet18 ~1 min, split ~1 min.
-CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 4, "mlp_train_subset": 20000}
+# ResNet20 BN pairs (3, 4, 5.1, 5.3, C). Rough cold cost on 2 quiet cores: MLP pair (all 60k images,
+# 3 epochs: endpoints ~85%) ~2 min, depth sweep ~1 min, ResNet20 with 3 norms x widths 1, 2 ~7 min,
+# VGG11/13 ~2 min, tv ResNet18 ~1 min, split data ~1 min.
+CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 3, "mlp_train_subset": None}
 CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 2, "conv_train_subset": 2000}
 ALPHAS11 = tuple(i / 10 for i in range(11))
 CPU = {
     "common": {"seeds": (0, 1), "stats_examples": 2000, "eval_examples": 2000,
                "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None},
-    "quickstart": {"dataset": FM, "model": MLP10, "epochs": 4, "train_subset": 20000, "alphas": ALPHAS11},
+    "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
+                   "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
     "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5},
     "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 128, **CPU_CONV, "alphas": ALPHAS11},
     "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1, 2), "curve_width": 2,
@@ -111,8 +113,8 @@ CPU = {
     "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 2, "train_subset": 4000,
             "scopes": ("conv", "all")},
     "5.3": {
-        "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512), "mlp_epochs": 4,
-        "mlp_train_subset": 20000,
+        "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512),
+        "mlp_epochs": CPU_MLP["mlp_epochs"], "mlp_train_subset": CPU_MLP["mlp_train_subset"],
         "resnet_widths": (1, 2), "resnet_norm": "bn", "resnet_epochs": CPU_CONV["conv_epochs"],
         "resnet_train_subset": CPU_CONV["conv_train_subset"],
         "vgg_dataset": FM, "vgg_depths": (11, 13), "vgg_width": 1, "vgg_epochs": 2, "vgg_train_subset": 1000,
