@@ -18,7 +18,7 @@ Statistics are pooled over every sample (examples times spatial positions) in fl
 import torch
 from torch import nn
 
-from repairlib.repair import ChannelAffine, EndpointStats, as_input, batches, correction_points, measure
+from repairlib.repair import ChannelAffine, EndpointStats, as_input, batches, endpoint_stats, measure
 from repairlib.spec import trace
 from repairlib.stats import eval_mode
 
@@ -95,20 +95,20 @@ def point_statistics(model: nn.Module, data, points) -> dict:
     return {p: (moments[nodes[p]].mean_x, moments[nodes[p]].var_x) for p in points}
 
 
-def variance_ratios(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, points=None) -> dict:
+def variance_ratios(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, stats: EndpointStats = None) -> dict:
     """Variance collapse (section 3.1): ``point -> v_alpha / ((v_1 + v_2) / 2)`` in network order.
 
     v is the sum over a layer's channels of each channel's variance over ``data``; v_alpha is measured
     at the point's final value in ``model`` (:func:`value_nodes`, so an unfused REPAIRed network shows its
-    corrected channels), v_1, v_2 at the points of the endpoints. ``points`` default to
-    ``correction_points(model_a, "conv")``; for a plain network this equals
-    :func:`repairlib.variance_ratio`.
+    corrected channels), v_1, v_2 at the correction points (scope ``"conv"``) of the endpoints, or taken
+    from ``stats`` (:func:`repairlib.endpoint_stats` of the same endpoints and data), which saves their
+    pass. For a plain network this equals :func:`repairlib.variance_ratio`.
     """
-    points = correction_points(model_a, "conv") if points is None else list(points)
-    (ends,) = measure([model_a, model_b], data, points)
-    mid = point_statistics(model, data, points)
-    return {p: float(mid[p][1].sum() / ((ends[p].var_x.sum() + ends[p].var_y.sum()) / 2).clamp_min(1e-30))
-            for p in points}
+    if stats is None:
+        stats = endpoint_stats(model_a, model_b, data, "conv")
+    mid = point_statistics(model, data, stats.points)
+    return {p: float(mid[p][1].sum() / ((stats.var_a[p].sum() + stats.var_b[p].sum()) / 2).clamp_min(1e-30))
+            for p in stats.points}
 
 
 # ---------------------------------------------------------------- REPAIR's goals

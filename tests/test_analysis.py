@@ -196,6 +196,8 @@ def test_variance_ratios_equal_the_library_on_plain_networks():
     assert list(ours) == list(library)
     assert all(ours[p] == pytest.approx(library[p], rel=1e-9) for p in ours)
     assert all(r == pytest.approx(1.0) for r in analysis.variance_ratios(a, a, a, d).values())
+    reused = analysis.variance_ratios(mid, a, b, d, stats=endpoint_stats(a, b, d))
+    assert all(reused[p] == pytest.approx(ours[p], rel=1e-12) for p in ours)
 
 
 def test_goal_errors_by_hand():
