@@ -12,8 +12,8 @@ warm-up over the first 5% of the steps, then decays to zero at the last step of 
 
 Two additions to the paper's recipe make short and deep runs work:
 
-* Deep MLPs (the paper goes to 50 hidden layers) are trained with a BatchNorm1d after every hidden
-  Linear, which is then fused into that Linear (``torch.nn.utils.fusion.fuse_linear_bn_eval``), so the
+* Deep MLPs (the paper goes to 50 hidden layers) are trained with a batch norm after every hidden
+  Linear (as in the authors' release), which is then fused into that Linear (``torch.nn.utils.fusion.fuse_linear_bn_eval``), so the
   trained model is a plain MLP of the original architecture.
 * After training, BatchNorm running statistics are re-estimated on up to 5,000 un-augmented training
   examples with the final weights ("precise BN"), so short runs do not leave stale running averages.
@@ -92,8 +92,17 @@ def lr_factor(step: int, total: int, recipe: Recipe) -> float:
     raise ValueError(f"unknown lr schedule {recipe.schedule!r}; valid: linear, cosine")
 
 
+class FeatureBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over the batch of features ``[B, C] -> [B, C]``, the statistics and parameters of
+    ``nn.BatchNorm1d(C)``, computed as a channels_last BatchNorm2d on ``[B, C, 1, 1]``: on the CPU that
+    kernel runs several times faster than BatchNorm1d's on ``[B, C]``, which dominates an MLP step."""
+
+    def forward(self, x):
+        return super().forward(x[:, :, None, None].contiguous(memory_format=torch.channels_last)).flatten(1)
+
+
 def with_hidden_batchnorm(model: MLP) -> nn.Sequential:
-    """The network trained in place of an MLP: a BatchNorm1d after every hidden Linear.
+    """The network trained in place of an MLP: a batch norm after every hidden Linear.
 
     Shares the Linear modules with ``model``: ``[Flatten, Linear, BN, ReLU, ..., Linear, BN, ReLU, Linear]``.
     """
@@ -102,17 +111,17 @@ def with_hidden_batchnorm(model: MLP) -> nn.Sequential:
         layers.append(module)
         if isinstance(module, nn.Linear) and module is not model[-1]:
             w = module.weight
-            layers.append(nn.BatchNorm1d(module.out_features, device=w.device, dtype=w.dtype))
+            layers.append(FeatureBatchNorm(module.out_features, device=w.device, dtype=w.dtype))
     return nn.Sequential(*layers)
 
 
 @torch.no_grad()
 def fuse_hidden_batchnorm(trained: nn.Sequential) -> None:
-    """Fold each eval-mode BatchNorm1d of ``trained`` into the Linear before it, in place, so the
-    shared Linears alone compute ``bn(linear(x))``: W' = W * g / sqrt(v + eps), b' = (b - m) g / sqrt(v + eps) + beta."""
+    """Fold each batch norm of ``trained`` (eval mode) into the Linear before it, in place, so the shared
+    Linears alone compute ``bn(linear(x))``: W' = W g / sqrt(v + eps), b' = (b - m) g / sqrt(v + eps) + beta."""
     trained.eval()
     for linear, bn in itertools.pairwise(trained):
-        if isinstance(linear, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+        if isinstance(linear, nn.Linear) and isinstance(bn, nn.modules.batchnorm._BatchNorm):
             fused = fuse_linear_bn_eval(linear, bn)
             linear.weight.copy_(fused.weight)
             linear.bias.copy_(fused.bias)

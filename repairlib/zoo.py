@@ -40,7 +40,7 @@ def model_config(config: dict, dataset: str) -> dict:
     implied = {"num_classes": shape["num_classes"]}
     if arch == "mlp":
         implied["in_features"] = shape["in_channels"] * shape["image_size"] ** 2
-    elif arch in ("vgg", "resnet20", "resnet18"):
+    elif arch is not None:
         implied["in_channels"] = shape["in_channels"]
     for key, value in implied.items():
         if config.get(key, value) != value:

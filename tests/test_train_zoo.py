@@ -73,15 +73,31 @@ def test_hidden_batchnorm_fuses_into_a_plain_mlp_with_the_same_function():
     torch.manual_seed(0)
     model = models.mlp(depth=3, width=16, in_features=20)
     net = train.with_hidden_batchnorm(model)
-    assert sum(isinstance(m, nn.BatchNorm1d) for m in net) == 3
-    for bn in (m for m in net if isinstance(m, nn.BatchNorm1d)):  # non-trivial statistics and affine
+    assert sum(isinstance(m, train.FeatureBatchNorm) for m in net) == 3
+    for bn in (m for m in net if isinstance(m, train.FeatureBatchNorm)):  # non-trivial statistics and affine
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
         bn.weight.data.uniform_(0.5, 2), bn.bias.data.uniform_(-1, 1)
     x = torch.randn(8, 20)
     expected = net.eval()(x)
     train.fuse_hidden_batchnorm(net)
-    assert not any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     torch.testing.assert_close(model(x), expected)
+
+
+def test_feature_batchnorm_matches_batchnorm1d():
+    torch.manual_seed(0)
+    fast, reference = train.FeatureBatchNorm(6), nn.BatchNorm1d(6)
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(32, 6, requires_grad=True) * 3 + 1
+    for bn in (fast, reference):
+        bn.weight.data.fill_(1.5)
+    y_fast, y_ref = fast(x), reference(x)
+    torch.testing.assert_close(y_fast, y_ref)
+    torch.testing.assert_close(fast.running_var, reference.running_var)
+    (g_fast,), (g_ref,) = (torch.autograd.grad((y * y).sum(), x) for y in (y_fast, y_ref))
+    torch.testing.assert_close(g_fast, g_ref)
+    fast.eval(), reference.eval()
+    torch.testing.assert_close(fast(x), reference(x))
 
 
 def test_recalibrate_batchnorm_gives_exact_statistics():
