@@ -75,6 +75,7 @@ SMOKE = {
         "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
         "mlp_train_subset": 256, "depths": (2, 4), "depth_width": 16,
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
+        "conv_alphas": (0.0, 0.5, 1.0),
     },
     "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1,
             "train_subset": 128},
@@ -90,6 +91,7 @@ SMOKE = {
         "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
         "mlp_train_subset": 256,
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
+        "conv_alphas": (0.0, 0.5, 1.0),
     },
 }
 
@@ -107,7 +109,8 @@ CPU = {
     "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
                    "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
     "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5},
-    "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 128, **CPU_CONV, "alphas": ALPHAS11},
+    "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 128, **CPU_CONV, "alphas": ALPHAS11,
+          "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0)},  # conv curves cost a pass per alpha: fewer points
     "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1, 2), "curve_width": 2,
             "epochs": CPU_CONV["conv_epochs"], "train_subset": CPU_CONV["conv_train_subset"]},
     "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 2, "train_subset": 4000,
@@ -121,7 +124,7 @@ CPU = {
     },
     "5.4": {"dataset": FM, "model": RESNET20_BN, "epochs": 2, "train_subset": 4000, "major": 0.8,
             "alphas": ALPHAS11},
-    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11},
+    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0)},
 }
 
 # paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
@@ -139,7 +142,7 @@ PAPER = {
         "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
         "depths": (2, 4, 6, 8, 10, 15, 20, 27, 35, 50), "depth_width": 512,
         "conv_dataset": "cifar10", "conv": {"arch": "resnet18", "width": 1, "norm": "bn"}, "conv_epochs": 200,
-        "conv_train_subset": None,
+        "conv_train_subset": None, "conv_alphas": tuple(i / 20 for i in range(21)),
     },
     "5.1": {"dataset": "cifar10", "norms": ("bn", "ln", "fixup"), "widths": (1, 2, 4, 8, 16), "curve_width": 8,
             "epochs": 200, "train_subset": None},
@@ -159,7 +162,7 @@ PAPER = {
     "C": {
         "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
         "conv_dataset": "cifar10", "conv": {"arch": "resnet20", "width": 4, "norm": "bn"}, "conv_epochs": 200,
-        "conv_train_subset": None,
+        "conv_train_subset": None, "conv_alphas": tuple(i / 20 for i in range(21)),
     },
 }
 
