@@ -51,7 +51,7 @@ def _corrected(model_a, model_b, alpha, correction, stats_data, stats, variant, 
 
 
 def barrier(model_a: nn.Module, model_b: nn.Module, data, alphas=None, correction=None, stats_data=None,
-            variant: str = "exact", scope: str = "conv") -> dict:
+            variant: str = "exact", scope: str = "conv", stats=None, endpoints=None) -> dict:
     """The interpolation curve and its barrier (Eq. 1), in loss and in accuracy, on ``data``.
 
     barrier_loss     = max_alpha L(theta_alpha) - ((1 - alpha) L(theta_a) + alpha L(theta_b))
@@ -60,7 +60,9 @@ def barrier(model_a: nn.Module, model_b: nn.Module, data, alphas=None, correctio
     ``model_b`` should be aligned to ``model_a``. ``alphas`` default to 11 points in [0, 1].
     ``correction``: None (plain interpolation), ``"reset_bn"`` or ``"repair"`` (``variant``, ``scope``),
     using ``stats_data`` (training data, default ``data``); REPAIR's endpoint statistics are measured
-    once for the whole curve. The endpoints of Eq. 1 are the given networks, uncorrected.
+    once for the whole curve, or passed as ``stats`` (e.g. ``align(..., stats_scope=scope).endpoint_stats``).
+    The endpoints of Eq. 1 are the given networks, uncorrected; ``endpoints`` = a previous result's
+    ``"endpoints"`` on the same ``data`` skips evaluating them again.
     Returns ``dict(alphas, accuracy, loss, endpoints={"a": .., "b": ..}, barrier_loss, barrier_accuracy)``.
     """
     if correction not in CORRECTIONS:
@@ -70,8 +72,9 @@ def barrier(model_a: nn.Module, model_b: nn.Module, data, alphas=None, correctio
     if not alphas:
         raise ValueError("alphas is empty")
     stats_data = data if stats_data is None else stats_data
-    stats = endpoint_stats(model_a, model_b, stats_data, scope) if correction == "repair" else None
-    ends = {"a": evaluate(model_a, data), "b": evaluate(model_b, data)}
+    if correction == "repair" and stats is None:
+        stats = endpoint_stats(model_a, model_b, stats_data, scope)
+    ends = endpoints if endpoints is not None else {"a": evaluate(model_a, data), "b": evaluate(model_b, data)}
     curve = [evaluate(_corrected(model_a, model_b, a, correction, stats_data, stats, variant, scope), data)
              for a in alphas]
 

@@ -112,6 +112,21 @@ def test_barrier_with_repair_measures_endpoint_statistics_once(monkeypatch):
     assert fixed["loss"][0] == pytest.approx(plain["loss"][0], rel=0.05)  # REPAIR at alpha 0 ~ identity
 
 
+def test_barrier_reuses_given_statistics_and_endpoints(monkeypatch):
+    a, b = small_mlp(0), small_mlp(1)
+    data, stats_data = digits_like(), digits_like(seed=1)
+    measured = barrier(a, b, data, alphas=[0.5], correction="repair", stats_data=stats_data)
+    stats = endpoint_stats(a, b, stats_data)
+    monkeypatch.setattr(repairlib.metrics, "endpoint_stats", lambda *args, **kwargs: pytest.fail("measured again"))
+    given = barrier(a, b, data, alphas=[0.5], correction="repair", stats_data=stats_data, stats=stats)
+    assert given["loss"] == [pytest.approx(measured["loss"][0])]
+    fake_ends = {"a": {"accuracy": 1.0, "loss": 0.0}, "b": {"accuracy": 1.0, "loss": 0.0}}
+    reused = barrier(a, b, data, alphas=[0.5], endpoints=fake_ends)  # not evaluated again: Eq. 1 uses them
+    assert reused["endpoints"] is fake_ends
+    assert reused["barrier_loss"] == pytest.approx(reused["loss"][0])
+    assert reused["barrier_accuracy"] == pytest.approx(1.0 - reused["accuracy"][0])
+
+
 def test_barrier_with_reset_bn_uses_the_statistics_data():
     torch.manual_seed(0)
     a, b = (nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).eval() for _ in "ab")
