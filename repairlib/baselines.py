@@ -68,6 +68,15 @@ def predict_logits(model: nn.Module, data) -> tuple:
     return torch.cat(logits), torch.cat(targets)
 
 
+def logit_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """``{"accuracy", "loss"}`` of precomputed ``logits [N, classes]`` (what ``repairlib.evaluate`` reports
+    for a network with these outputs): e.g. a logit ensemble ``(1 - a) La + a Lb`` without a forward pass."""
+    if logits.ndim != 2 or len(logits) != len(targets) or len(targets) == 0:
+        raise ValueError(f"need logits [N, classes] and N targets, got {tuple(logits.shape)} and {len(targets)}")
+    loss = torch.nn.functional.cross_entropy(logits.double(), targets, reduction="mean")
+    return {"accuracy": float((logits.argmax(1) == targets).double().mean()), "loss": float(loss)}
+
+
 def _class_mask(classes, num_classes: int) -> torch.Tensor:
     """Boolean ``[num_classes]`` mask of ``classes`` (ids); ``ValueError`` for an empty or bad set."""
     ids = torch.as_tensor(list(classes), dtype=torch.long)

@@ -117,3 +117,18 @@ def test_paper_vs_ours_puts_the_numbers_side_by_side():
     with pytest.raises(ValueError, match="unknown reference key"):
         baselines.paper_vs_ours({"k3": {}}, reference)
     assert "ResNet20 x8 BatchNorm" in baselines.paper_vs_ours({"resnet20x8_bn": {"after": "1%"}})
+
+
+def test_logit_metrics_match_evaluate_and_mix_like_the_ensemble():
+    torch.manual_seed(2)
+    a, b = linear(torch.randn(4, 3)), linear(torch.randn(4, 3))
+    x, y = torch.randn(30, 3), torch.randint(0, 4, (30,))
+    data = batches_of(x, y)
+    (la, targets), (lb, _) = baselines.predict_logits(a, data), baselines.predict_logits(b, data)
+    for alpha in (0.0, 0.4):
+        direct = evaluate(baselines.LogitEnsemble(a, b, alpha), data)
+        mixed = baselines.logit_metrics((1 - alpha) * la + alpha * lb, targets)
+        assert mixed["accuracy"] == direct["accuracy"]
+        assert mixed["loss"] == pytest.approx(direct["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="logits"):
+        baselines.logit_metrics(la, targets[:5])
