@@ -117,6 +117,13 @@ def balancing_shift(logits: torch.Tensor, classes, target_share: float | None = 
     return high
 
 
+def balanced_logits(logits: torch.Tensor, classes, target_share: float | None = None) -> tuple:
+    """``(logits with those of classes lowered by b, b)``, ``b`` from :func:`balancing_shift`:
+    the distribution-shift correction applied to precomputed logits ``[N, K]``."""
+    b = balancing_shift(logits, classes, target_share)
+    return logits - b * _class_mask(classes, logits.shape[1]).to(logits), b
+
+
 def shift_corrected(model: nn.Module, data, classes, target_share: float | None = None) -> LogitShift:
     """``model`` with the logits of its over-predicted ``classes`` lowered so its predictions on
     ``data`` become balanced (:func:`balancing_shift`; Fig. 13's distribution-shift correction)."""

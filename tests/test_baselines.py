@@ -53,6 +53,8 @@ def test_balancing_shift_balances_the_predictions():
     assert b > 0
     shifted = logits - b * torch.tensor([1.0, 1, 1, 0, 0, 0])
     assert abs(baselines.prediction_share(shifted, classes) - 0.5) <= 1 / 400 + 1e-9
+    balanced, b_again = baselines.balanced_logits(logits, classes)
+    assert b_again == b and torch.equal(balanced, shifted)
     # other targets, and nothing to do when the classes are not over-predicted
     b30 = baselines.balancing_shift(logits, classes, target_share=0.3)
     assert b30 > b
