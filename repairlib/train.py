@@ -19,7 +19,6 @@ Two additions to the paper's recipe make short and deep runs work:
   examples with the final weights ("precise BN"), so short runs do not leave stale running averages.
 """
 
-import contextlib
 import itertools
 import math
 import os
@@ -191,15 +190,17 @@ def _train_loader(dataset, recipe, *, seed, root, device, train_subset, indices,
 
 def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=None, root=None,
         train_subset=None, indices=None, batch_size=None, lr=None, label_smoothing=None, recipe=None,
-        progress: bool = True) -> dict:
+        bf16=None, progress: bool = True) -> dict:
     """Train ``model`` in place on ``dataset`` with its Table 1 recipe; return
     ``dict(seconds, images_per_second, train_loss, steps, recipe)``.
 
     ``recipe``: a :class:`Recipe` or a ``RECIPES`` key (default: from the model's class); ``batch_size``,
     ``lr`` and ``label_smoothing`` override it. ``seed`` fixes data order and augmentation, so the same
-    initial weights and seed give identical weights on the CPU. On CUDA the run uses bf16 autocast and
-    channels_last. ``images_per_second`` counts the SGD steps only; ``seconds`` is the whole call.
-    The model is left in eval mode on ``device``.
+    initial weights and seed give identical weights on the CPU. Conv nets train in channels_last memory
+    format (faster on CPU and GPU; the model is handed back contiguous). ``bf16``: bf16 autocast, by
+    default on CUDA only (``bf16=True`` also on CPUs with AMX, where it is faster but not the fp32 default).
+    ``images_per_second`` counts the SGD steps only; ``seconds`` is the whole call. The model is left in
+    eval mode on ``device``.
     """
     start = time.perf_counter()
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -212,22 +213,25 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
     torch.manual_seed(seed)
     batches = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                             train_subset=train_subset, indices=indices)
-    cuda = device.type == "cuda"
-    model.to(device, memory_format=torch.channels_last if cuda else torch.preserve_format)
+    amp = _autocast(device, device.type == "cuda" if bf16 is None else bf16)
+    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    model.to(device, memory_format=torch.channels_last if convolutional else torch.preserve_format)
     net = with_hidden_batchnorm(model) if isinstance(model, MLP) else model
-    stats = _sgd(net, batches, recipe, epochs, cuda, progress, desc=f"train {type(model).__name__} {dataset}")
+    stats = _sgd(net, batches, recipe, epochs, amp, convolutional, progress,
+                 desc=f"train {type(model).__name__} {dataset}")
     calibration = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                                 train_subset=train_subset, indices=indices, augment=False)
-    with _autocast(cuda):
+    with amp:
         recalibrate_batchnorm(net, calibration)
     if net is not model:
         fuse_hidden_batchnorm(net)
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()
     return {**stats, "seconds": time.perf_counter() - start, "recipe": asdict(recipe)}
 
 
-def _autocast(cuda: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+def _autocast(device: torch.device, enabled: bool):
+    """A re-enterable bf16 autocast context for ``device`` (a no-op when not ``enabled``)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _progress_disabled(progress: bool) -> bool:
@@ -235,7 +239,7 @@ def _progress_disabled(progress: bool) -> bool:
     return not progress or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false", "no")
 
 
-def _sgd(net, batches, recipe, epochs, cuda, progress, desc) -> dict:
+def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> dict:
     """The training loop: ``epochs`` passes of SGD over ``batches``; returns throughput and last-epoch loss."""
     total = epochs * len(batches)
     optimizer = torch.optim.SGD(net.parameters(), lr=recipe.lr, momentum=recipe.momentum,
@@ -248,9 +252,9 @@ def _sgd(net, batches, recipe, epochs, cuda, progress, desc) -> dict:
     for _ in range(epochs):
         epoch_loss = torch.zeros((), device=next(net.parameters()).device)
         for inputs, targets in batches:
-            if cuda and inputs.ndim == 4:
+            if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with _autocast(cuda):
+            with amp:
                 loss = criterion(net(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -156,6 +156,14 @@ def test_batchnorm_statistics_are_recalibrated_after_training():
     assert not torch.equal(bn.running_var, torch.ones_like(bn.running_var))
 
 
+def test_conv_training_hands_back_contiguous_fp32_weights_also_with_bf16():
+    torch.manual_seed(0)
+    model = models.build({"arch": "resnet20", "norm": "ln", "in_channels": 1})
+    result = _tiny_fit(model, train_subset=64, batch_size=32, bf16=True)
+    assert math.isfinite(result["train_loss"])
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+
+
 def test_progress_bar_shows_and_hides(capsys, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     _tiny_fit(models.build(TINY_MLP), progress=True)
