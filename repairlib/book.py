@@ -562,11 +562,19 @@ def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, k
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
     results = []
-    for i, path in enumerate(notebooks, 1):
-        ok, seconds, error = execute(path, out_dir / path.name, plan[path], kernel, cwd or path.parent)
-        log(f"[{i}/{len(notebooks)}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
-            + (f"  ({error})" if error else ""))
-        results.append((path.stem, seconds, ok, error))
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the kernels inherit it: no progress bars in the executed pages
+    try:
+        for i, path in enumerate(notebooks, 1):
+            ok, seconds, error = execute(path, out_dir / path.name, plan[path], kernel, cwd or path.parent)
+            log(f"[{i}/{len(notebooks)}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
+                + (f"  ({error})" if error else ""))
+            results.append((path.stem, seconds, ok, error))
+    finally:
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
     return results
 
 

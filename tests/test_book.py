@@ -75,6 +75,7 @@ def _notebook(path: Path, *cells, parameters=True):
 GOOD = [
     "import time\nstart = time.time()",
     'print(f"profile={profile} widths={widths!r} epochs={epochs!r} cwd={os.getcwd()}")',
+    'print(f"TQDM_DISABLE={os.environ.get(\'TQDM_DISABLE\')}")',
     ('from repairlib import book\n'
     'book.show_provenance(profile, {"dataset": "fashion_mnist", "seeds": [0, 1]}, start)'),
 ]
@@ -88,10 +89,13 @@ def run(tmp_path_factory):
     _notebook(src / "a_fails.ipynb", 'raise RuntimeError("boom from the notebook")', 'print("never")')
     _notebook(src / "b_good.ipynb", *GOOD)
     stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    with contextlib.redirect_stdout(stdout), pytest.MonkeyPatch.context() as mp:
+        mp.delenv("TQDM_DISABLE", raising=False)
         status = cli.main(["book", "--profile", "smoke", "--notebooks", str(src), "--out", str(out),
                            "--no-build", "-p", "widths", "[1, 2]"])
-    return {"status": status, "src": src, "out": out, "lines": stdout.getvalue().splitlines()}
+        env_after = os.environ.get("TQDM_DISABLE")
+    return {"status": status, "src": src, "out": out, "lines": stdout.getvalue().splitlines(),
+            "env_after": env_after}
 
 
 def _text(nb) -> str:
@@ -122,6 +126,8 @@ def test_runner_injects_profile_and_overrides(run):
     text = _text(nb)
     # papermill's value overrides the parameters cell; an override not given stays None
     assert f"profile=smoke widths=[1, 2] epochs=None cwd={run['src']}" in text
+    assert "TQDM_DISABLE=1" in text  # no progress bars in executed pages
+    assert run["env_after"] is None  # and the runner restored its own environment
 
 
 def test_executed_copy_ends_with_provenance(run):
