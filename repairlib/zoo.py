@@ -21,7 +21,7 @@ from torch import nn
 
 from repairlib import data
 from repairlib.models import build, canonical_config
-from repairlib.train import _evaluate, default_device, fit, recipe_for
+from repairlib.train import Recipe, _evaluate, default_device, fit, recipe_for
 
 TRAIN_CODE_VERSION = 1  # bump when a change to the training code should invalidate cached networks
 FORMAT = "repairlib-checkpoint-1"
@@ -35,12 +35,13 @@ def resolve_cache_dir(path=None) -> Path:
 
 def model_config(config: dict, dataset: str) -> dict:
     """``config`` completed with the data set's input shape and class count (explicit values must agree)."""
+    if not isinstance(config, dict) or "arch" not in config:
+        raise ValueError(f"a model config is a dict with an 'arch' key, got {config!r}")
     shape = data.info(dataset)
-    arch = config.get("arch") if isinstance(config, dict) else None
     implied = {"num_classes": shape["num_classes"]}
-    if arch == "mlp":
+    if config["arch"] == "mlp":
         implied["in_features"] = shape["in_channels"] * shape["image_size"] ** 2
-    elif arch is not None:
+    else:
         implied["in_channels"] = shape["in_channels"]
     for key, value in implied.items():
         if config.get(key, value) != value:
@@ -48,14 +49,21 @@ def model_config(config: dict, dataset: str) -> dict:
     return canonical_config({**implied, **config})
 
 
-def training_description(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None) -> dict:
-    """Everything that determines the trained weights, as plain JSON-able values."""
+def training_description(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None,
+                         batch_size=None, lr=None) -> dict:
+    """Everything that determines the trained weights, as plain JSON-able values: the completed model
+    config, data set, epochs, seed, subset, split part (0/1 of paper 5.4's biased halves), the recipe
+    (Table 1 with ``batch_size``/``lr`` overrides) and ``TRAIN_CODE_VERSION``."""
+    for name, value in (("epochs", epochs), ("train_subset", train_subset), ("batch_size", batch_size)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if split_part not in (None, 0, 1):
+        raise ValueError(f"split_part must be None, 0 or 1, got {split_part!r}")
     dataset = data.canonical_name(dataset)
     config = model_config(config, dataset)
-    recipe = recipe_for(config["arch"], dataset)
+    recipe = recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr)
     return {"config": config, "dataset": dataset, "epochs": epochs, "seed": seed, "train_subset": train_subset,
-            "split_part": split_part, "recipe": asdict(recipe),
-            "train_code_version": TRAIN_CODE_VERSION}
+            "split_part": split_part, "recipe": asdict(recipe), "train_code_version": TRAIN_CODE_VERSION}
 
 
 def cache_key(description: dict) -> str:
@@ -63,37 +71,35 @@ def cache_key(description: dict) -> str:
     return hashlib.sha256(json.dumps(description, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def checkpoint_path(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, cache_dir=None):
+def checkpoint_path(description: dict, cache_dir=None) -> Path:
     """The cache file of a training description: ``<cache>/<arch>-<dataset>-s<seed>-<key>.pt``."""
-    desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                                split_part=split_part)
-    name = f"{desc['config']['arch']}-{desc['dataset']}-s{seed}-{cache_key(desc)[:20]}.pt"
-    return resolve_cache_dir(cache_dir) / name
+    d = description
+    return resolve_cache_dir(cache_dir) / f"{d['config']['arch']}-{d['dataset']}-s{d['seed']}-{cache_key(d)[:20]}.pt"
 
 
-def train_model(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None,
-                device=None, progress=True):
-    """Build ``config`` under ``torch.manual_seed(seed)``, train it, and measure it on the test set.
+def train_model(description: dict, *, root=None, device=None, progress=True):
+    """Train what a :func:`training_description` describes and measure it on the test set.
 
-    ``split_part`` 0 or 1 trains on that class-biased half of the training set (paper 5.4; the split
-    itself is fixed, seed 0). Returns ``(model in eval mode, meta dict)``.
+    The model is built under ``torch.manual_seed(seed)``; ``split_part`` 0 or 1 trains on that
+    class-biased half of the training set (the split itself is fixed, seed 0).
+    Returns ``(model in eval mode, meta dict)``.
     """
-    desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                                split_part=split_part)
-    dataset, device = desc["dataset"], default_device(device)
+    desc, device = description, default_device(device)
+    dataset, seed = desc["dataset"], desc["seed"]
     indices = None
-    if split_part is not None:
+    if desc["split_part"] is not None:
         labels = data.load_tensors(dataset, "train", root)[1]
-        indices = data.biased_split(labels, split_part, desc["config"]["num_classes"])
+        indices = data.biased_split(labels, desc["split_part"], desc["config"]["num_classes"])
     torch.manual_seed(seed)
     model = build(desc["config"])
-    stats = fit(model, dataset, epochs=epochs, seed=seed, device=device, root=root, train_subset=train_subset,
-                indices=indices, progress=progress)
+    stats = fit(model, dataset, epochs=desc["epochs"], seed=seed, device=device, root=root,
+                train_subset=desc["train_subset"], indices=indices, recipe=Recipe(**desc["recipe"]),
+                progress=progress)
     test = _evaluate(model, data.loader(dataset, "test", batch_size=1000, root=root, device=device))
     meta = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "train_loss": stats["train_loss"],
             "seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "steps": stats["steps"],
-            "dataset": dataset, "epochs": epochs, "seed": seed, "device": str(device), "torch": str(torch.__version__),
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "dataset": dataset, "epochs": desc["epochs"], "seed": seed, "device": str(device),
+            "torch": str(torch.__version__), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "training": desc, "key": cache_key(desc)}
     return model, meta
 
@@ -169,23 +175,23 @@ def load(path, expect_arch=None, device=None) -> nn.Module:
 
 
 def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None, device=None,
-            cache_dir=None) -> nn.Module:
+            cache_dir=None, batch_size=None, lr=None) -> nn.Module:
     """The network ``config`` trained on ``dataset`` for ``epochs`` with ``seed`` (eval mode, on ``device``).
 
     Loaded from the cache when its training description was trained before; otherwise trained now and
-    cached. A corrupt cache file is reported with a warning and replaced.
+    cached. A corrupt cache file is reported with a warning and replaced. ``batch_size`` and ``lr``
+    override the Table 1 recipe (e.g. for small subsets) and are part of the cache key.
     """
-    path = checkpoint_path(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                           split_part=split_part, cache_dir=cache_dir)
-    device = default_device(device)
+    desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
+                                split_part=split_part, batch_size=batch_size, lr=lr)
+    path, device = checkpoint_path(desc, cache_dir), default_device(device)
     if path.exists():
         try:
             return load(path, device=device)
         except ValueError as err:
             warnings.warn(f"retraining: {err}", stacklevel=2)
-    model, meta = train_model(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                              split_part=split_part, root=root, device=device)
-    save(model, path, meta["training"]["config"], meta)
+    model, meta = train_model(desc, root=root, device=device)
+    save(model, path, desc["config"], meta)
     return model
 
 
@@ -202,10 +208,10 @@ def train_cli(args) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.pt'}")
-    training_description(config, args.dataset, epochs=args.epochs)  # bad arch/width/data set: fail before work
-    model, meta = train_model(config, args.dataset, epochs=args.epochs, seed=args.seed,
-                              train_subset=args.train_subset, root=args.data_root, device=args.device)
-    save(model, out, meta["training"]["config"], meta)
+    desc = training_description(config, args.dataset, epochs=args.epochs, seed=args.seed,
+                                train_subset=args.train_subset)  # bad arch/width/data set: fail before work
+    model, meta = train_model(desc, root=args.data_root, device=args.device)
+    save(model, out, desc["config"], meta)
     keys = ("test_accuracy", "test_loss", "train_loss", "seconds", "images_per_second", "epochs", "seed")
     emit({**{k: meta[k] for k in keys}, "dataset": meta["dataset"], "out": str(out)}, args.json)
     return 0

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from repairlib import cli, models, train, zoo
+from repairlib import cli, data, models, train, zoo
 
 DATA = "fashion_mnist"
 TINY_MLP = {"arch": "mlp", "depth": 2, "width": 32}
@@ -191,14 +191,15 @@ def counted_fit(monkeypatch):
 
     def fit(*args, **kwargs):
         calls.append(kwargs)
-        return train.fit(*args, **{**kwargs, "batch_size": 64})
+        return train.fit(*args, **kwargs)
 
     monkeypatch.setattr(zoo, "fit", fit)
     return calls
 
 
 def _trained(tmp_path, **kwargs):
-    kwargs = {"epochs": 1, "seed": 0, "train_subset": 128, "device": "cpu", "cache_dir": tmp_path, **kwargs}
+    kwargs = {"epochs": 1, "seed": 0, "train_subset": 128, "batch_size": 64, "device": "cpu", "cache_dir": tmp_path,
+              **kwargs}
     return zoo.trained(TINY_MLP, DATA, **kwargs)
 
 
@@ -212,6 +213,14 @@ def test_zoo_trains_once_then_returns_cached_weights(tmp_path, counted_fit):
     assert len(counted_fit) == 2 and len(list(tmp_path.iterdir())) == 2
 
 
+def test_zoo_split_part_trains_on_that_biased_half(tmp_path, counted_fit):
+    _trained(tmp_path, split_part=1)
+    indices = counted_fit[0]["indices"]
+    labels = data.load_tensors(DATA, "train")[1]
+    assert torch.equal(indices, data.biased_split(labels, 1, 10))
+    assert counted_fit[0]["train_subset"] == 128  # a subset of that half
+
+
 def test_zoo_cache_key_covers_the_training_description():
     def key(config=TINY_MLP, **kw):
         kw = {"epochs": 1, **kw}
@@ -219,12 +228,14 @@ def test_zoo_cache_key_covers_the_training_description():
 
     assert key() == key({**TINY_MLP, "in_features": 784, "num_classes": 10})  # defaults spelled out
     assert key() == zoo.cache_key(zoo.training_description(TINY_MLP, "FashionMNIST", epochs=1))
-    others = [key(epochs=2), key(seed=1), key(train_subset=100), key(split_part=0), key({**TINY_MLP, "width": 33})]
+    others = [key(epochs=2), key(seed=1), key(train_subset=100), key(split_part=0), key({**TINY_MLP, "width": 33}),
+              key(batch_size=100), key(lr=0.1)]
     assert len({key(), *others}) == 1 + len(others)
 
 
 def test_zoo_retrains_a_corrupt_checkpoint(tmp_path, counted_fit):
-    path = zoo.checkpoint_path(TINY_MLP, DATA, epochs=1, seed=0, train_subset=128, cache_dir=tmp_path)
+    desc = zoo.training_description(TINY_MLP, DATA, epochs=1, seed=0, train_subset=128, batch_size=64)
+    path = zoo.checkpoint_path(desc, tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"not a checkpoint at all")
     with pytest.warns(UserWarning, match="is not a valid repairlib checkpoint"):
