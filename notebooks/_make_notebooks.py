@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import textwrap
 from pathlib import Path
 
 import nbformat
@@ -71,7 +72,12 @@ def parameters_cell(*overrides: str):
 
 
 def setup_cell(section: str, *overrides: str, imports: str = ""):
-    args = "".join(f", {name}={name}" for name in overrides)
+    args = ", ".join([f'profile, "{section}"', *(f"{name}={name}" for name in overrides)])
+    call = f"cfg = book.settings({args})"
+    if len(call) > 88:  # one line per group of arguments, to fit the book's code width
+        call = "cfg = book.settings(\n" + textwrap.fill(args, 84, initial_indent="    ",
+                                                       subsequent_indent="    ", break_long_words=False,
+                                                       break_on_hyphens=False) + "\n)"
     return code(f'''
 import time
 
@@ -80,7 +86,7 @@ start = time.time()
 import repairlib
 from repairlib import book, data, plots, zoo
 {imports}
-cfg = book.settings(profile, "{section}"{args})
+{call}
 cfg
 ''')
 

@@ -35,21 +35,20 @@ checkpoint (in `$REPAIR_ZOO`, default `~/.cache/repairlib/zoo`), so rerunning th
 re-evaluates. The two networks differ only in their random seed.
 """),
         code("""
-info = data.info(cfg["dataset"])
-config = {**cfg["model"], "in_features": info["in_channels"] * info["image_size"] ** 2,
-          "num_classes": info["num_classes"]}
+dataset, device = cfg["dataset"], cfg["device"]
 model_a, model_b = [
-    zoo.trained(config, cfg["dataset"], epochs=cfg["epochs"], seed=seed, train_subset=cfg["train_subset"],
-                device=cfg["device"])
+    zoo.trained(cfg["model"], dataset, epochs=cfg["epochs"], seed=seed,
+                train_subset=cfg["train_subset"], device=device)
     for seed in cfg["seeds"]
 ]
-train = data.loader(cfg["dataset"], "train", subset=cfg["stats_examples"], device=cfg["device"])
-test = data.loader(cfg["dataset"], "test", subset=cfg["eval_examples"], device=cfg["device"])
+train = data.loader(dataset, "train", subset=cfg["stats_examples"], device=device)
+test = data.loader(dataset, "test", subset=cfg["eval_examples"], device=device)
 
 
 def report(name, model):
     result = repairlib.evaluate(model, test)
-    print(f"{name:>22}: test accuracy {result['accuracy']:6.2%}   test loss {result['loss']:.3f}")
+    accuracy, loss = result["accuracy"], result["loss"]
+    print(f"{name:>25}: test accuracy {accuracy:6.2%}  test loss {loss:.3f}")
 
 
 report("network A", model_a)
@@ -76,16 +75,16 @@ their statistics with a few forward passes over the training data and folds the 
 the weights: the result is again a plain 10-layer MLP.
 """),
         code("""
-perms = repairlib.align(model_a, model_b, train)            # {layer group: permutation of B's units}
-model_b_aligned = repairlib.permute(model_b, perms)          # the same function, A's unit order
+perms = repairlib.align(model_a, model_b, train)  # {layer: permutation of B's units}
+model_b_aligned = repairlib.permute(model_b, perms)  # same function, A's unit order
 midpoint = repairlib.interpolate(model_a, model_b_aligned, 0.5)
 repaired = repairlib.repair(midpoint, model_a, model_b_aligned, train, alpha=0.5)
 
 report("B aligned to A", model_b_aligned)
 report("aligned midpoint", midpoint)
-report("aligned midpoint+REPAIR", repaired)
-correlation = perms.matched_correlation()
-print(f"mean correlation of matched units, layer by layer: {[round(c, 2) for c in correlation.values()]}")
+report("aligned midpoint + REPAIR", repaired)
+correlation = [round(c, 2) for c in perms.matched_correlation().values()]
+print(f"mean correlation of matched units, layer by layer: {correlation}")
 """),
         md("""
 ## Along the whole path
@@ -94,16 +93,18 @@ The same three networks for every $\\alpha$ between 0 (network A) and 1 (network
 is the largest drop of the curve below the straight line between the endpoints (Eq. 1 of the paper).
 """),
         code("""
+alphas = cfg["alphas"]
 curves = {
-    "naive": repairlib.barrier(model_a, model_b, test, cfg["alphas"]),
-    "aligned": repairlib.barrier(model_a, model_b_aligned, test, cfg["alphas"]),
-    "aligned + REPAIR": repairlib.barrier(model_a, model_b_aligned, test, cfg["alphas"], correction="repair",
-                                          stats_data=train),
+    "naive": repairlib.barrier(model_a, model_b, test, alphas),
+    "aligned": repairlib.barrier(model_a, model_b_aligned, test, alphas),
+    "aligned + REPAIR": repairlib.barrier(model_a, model_b_aligned, test, alphas,
+                                          correction="repair", stats_data=train),
 }
 for name, c in curves.items():
-    print(f"{name:>17}: accuracy barrier {c['barrier_accuracy']:6.2%}   loss barrier {c['barrier_loss']:.3f}")
-plots.curve(cfg["alphas"], {name: [100 * a for a in c["accuracy"]] for name, c in curves.items()},
-            "test accuracy (%)", f"10-layer MLPs, {cfg['dataset']}",
+    print(f"{name:>17}: accuracy barrier {c['barrier_accuracy']:6.2%}"
+          f"  loss barrier {c['barrier_loss']:.3f}")
+accuracy = {name: [100 * a for a in c["accuracy"]] for name, c in curves.items()}
+plots.curve(alphas, accuracy, "test accuracy (%)", f"10-layer MLPs, {dataset}",
             styles={"naive": {"linestyle": ":"}, "aligned": {"linestyle": "--"}})
 """, caption="Test accuracy of the networks on the line between two independently trained MLPs. "
              "Averaging without alignment fails; aligning the units helps; REPAIR on top of the "

@@ -270,7 +270,7 @@ def provenance(profile: str, params: dict, start: float | None = None) -> dict:
 
 def provenance_markdown(info: dict) -> str:
     rows = "\n".join(f"| {k.replace('_', ' ')} | {v} |" for k, v in info.items())
-    return "**Provenance of this page**\n\n| | |\n|---|---|\n" + rows + "\n"
+    return "**Provenance of this page**\n\n| what | value |\n|---|---|\n" + rows + "\n"
 
 
 def show_provenance(profile: str, params: dict, start: float | None = None) -> None:
