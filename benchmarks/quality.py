@@ -23,7 +23,7 @@ import repairlib
 from repairlib import data, zoo
 
 FAMILIES = {  # config, train subset (None = all 60,000), epochs
-    "mlp": ({"arch": "mlp", "depth": 10, "width": 512, "in_features": 784}, None, 5),
+    "mlp": ({"arch": "mlp", "depth": 10, "width": 512, "in_features": 784}, None, 20),
     "vgg11": ({"arch": "vgg", "depth": 11, "width": 1, "in_channels": 1}, 10000, 4),
     "resnet20": ({"arch": "resnet20", "width": 1, "norm": "bn", "in_channels": 1}, 10000, 4),
 }
