@@ -29,7 +29,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     start = time.perf_counter()
-    path = zoo.checkpoint_path(CONFIGS[args.arch], "fashion_mnist", epochs=args.epochs, seed=args.seed)
+    description = zoo.training_description(CONFIGS[args.arch], "fashion_mnist", epochs=args.epochs, seed=args.seed)
+    path = zoo.checkpoint_path(description)
     cached = path.exists()
     model = zoo.trained(CONFIGS[args.arch], "fashion_mnist", epochs=args.epochs, seed=args.seed, device="cpu")
     run = zoo.load_checkpoint(path)["meta"]
