@@ -77,8 +77,12 @@ def checkpoint_path(description: dict, cache_dir=None) -> Path:
     return resolve_cache_dir(cache_dir) / f"{d['config']['arch']}-{d['dataset']}-s{d['seed']}-{cache_key(d)[:20]}.pt"
 
 
-def train_model(description: dict, *, root=None, device=None, progress=True):
-    """Train what a :func:`training_description` describes and measure it on the test set.
+CACHED_TEST_EXAMPLES = 2000  # test images the zoo's checkpoint meta is measured on (the full set: 5x the cost)
+
+
+def train_model(description: dict, *, root=None, device=None, progress=True, test_examples=None):
+    """Train what a :func:`training_description` describes and measure it on the test set
+    (its first ``test_examples`` images of a fixed permutation; None = all).
 
     The model is built under ``torch.manual_seed(seed)``; ``split_part`` 0 or 1 trains on that
     class-biased half of the training set (the split itself is fixed, seed 0).
@@ -95,8 +99,11 @@ def train_model(description: dict, *, root=None, device=None, progress=True):
     stats = fit(model, dataset, epochs=desc["epochs"], seed=seed, device=device, root=root,
                 train_subset=desc["train_subset"], indices=indices, recipe=Recipe(**desc["recipe"]),
                 progress=progress)
-    test = _evaluate(model, data.loader(dataset, "test", batch_size=1000, root=root, device=device))
+    n_test = len(data.load_tensors(dataset, "test", root)[1]) if dataset != "imagenet" else None
+    subset = test_examples if test_examples is not None and n_test and test_examples < n_test else None
+    test = _evaluate(model, data.loader(dataset, "test", batch_size=1000, root=root, device=device, subset=subset))
     meta = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "train_loss": stats["train_loss"],
+            "test_examples": subset or n_test,
             "seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "steps": stats["steps"],
             "dataset": dataset, "epochs": desc["epochs"], "seed": seed, "device": str(device),
             "torch": str(torch.__version__), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -190,7 +197,7 @@ def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=No
             return load(path, device=device)
         except ValueError as err:
             warnings.warn(f"retraining: {err}", stacklevel=2)
-    model, meta = train_model(desc, root=root, device=device)
+    model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
     save(model, path, desc["config"], meta)
     return model
 

@@ -209,6 +209,8 @@ def test_zoo_trains_once_then_returns_cached_weights(tmp_path, counted_fit):
     assert len(counted_fit) == 1
     assert _same_weights(first, second) and not second.training
     assert [p.name for p in tmp_path.iterdir()] == [p.name for p in tmp_path.glob("mlp-fashion_mnist-s0-*.pt")]
+    meta = zoo.load_checkpoint(next(tmp_path.iterdir()))["meta"]
+    assert meta["test_examples"] == zoo.CACHED_TEST_EXAMPLES < 10000  # a cached network's meta: a test subset
     _trained(tmp_path, seed=1)  # another seed is another network
     assert len(counted_fit) == 2 and len(list(tmp_path.iterdir())) == 2
 
