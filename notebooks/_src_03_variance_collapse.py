@@ -65,7 +65,7 @@ for family, name in FAMILIES.items():
     train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
     test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
     a, b = trained_pair(family)
-    alignment = repairlib.align(a, b, train[family])
+    alignment = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's endpoint statistics
     nets[family] = {"a": a, "b": b, "b_aligned": repairlib.permute(b, alignment), "alignment": alignment}
     accuracy = [repairlib.evaluate(m, test[family])["accuracy"] for m in (a, b)]
     print(f"{name:>10} on {dataset}: test accuracy A {accuracy[0]:.2%}, B {accuracy[1]:.2%}")
@@ -90,7 +90,8 @@ stats, variants, ratios, midpoints = {}, {}, {}, {}
 for family, n in nets.items():
     a, d = n["a"], train[family]
     for pairing, b in (("unaligned", n["b"]), ("aligned", n["b_aligned"])):
-        stats[family, pairing] = s = repairlib.endpoint_stats(a, b, d)   # one pass; reused below
+        s = n["alignment"].endpoint_stats if pairing == "aligned" else repairlib.endpoint_stats(a, b, d)
+        stats[family, pairing] = s  # Var, Cov of every unit of both endpoints; reused below
         mid = repairlib.interpolate(a, b, alpha)
         variants[family, pairing] = (mid, b, s)
         variants[family, f"{pairing} + REPAIR"] = (repairlib.repair(mid, a, b, d, alpha, stats=s, fuse=False), b, s)
