@@ -1,11 +1,13 @@
 """Training with the paper's recipes (Table 1): SGD with momentum 0.9, per-step learning-rate schedules.
 
-| arch             | batch | lr schedule (peak) | weight decay | augmentation            |
-|------------------|-------|--------------------|--------------|-------------------------|
-| mlp              | 2000  | linear 0.2         | 0            | translate               |
-| vgg              | 500   | cosine 0.08        | 5e-4         | flip+translate          |
-| resnet20/18      | 500   | cosine 0.4         | 1e-4         | flip+translate+cutout   |
-| tv_resnet (IN)   | 512   | linear 0.5         | 1e-4         | flip+random-resized-crop|
+================  =====  ==================  ============  ========================
+arch              batch  lr schedule (peak)  weight decay  augmentation
+================  =====  ==================  ============  ========================
+mlp               2000   linear 0.2          0             translate
+vgg               500    cosine 0.08         5e-4          flip+translate
+resnet20/18       500    cosine 0.4          1e-4          flip+translate+cutout
+tv_resnet (IN)    512    linear 0.5          1e-4          flip+random-resized-crop
+================  =====  ==================  ============  ========================
 
 On MNIST and SVHN flip and cutout are dropped (appendix B.1). Every schedule starts with a linear
 warm-up over the first 5% of the steps, then decays to zero at the last step of the run.
