@@ -15,7 +15,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from repairlib.interpolate import check_same_architecture
-from repairlib.repair import EndpointStats, correction_points, endpoint_stats
+from repairlib.repair import EndpointStats, batches, correction_points, endpoint_stats, first_inputs
 from repairlib.spec import PermutationSpec, permutation_spec
 from repairlib.stats import Moments, as_samples, capture, eval_mode, model_device
 
@@ -37,12 +37,6 @@ class Alignment(dict):
     def matched_correlation(self):
         """Mean correlation of matched pairs per group (paper section 3.2 quotes about 0.4)."""
         return {g: float(c[torch.arange(len(self[g])), self[g]].mean()) for g, c in self.correlations.items()}
-
-
-def first_inputs(data):
-    for batch in data:
-        return batch[0] if isinstance(batch, (tuple, list)) else batch
-    raise ValueError("the data yielded no batches")
 
 
 def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spec=None,
@@ -115,17 +109,12 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     cap_a, cap_b = capture(model_a, watched), capture(model_b, watched)
     moments = {p: Moments(cross="full") for p in watched}
     dev_a, dev_b = model_device(model_a), model_device(model_b)
-    seen = 0
     with eval_mode(model_a, model_b):
-        for batch in data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for x, _ in batches(data):
             outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
             for p, va, vb in zip(watched, outs_a, outs_b):
                 size = spec.groups[probe_group[p]].size if p in probe_group else va.shape[1]
                 moments[p].update(as_samples(va.float(), size), as_samples(vb.float().to(dev_a), size))
-            seen += 1
-    if not seen:
-        raise ValueError("the data yielded no batches")
     corr = {}
     for p in probes:
         g = probe_group[p]
