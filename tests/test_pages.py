@@ -123,8 +123,8 @@ def browser():
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
     # the HTTP client's own timeout (120 s by default) must outlast a slow page on a loaded machine
     driver.command_executor._client_config.timeout = 600
-    driver.set_page_load_timeout(120)
-    driver.set_script_timeout(120)
+    driver.set_page_load_timeout(300)
+    driver.set_script_timeout(300)
     yield driver
     driver.quit()
 
