@@ -3,7 +3,7 @@
 from _make_notebooks import code, install_cell, md, parameters_cell, provenance_cell, setup_cell
 
 OVERRIDES = ("mlp", "mlp_dataset", "mlp_epochs", "mlp_train_subset", "conv", "conv_dataset", "conv_epochs",
-             "conv_train_subset", "alpha", "seeds")
+             "conv_train_subset", "conv_batch_size", "conv_lr", "alpha", "seeds")
 
 
 def cells():
@@ -50,7 +50,8 @@ activation matching (`repairlib.align`, section 2.3): the permuted copy computes
         code("""
 def trained_pair(family):
     return [zoo.trained(cfg[family], cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
-                        train_subset=cfg[f"{family}_train_subset"], device=cfg["device"])
+                        train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
+                        lr=cfg.get(f"{family}_lr"), device=cfg["device"])
             for seed in cfg["seeds"]]
 
 

@@ -3,7 +3,8 @@
 from _make_notebooks import code, install_cell, md, parameters_cell, provenance_cell, setup_cell
 
 OVERRIDES = ("mlp", "mlp_dataset", "mlp_epochs", "mlp_train_subset", "depths", "depth_width", "conv",
-             "conv_dataset", "conv_epochs", "conv_train_subset", "alphas", "conv_alphas", "seeds")
+             "conv_dataset", "conv_epochs", "conv_train_subset", "conv_batch_size", "conv_lr", "alphas", "conv_alphas",
+             "seeds")
 
 
 def cells():
@@ -49,7 +50,8 @@ and network B is aligned to network A by activation matching.
 def trained_pair(family, config=None):
     config = config or cfg[family]
     return [zoo.trained(config, cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
-                        train_subset=cfg[f"{family}_train_subset"], device=cfg["device"])
+                        train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
+                        lr=cfg.get(f"{family}_lr"), device=cfg["device"])
             for seed in cfg["seeds"]]
 
 

@@ -70,12 +70,13 @@ SMOKE = {
         "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
         "mlp_train_subset": 256,
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128, "alpha": 0.5,
+        "conv_batch_size": None, "conv_lr": None,
     },
     "4": {
         "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
         "mlp_train_subset": 256, "depths": (2, 4), "depth_width": 16,
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
-        "conv_alphas": (0.0, 0.5, 1.0),
+        "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0),
     },
     "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1,
             "train_subset": 128, "batch_size": None, "lr": None},
@@ -94,7 +95,7 @@ SMOKE = {
         "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
         "mlp_train_subset": 256,
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
-        "conv_alphas": (0.0, 0.5, 1.0),
+        "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0),
     },
 }
 
@@ -104,17 +105,19 @@ SMOKE = {
 # 3 epochs: endpoints ~85%) ~2 min, depth sweep ~1 min, ResNet20 with 3 norms x widths 1, 2 ~7 min,
 # VGG11/13 ~2 min, tv ResNet18 ~1 min, split data ~1 min.
 CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 3, "mlp_train_subset": None}
-CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 2, "conv_train_subset": 2000}
 ALPHAS11 = tuple(i / 10 for i in range(11))
 CPU_RESNET20 = {"epochs": 2, "train_subset": 4000, "batch_size": 100, "lr": 0.08}  # sections 5.1-5.4
+# sections 3, 4, C: the same ResNet20 pair as 5.1-5.4 (one zoo entry per seed)
+CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v in CPU_RESNET20.items()}}
 CPU = {
     "common": {"seeds": (0, 1), "stats_examples": 2000, "eval_examples": 2000,
                "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None},
     "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
                    "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
-    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5},
-    "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 128, **CPU_CONV, "alphas": ALPHAS11,
-          "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0)},  # conv curves cost a pass per alpha: fewer points
+    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5, "stats_examples": 1000, "eval_examples": 1000},
+    "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 64, **CPU_CONV, "alphas": ALPHAS11,
+          "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # conv curves cost a pass per alpha: fewer points
+          "stats_examples": 1000, "eval_examples": 1000},
     # 5.1-5.4: ResNets train 80 SGD steps of 100 images (4,000 images x 2 epochs, lr scaled to the batch):
     # about 70% test accuracy on Fashion-MNIST; with Table 1's batch of 500 the same images give 16 steps
     # and 15-45%. Width x2 costs ~4x width x1, so the ResNet20 width sweeps run at the paper profile only.
@@ -131,7 +134,8 @@ CPU = {
     },
     "5.4": {"dataset": FM, "model": RESNET20_BN, **CPU_RESNET20, "major": 0.8, "alphas": ALPHAS11,
             "stats_examples": 1000},
-    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0)},
+    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0),
+          "stats_examples": 1000, "eval_examples": 1000},
 }
 
 # paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
@@ -143,13 +147,14 @@ PAPER = {
         "mlp_dataset": "mnist", "mlp": {"arch": "mlp", "depth": 35, "width": 512}, "mlp_epochs": 100,
         "mlp_train_subset": None,
         "conv_dataset": "cifar10", "conv": {"arch": "vgg", "depth": 11, "width": 1}, "conv_epochs": 100,
-        "conv_train_subset": None, "alpha": 0.5,
+        "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None, "alpha": 0.5,
     },
     "4": {  # Fig. 3: ResNet18 on CIFAR-10 (channel stats, curves); MLP depth sweep 2..50 on MNIST
         "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
         "depths": (2, 4, 6, 8, 10, 15, 20, 27, 35, 50), "depth_width": 512,
         "conv_dataset": "cifar10", "conv": {"arch": "resnet18", "width": 1, "norm": "bn"}, "conv_epochs": 200,
-        "conv_train_subset": None, "conv_alphas": tuple(i / 20 for i in range(21)),
+        "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None,
+        "conv_alphas": tuple(i / 20 for i in range(21)),
     },
     "5.1": {"dataset": "cifar10", "norms": ("bn", "ln", "fixup"), "widths": (1, 2, 4, 8, 16), "curve_width": 8,
             "epochs": 200, "train_subset": None, "batch_size": None, "lr": None},
@@ -170,7 +175,8 @@ PAPER = {
     "C": {
         "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
         "conv_dataset": "cifar10", "conv": {"arch": "resnet20", "width": 4, "norm": "bn"}, "conv_epochs": 200,
-        "conv_train_subset": None, "conv_alphas": tuple(i / 20 for i in range(21)),
+        "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None,
+        "conv_alphas": tuple(i / 20 for i in range(21)),
     },
 }
 
