@@ -195,11 +195,33 @@ def test_results_round_trip_into_the_table(tmp_path, monkeypatch):
     assert book.write_results_page(page, tmp_path) is False
 
 
+def test_quality_table_from_a_benchmark_record(tmp_path):
+    assert "Not measured yet" in book.quality_table(tmp_path)
+    mid = {"accuracy": 0.5, "loss": 1.25}
+    row = {"family": "mlp", "seeds": [0, 1], "training": {"train_subset": None, "epochs": 20},
+           "endpoint_a": {"accuracy": 0.9, "loss": 0.3}, "endpoint_b": {"accuracy": 0.8, "loss": 0.4},
+           "naive": mid, "aligned": mid, "repair": {"accuracy": 0.8, "loss": 0.5}, "repair_closed_form": mid,
+           "repair_all": mid, "reset_bn": None, "reduction_accuracy": 0.8333, "reduction_loss": 0.6}
+    record = {"dataset": "fashion_mnist", "test_examples": 10000, "stats_examples": 5000, "device": "cpu",
+              "date": "2026-11-22T17:00:00+00:00", "results": [row]}
+    (tmp_path / book.QUALITY_FILE).write_text(json.dumps(record))
+    line = book.quality_table(tmp_path).splitlines()[-1]
+    assert line.startswith("| mlp | 0, 1 | 20 ep. on all 60,000 images | 90.0% (0.300) / 80.0% (0.400) |")
+    assert line.endswith("| 80.0% (0.500) | 50.0% (1.250) | 50.0% (1.250) | – | 83% / 60% |")
+    book.load_results(tmp_path)  # the quality record is not mistaken for a notebook's results record
+    page = tmp_path / "results.md"
+    page.write_text(f"{book.RESULTS_BEGIN}\n{book.RESULTS_END}\n{book.QUALITY_BEGIN}\nold\n{book.QUALITY_END}\n")
+    assert book.write_results_page(page, tmp_path) is True
+    assert "83% / 60%" in page.read_text() and "old" not in page.read_text()
+
+
 def test_committed_results_page_is_up_to_date():
     text = (ROOT / "book" / "results.md").read_text()
     generated = text.split(book.RESULTS_BEGIN)[1].split(book.RESULTS_END)[0].strip()
-    assert generated == book.results_table(ROOT / "book" / "results").strip(), (
-        "book/results.md is stale: run python -c 'import repairlib.book as b; b.write_results_page()'")
+    stale = "book/results.md is stale: run python -c 'import repairlib.book as b; b.write_results_page()'"
+    assert generated == book.results_table(ROOT / "book" / "results").strip(), stale
+    quality = text.split(book.QUALITY_BEGIN)[1].split(book.QUALITY_END)[0].strip()
+    assert quality == book.quality_table(ROOT / "book" / "results").strip(), stale
 
 
 def test_provenance_fields():
