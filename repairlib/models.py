@@ -35,22 +35,44 @@ def _check_norm(norm, family: str):
     return norm
 
 
-class MLP(nn.Sequential):
-    """Flatten, ``depth`` x [Linear, ReLU], Linear head: ``[B, *] -> [B, num_classes]``."""
+MLP_INITS = ("torch", "he")
 
-    def __init__(self, depth=10, width=512, in_features=784, num_classes=10):
+
+class MLP(nn.Sequential):
+    """Flatten, ``depth`` x [Linear, ReLU], Linear head: ``[B, *] -> [B, num_classes]``.
+
+    ``init`` picks how the MLP is initialised, and with it how ``repairlib.train.fit`` trains it:
+
+    * ``"torch"`` (default): PyTorch's Linear init; ``fit`` trains it with a BatchNorm after every
+      hidden Linear and fuses them afterwards, which trains MLPs of any depth (the paper goes to 50).
+    * ``"he"``: He (Kaiming normal, fan-in) hidden weights and zero biases; ``fit`` trains the plain
+      network, as the paper's MLPs are trained (lower learning rates than Table 1's 0.2 suit it).
+    """
+
+    def __init__(self, depth=10, width=512, in_features=784, num_classes=10, init="torch"):
         depth, width = _positive_int(depth, "mlp depth"), _positive_int(width, "mlp width")
         in_features = _positive_int(in_features, "in_features")
+        if init not in MLP_INITS:
+            raise ValueError(f"unknown mlp init {init!r}; valid: {', '.join(MLP_INITS)}")
         layers, fan_in = [nn.Flatten()], in_features
         for _ in range(depth):
             layers += [nn.Linear(fan_in, width), nn.ReLU()]
             fan_in = width
         super().__init__(*layers, nn.Linear(fan_in, _positive_int(num_classes, "num_classes")))
+        self.init = init
+        if init == "he":
+            for layer in [m for m in self if isinstance(m, nn.Linear)][:-1]:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
+
+    @property
+    def trains_with_batchnorm(self) -> bool:
+        return self.init == "torch"
 
 
-def mlp(depth=10, width=512, in_features=784, num_classes=10) -> MLP:
-    """Multi-layer perceptron with ``depth`` hidden layers of ``width`` units."""
-    return MLP(depth, width, in_features, num_classes)
+def mlp(depth=10, width=512, in_features=784, num_classes=10, init="torch") -> MLP:
+    """Multi-layer perceptron with ``depth`` hidden layers of ``width`` units (``init``: see :class:`MLP`)."""
+    return MLP(depth, width, in_features, num_classes, init)
 
 
 class VGG(nn.Module):

@@ -16,7 +16,8 @@ Two additions to the paper's recipe make short and deep runs work:
 
 * Deep MLPs (the paper goes to 50 hidden layers) are trained with a batch norm after every hidden
   Linear (as in the authors' release), which is then fused into that Linear (``torch.nn.utils.fusion.fuse_linear_bn_eval``), so the
-  trained model is a plain MLP of the original architecture.
+  trained model is a plain MLP of the original architecture. An MLP built with ``init="he"`` is
+  trained as it is instead (the paper's plain MLPs; see ``repairlib.models.MLP``).
 * After training, BatchNorm running statistics are re-estimated on up to 5,000 un-augmented training
   examples with the final weights ("precise BN"), so short runs do not leave stale running averages.
 """
@@ -219,7 +220,7 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
     amp = _autocast(device, device.type == "cuda" if bf16 is None else bf16)
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device, memory_format=torch.channels_last if convolutional else torch.preserve_format)
-    net = with_hidden_batchnorm(model) if isinstance(model, MLP) else model
+    net = with_hidden_batchnorm(model) if isinstance(model, MLP) and model.trains_with_batchnorm else model
     stats = _sgd(net, batches, recipe, epochs, amp, convolutional, progress,
                  desc=f"train {type(model).__name__} {dataset}")
     calibration = _train_loader(dataset, recipe, seed=seed, root=root, device=device,

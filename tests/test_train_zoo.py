@@ -119,6 +119,23 @@ def test_deep_mlp_trains():
     assert all(isinstance(m, (nn.Flatten, nn.Linear, nn.ReLU)) for m in model)  # still a plain MLP
 
 
+def test_he_initialised_mlp_trains_plain(monkeypatch):
+    """init="he": He-scaled hidden weights, zero biases, and fit trains the network as it is (no
+    hidden BatchNorm is wrapped around it)."""
+    torch.manual_seed(0)
+    model = models.mlp(depth=6, width=256, init="he")
+    std = model[3].weight.std().item()
+    assert abs(std - math.sqrt(2 / 256)) < 0.1 * math.sqrt(2 / 256) and not model[3].bias.any()
+    wrapped = []
+    monkeypatch.setattr(train, "with_hidden_batchnorm", lambda m: wrapped.append(m) or m)
+    result = _tiny_fit(model, epochs=4, train_subset=1024, batch_size=128, lr=0.05)
+    assert not wrapped and result["train_loss"] < 0.75 * math.log(10)
+    _tiny_fit(models.mlp(depth=2, width=16))
+    assert len(wrapped) == 1  # the default-initialised MLP trains with hidden BatchNorm
+    with pytest.raises(ValueError, match="unknown mlp init"):
+        models.mlp(2, 8, init="xavier")
+
+
 # ---------------------------------------------------------------- fit
 
 
