@@ -30,7 +30,7 @@ import repairlib
 from repairlib import data, models
 from repairlib.align import Alignment, permute, solve_assignment
 from repairlib.spec import permutation_spec
-from repairlib.stats import Moments, as_samples, capture
+from repairlib.stats import Moments, capture
 
 
 def best_of(repeats, fn):
@@ -60,11 +60,12 @@ def prefix_pass_align(a, b, batches, spec):
     """One data pass per permutation group through the prefix network ending at its probes."""
     perms, corr = {}, {}
     for g, group in spec.groups.items():
-        cap_a, cap_b = capture(a, group.probes), capture(b, group.probes)
+        rows = [group.size] * len(group.probes)
+        cap_a, cap_b = capture(a, group.probes, rows=rows), capture(b, group.probes, rows=rows)
         moments = [Moments(cross="full") for _ in group.probes]
         for x, _ in batches:
-            for m, va, vb in zip(moments, cap_a(x), cap_b(x)):
-                m.update(as_samples(va, group.size), as_samples(vb, group.size))
+            for m, ra, rb in zip(moments, cap_a(x), cap_b(x)):
+                m.update(ra, rb)
         corr[g] = sum(m.corr_xy() for m in moments)
         perms[g] = solve_assignment(corr[g])
     return Alignment(perms, spec, corr)

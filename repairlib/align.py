@@ -17,7 +17,7 @@ from torch import nn
 from repairlib.interpolate import check_same_architecture
 from repairlib.repair import EndpointStats, batches, correction_points, endpoint_stats, first_inputs
 from repairlib.spec import PermutationSpec, permutation_spec
-from repairlib.stats import Moments, as_samples, capture, eval_mode, model_device
+from repairlib.stats import Moments, capture, eval_mode, model_device
 
 
 class Alignment(dict):
@@ -106,15 +106,15 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
             raise ValueError(f"group {g!r} has no probe where its activations can be measured")
     probes = list(probe_group)
     watched = probes + [p for p in points if p not in probe_group]
-    cap_a, cap_b = capture(model_a, watched), capture(model_b, watched)
+    sizes = [spec.groups[probe_group[p]].size if p in probe_group else None for p in watched]
+    cap_a, cap_b = capture(model_a, watched, rows=sizes), capture(model_b, watched, rows=sizes)
     moments = {p: Moments(cross="full") for p in watched}
     dev_a, dev_b = model_device(model_a), model_device(model_b)
     with eval_mode(model_a, model_b):
         for x, _ in batches(data):
             outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
-            for p, va, vb in zip(watched, outs_a, outs_b):
-                size = spec.groups[probe_group[p]].size if p in probe_group else va.shape[1]
-                moments[p].update(as_samples(va.float(), size), as_samples(vb.float().to(dev_a), size))
+            for p, ra, rb in zip(watched, outs_a, outs_b):  # channel rows [C, samples]
+                moments[p].update(ra.float(), rb.float().to(dev_a))
     corr = {}
     for p in probes:
         g = probe_group[p]

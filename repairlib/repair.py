@@ -36,7 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from repairlib.interpolate import check_alpha, check_finite, check_same_architecture
 from repairlib.spec import trace
-from repairlib.stats import Moments, as_samples, capture, eval_mode
+from repairlib.stats import Moments, capture, channel_rows, eval_mode
 
 REL_EPS = 1e-3  # relative epsilon of goal_scale: dead channels are scaled at most 1000x, never NaN
 VARIANTS = ("exact", "closed_form")
@@ -208,9 +208,10 @@ class EndpointStats:
 
 
 def samples(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, *spatial]`` -> ``[samples, C]`` in float32 or float64 (the moments sum in float64)."""
+    """``[B, C, *spatial]`` -> channel rows ``[C, samples]`` in float32 or float64 (see
+    :func:`repairlib.stats.channel_rows`; the moments accumulate in float64)."""
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    return as_samples(x, x.shape[1])
+    return channel_rows(x)
 
 
 @torch.no_grad()
@@ -221,7 +222,7 @@ def measure(models: list, data, points: list) -> list:
     :class:`repairlib.stats.Moments` holds pooled float64 shifted sums, with the channel-wise cross
     moment of a pair (``cov_xy``).
     """
-    probes = [capture(m, points) for m in models]
+    probes = [capture(m, points, rows=[None] * len(points)) for m in models]
     pairs = [range(i, min(i + 2, len(models))) for i in range(0, len(models), 2)]
     moments = [{p: Moments(cross="diag") for p in points} for _ in pairs]
     with eval_mode(*models):
@@ -231,7 +232,7 @@ def measure(models: list, data, points: list) -> list:
                 for j, p in enumerate(points):
                     values = [outs[i][j] for i in pair]
                     device = values[0].device
-                    pair_moments[p].update(*(samples(v).to(device) for v in values))
+                    pair_moments[p].update(*(v.to(device) for v in values))
     return moments
 
 
@@ -287,13 +288,10 @@ class _Renormalise(nn.Module):
         self.moments = Moments()
 
     def forward(self, x):
-        self.moments.update(samples(x))
-        dims = [d for d in range(x.dim()) if d != 1]
+        batch_mean, batch_var = self.moments.update(samples(x))  # pooled, and this batch's [C] stats
         shape = [1, -1] + [1] * (x.dim() - 2)
-        batch_mean = x.mean(dims, keepdim=True)
-        batch_var = x.var(dims, unbiased=False, keepdim=True)
-        scale = goal_scale(self.std.to(x).view(shape), batch_var)
-        return (x - batch_mean) * scale + self.mean.to(x).view(shape)
+        scale = goal_scale(self.std.to(x), batch_var.to(x))
+        return (x - batch_mean.to(x).view(shape)) * scale.view(shape) + self.mean.to(x).view(shape)
 
 
 @torch.no_grad()

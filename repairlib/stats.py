@@ -1,9 +1,11 @@
 """Activation statistics gathered in one pass: intermediate outputs and pooled moments.
 
 Every spatial position counts as a sample: a ``[N, C, H, W]`` activation contributes ``N * H * W``
-samples of its ``C`` channels. Moments are accumulated as *shifted* sums in float64 (the first
-batch's channel means are subtracted before summing), which keeps the variance exact to float64
-rounding however many batches are pooled -- never an average of per-batch statistics.
+samples of its ``C`` channels, laid out as channel rows ``[C, N * H * W]`` (:func:`channel_rows`), so
+every sum is a contiguous row reduction or one matrix product. Moments are *shifted* sums (the first
+batch's channel means are subtracted first): within a batch they are computed in the activations'
+dtype (pairwise / BLAS sums), across batches accumulated in float64, which keeps the pooled variance
+exact to rounding however many batches are pooled -- never an average of per-batch statistics.
 """
 
 import torch
@@ -12,18 +14,29 @@ from torch import fx, nn
 from repairlib.spec import trace
 
 
+def channel_rows(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+    """``[N, C, *spatial]`` (or ``[N, C * inner]``, with ``channels=C``) -> ``[C, samples]``: one
+    contiguous row of samples per channel. Always a new tensor (never a view of ``x``), so later
+    in-place ops on ``x`` cannot change it."""
+    n, channels = x.shape[0], x.shape[1] if channels is None else channels
+    rows = x.reshape(n, channels, -1).transpose(0, 1).reshape(channels, -1)
+    same_memory = rows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+    return rows.clone() if same_memory else rows
+
+
 def as_samples(x: torch.Tensor, channels: int) -> torch.Tensor:
     """``[N, C, *spatial]`` (or ``[N, C * inner]``) -> ``[samples, C]``, channels last."""
-    n = x.shape[0]
-    x = x.reshape(n, channels, -1)
-    return x.transpose(1, 2).reshape(-1, channels)
+    return channel_rows(x, channels).T
 
 
 class Moments:
     """Pooled per-channel mean and variance of one activation, optionally its cross moments.
 
-    ``update(x)`` with ``x: [samples, C]``; ``update(x, y)`` also accumulates the cross moment
-    ``sum (x_i - kx_i)(y_j - ky_j)`` (``cross="full"``: the ``[C, C]`` matrix; ``"diag"``: only i = j).
+    ``update(x)`` with channel rows ``x: [C, samples]`` (see :func:`channel_rows`); ``update(x, y)``
+    also accumulates the cross moment ``sum (x_i - kx_i)(y_j - ky_j)`` (``cross="full"``: the
+    ``[C, C]`` matrix; ``"diag"``: only i = j). ``x`` and ``y`` are scratch: they are shifted in place,
+    so pass copies (:func:`channel_rows` and :func:`capture` with ``rows`` make them). Returns this
+    batch's ``(mean, variance)`` of ``x`` (float64 ``[C]``), a by-product of the pooled sums.
     """
 
     def __init__(self, cross=None):
@@ -35,28 +48,31 @@ class Moments:
     @torch.no_grad()
     def update(self, x, y=None):
         if self.n == 0:
-            self.shift_x = x.mean(0).detach()
-            self.sx = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+            self.shift_x = x.mean(1)
+            self.sx = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
             self.sxx = torch.zeros_like(self.sx)
             if y is not None:
-                self.shift_y = y.mean(0).detach()
+                self.shift_y = y.mean(1)
                 self.sy, self.syy = torch.zeros_like(self.sx), torch.zeros_like(self.sx)
                 if self.cross == "full":
-                    self.sxy = torch.zeros(x.shape[1], y.shape[1], dtype=torch.float64, device=x.device)
+                    self.sxy = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64, device=x.device)
                 elif self.cross == "diag":
                     self.sxy = torch.zeros_like(self.sx)
-        xc = x - self.shift_x
-        self.sx += xc.sum(0, dtype=torch.float64)
-        self.sxx += (xc * xc).sum(0, dtype=torch.float64)
+        xc = x.sub_(self.shift_x[:, None])  # in place: the rows are the caller's scratch copy
+        batch_sx, batch_sxx = xc.sum(1).double(), torch.linalg.vecdot(xc, xc).double()
+        self.sx += batch_sx
+        self.sxx += batch_sxx
         if y is not None:
-            yc = y - self.shift_y
-            self.sy += yc.sum(0, dtype=torch.float64)
-            self.syy += (yc * yc).sum(0, dtype=torch.float64)
+            yc = y.sub_(self.shift_y[:, None])
+            self.sy += yc.sum(1)
+            self.syy += torch.linalg.vecdot(yc, yc)
             if self.cross == "full":
-                self.sxy += (xc.T @ yc).double()
+                self.sxy += xc @ yc.T
             elif self.cross == "diag":
-                self.sxy += (xc * yc).sum(0, dtype=torch.float64)
-        self.n += x.shape[0]
+                self.sxy += torch.linalg.vecdot(xc, yc)
+        self.n += x.shape[1]
+        n = x.shape[1]  # this batch's mean and population variance of x, float64 [C] each
+        return self.shift_x.double() + batch_sx / n, (batch_sxx / n - (batch_sx / n) ** 2).clamp_min(0)
 
     def _require(self):
         if self.n == 0:
@@ -97,17 +113,24 @@ class Moments:
         return self.cov_xy / torch.outer(std_x, std_y).clamp_min(eps)
 
 
-def capture(model: nn.Module, names):
+def capture(model: nn.Module, names, rows=None):
     """A function ``inputs -> [outputs of the named graph nodes]`` for one network.
 
     ``names`` are node names of the model's torch.fx trace, or submodule names (then forward
-    hooks capture them, which also works for untraceable models). Values are cloned where taken,
+    hooks capture them, which also works for untraceable models). Values are copied where taken,
     so later in-place ops cannot alter them; the graph is cut after the last requested node.
+    ``rows``: ``None`` returns the values as they are (cloned); a list of channel counts (one per
+    name, ``None`` for ``shape[1]``) returns each as channel rows ``[C, samples]`` in float32 or
+    float64 (:func:`channel_rows`, which is then the one copy taken).
     """
     names = list(names)
+    take = _clone if rows is None else [_rows_taker(c) for c in rows]
+    takers = [take] * len(names) if rows is None else take
+    if len(takers) != len(names):
+        raise ValueError(f"rows has {len(takers)} entries for {len(names)} names")
     submodules = dict(model.named_modules())
     if names and all(n in submodules for n in names) and not _all_nodes(model, names):
-        return _hook_capture(model, names, submodules)
+        return _hook_capture(model, names, submodules, takers)
     gm = trace(model)
     graph, copies = fx.Graph(), {}
     graph.graph_copy(gm.graph, copies)  # every node but the output
@@ -115,15 +138,26 @@ def capture(model: nn.Module, names):
     missing = [n for n in names if n not in nodes]
     if missing:
         raise ValueError(f"graph has no node named {missing[0]!r}")
-    clones = []
-    for name in names:
+    taken = []
+    for name, taker in zip(names, takers):
         with graph.inserting_after(nodes[name]):
-            clones.append(graph.call_method("clone", (nodes[name],)))
-    graph.output(tuple(clones))
+            taken.append(graph.call_function(taker, (nodes[name],)))
+    graph.output(tuple(taken))
     cut = fx.GraphModule(gm, graph)
     cut.graph.eliminate_dead_code()
     cut.recompile()
     return lambda x: list(cut(x))
+
+
+def _clone(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+def _rows_taker(channels):
+    def take(x: torch.Tensor) -> torch.Tensor:
+        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        return channel_rows(x, channels)
+    return take
 
 
 def _all_nodes(model, names):
@@ -134,11 +168,11 @@ def _all_nodes(model, names):
     return all(n in nodes for n in names)
 
 
-def _hook_capture(model, names, submodules):
+def _hook_capture(model, names, submodules, takers):
     def run(x):
         got = {}
-        handles = [submodules[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o.clone()))
-                   for n in names]
+        handles = [submodules[n].register_forward_hook(lambda m, i, o, n=n, t=t: got.__setitem__(n, t(o)))
+                   for n, t in zip(names, takers)]
         try:
             model(x)
         finally:
