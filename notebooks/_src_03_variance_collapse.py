@@ -123,10 +123,12 @@ plots.layer_ratios(ratios["conv"], title=f"{FAMILIES['conv']}, {cfg['conv_datase
              "and after REPAIR.", name="variance-collapse-conv"),
         md("""
 **How to read these figures.** Without alignment the variance falls fastest; alignment slows the
-decay but does not stop it; after REPAIR every layer has its endpoints' variance again (ratio 1),
-aligned or not, because REPAIR sets each unit's statistics directly. Which of the repaired networks
-also *works* is another matter: the accuracies printed above show that REPAIR without alignment does
-not rescue the midpoint (appendix C takes this up).
+decay but does not stop it; after REPAIR every layer is back at about its endpoints' variance,
+aligned or not, because REPAIR sets each unit's statistics directly. (The ratio after REPAIR can sit a
+little below 1: REPAIR's goal is the average of the endpoints' *standard deviations*, whose square is
+below the average of their variances when the two differ.) Which of the repaired networks also
+*works* is another matter: compare the accuracies printed above, where REPAIR without alignment stays
+below the aligned and REPAIRed midpoint (appendix C takes this up).
 
 ## 3.2 The cause: the first layer, computed and measured
 
