@@ -45,6 +45,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", nargs="+", default=[*RUNS, "build"], choices=[*RUNS, "build"])
     p.add_argument("--only", nargs="+", default=None, metavar="SECTION", help="a subset of the notebooks")
+    p.add_argument("--zoo", type=Path, default=None,
+                   help="the cpu profile's zoo: cpu_warm reuses it as it is (e.g. the zoo a "
+                        "`python -m repairlib book` cold run filled); cpu_cold refuses it")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_book.json"))
     args = p.parse_args(argv)
 
@@ -62,7 +65,9 @@ def main(argv=None) -> int:
     try:
         for run in [r for r in RUNS if r in args.runs]:
             profile, zoo_mode = RUNS[run]
-            zoo = work / f"zoo_{profile}"
+            zoo = args.zoo if args.zoo is not None and profile == "cpu" else work / f"zoo_{profile}"
+            if zoo_mode == "fresh" and zoo == args.zoo:
+                raise SystemExit("--zoo is for cpu_warm: a cold run needs an empty zoo of its own")
             if zoo_mode == "fresh" and zoo.exists():
                 shutil.rmtree(zoo)
             print(f"{run}: profile {profile}, {'empty' if zoo_mode == 'fresh' else 'filled'} zoo", flush=True)
@@ -78,6 +83,12 @@ def main(argv=None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # runs measured earlier (another commit or date) are kept beside the new ones
+        earlier = json.loads(out.read_text())
+        for run, result in earlier.get("runs", {}).items():
+            if run not in report["runs"]:
+                report["runs"][run] = {**result, "commit": result.get("commit", earlier.get("commit")),
+                                       "date": result.get("date", earlier.get("date"))}
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {out}")
     return status

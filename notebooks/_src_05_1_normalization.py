@@ -30,9 +30,11 @@ differ only in their random seed, B aligned to A by activation matching, and the
 $\\theta_{0.5}$ before and after REPAIR, in test loss and test accuracy. Then whole interpolation
 curves at one width, BatchNorm against LayerNorm. At the `cpu` profile the networks are trained for
 two epochs on 4,000 Fashion-MNIST images, at width $1\\times$ only (a $2\\times$ ResNet20 costs four times
-the CPU time): the endpoints are far weaker than the paper's (about 70% test accuracy) and the width
-axis of the first two figures has a single point, so compare the *direction* of the effects, not the
-digits. The `paper` profile runs the paper's grid on CIFAR-10 (widths 1 to 16).
+the CPU time): the BatchNorm endpoints are far weaker than the paper's (about 70% test accuracy), and
+the LayerNorm and Fixup endpoints do not learn at all in these 80 SGD steps (they stay below 20% test
+accuracy, chance being 10%), so at this profile their lines say nothing about the paper's claims. The
+width axis of the first two figures has a single point; compare the *direction* of the BatchNorm
+effects, not the digits. The `paper` profile runs the paper's grid on CIFAR-10 (widths 1 to 16).
 """),
         install_cell(),
         parameters_cell(*OVERRIDES),
