@@ -32,7 +32,7 @@ from repairlib.book import QUALITY_FILE, quality_table
 # only 80 steps and endpoints at 50-65%), lr scaled down with the batch.
 FAMILIES = {
     "mlp": ({"arch": "mlp", "depth": 10, "width": 512, "in_features": 784, "init": "he"},
-            {"train_subset": None, "epochs": 10, "lr": 0.05}),
+            {"train_subset": None, "epochs": 20, "lr": 0.05}),
     "vgg11": ({"arch": "vgg", "depth": 11, "width": 1, "in_channels": 1},
               {"train_subset": 10000, "epochs": 4, "batch_size": 100, "lr": 0.04}),
     "resnet20": ({"arch": "resnet20", "width": 1, "norm": "bn", "in_channels": 1},

@@ -466,7 +466,7 @@ def quality_table(directory=None) -> str:
         how = (f"{training.get('epochs')} ep. on {'all 60,000' if subset is None else f'{subset:,}'} images"
                + (f", batch {training['batch_size']}" if training.get("batch_size") else ""))
         ends = f"{cell(r['endpoint_a'])} / {cell(r['endpoint_b'])}"
-        cut = f"{100 * r['reduction_accuracy']:.0f}% / {100 * r['reduction_loss']:.0f}%"
+        cut = f"{100 * r['reduction_accuracy']:.1f}% / {100 * r['reduction_loss']:.1f}%"
         row = [r["family"], f"{r['seeds'][0]}, {r['seeds'][1]}", how, ends,
                *(cell(r.get(key)) for key, _ in QUALITY_COLUMNS), cut]
         lines.append("| " + " | ".join(row) + " |")
