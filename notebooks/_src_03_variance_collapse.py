@@ -48,24 +48,13 @@ setting are shared with the other pages). Network B of each pair is then aligned
 activation matching (`repairlib.align`, section 2.3): the permuted copy computes the same function.
 """),
         code("""
-def trained_pair(family):
-    return [zoo.trained(cfg[family], cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
-                        train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
-                        lr=cfg.get(f"{family}_lr"), device=cfg["device"])
-            for seed in cfg["seeds"]]
-
-
-def describe(config):
-    return " ".join([config["arch"]] + [f"{k}={v}" for k, v in config.items() if k != "arch"])
-
-
-FAMILIES = {family: describe(cfg[family]) for family in ("mlp", "conv")}
+FAMILIES = {family: book.describe(cfg[family]) for family in ("mlp", "conv")}
 nets, train, test = {}, {}, {}
 for family, name in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
     train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
     test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
-    a, b = trained_pair(family)
+    a, b = book.trained_pair(cfg, family)
     alignment = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's endpoint statistics
     nets[family] = {"a": a, "b": b, "b_aligned": repairlib.permute(b, alignment), "alignment": alignment}
     accuracy = [repairlib.evaluate(m, test[family])["accuracy"] for m in (a, b)]

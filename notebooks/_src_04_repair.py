@@ -47,25 +47,13 @@ Each pair is trained from two seeds (`zoo.trained` caches the networks, shared w
 and network B is aligned to network A by activation matching.
 """),
         code("""
-def trained_pair(family, config=None):
-    config = config or cfg[family]
-    return [zoo.trained(config, cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
-                        train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
-                        lr=cfg.get(f"{family}_lr"), device=cfg["device"])
-            for seed in cfg["seeds"]]
-
-
-def describe(config):
-    return " ".join([config["arch"]] + [f"{k}={v}" for k, v in config.items() if k != "arch"])
-
-
-FAMILIES = {family: describe(cfg[family]) for family in ("conv", "mlp")}
+FAMILIES = {family: book.describe(cfg[family]) for family in ("conv", "mlp")}
 nets, train, test = {}, {}, {}
 for family, name in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
     train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
     test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
-    a, b = trained_pair(family)
+    a, b = book.trained_pair(cfg, family)
     alignment = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's endpoint statistics
     nets[family] = {"a": a, "b": repairlib.permute(b, alignment), "stats": alignment.endpoint_stats}
     accuracy = [repairlib.evaluate(m, test[family])["accuracy"] for m in (a, b)]
@@ -203,7 +191,7 @@ def accuracy(model):
 sweep = []
 for depth in cfg["depths"]:
     config = {"arch": "mlp", "depth": depth, "width": cfg["depth_width"]}
-    a, b = trained_pair("mlp", config)
+    a, b = book.trained_pair(cfg, "mlp", config)
     alignment = repairlib.align(a, b, train["mlp"], stats_scope="conv")
     b, stats = repairlib.permute(b, alignment), alignment.endpoint_stats
     mid = repairlib.interpolate(a, b, 0.5)

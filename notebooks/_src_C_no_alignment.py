@@ -36,24 +36,13 @@ its units, so most of its weight matrices look different, yet it computes exactl
 a permutation of hidden units is a symmetry of the network.
 """),
         code("""
-def trained_pair(family):
-    return [zoo.trained(cfg[family], cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
-                        train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
-                        lr=cfg.get(f"{family}_lr"), device=cfg["device"])
-            for seed in cfg["seeds"]]
-
-
-def describe(config):
-    return " ".join([config["arch"]] + [f"{k}={v}" for k, v in config.items() if k != "arch"])
-
-
-FAMILIES = {family: describe(cfg[family]) for family in ("mlp", "conv")}
+FAMILIES = {family: book.describe(cfg[family]) for family in ("mlp", "conv")}
 nets, train, test, difference = {}, {}, {}, {}
 for family, name in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
     train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
     test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
-    a, b = trained_pair(family)
+    a, b = book.trained_pair(cfg, family)
     perms = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's statistics of the aligned pair
     nets[family] = {"a": a, "unaligned": b, "aligned": repairlib.permute(b, perms), "stats": perms.endpoint_stats}
     moved = sum(int((p != torch.arange(len(p))).sum()) for p in perms.values()) / sum(len(p) for p in perms.values())

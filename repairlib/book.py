@@ -216,6 +216,24 @@ def settings(profile: str, section: str, **overrides) -> dict:
     return result
 
 
+
+def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
+    """The two networks of ``family`` (e.g. "mlp", "conv") that a section's settings ``cfg`` describe, one
+    per seed in ``cfg["seeds"]``, from the checkpoint zoo: ``config`` (default ``cfg[family]``) trained on
+    ``cfg["<family>_dataset"]`` with its ``_epochs``, ``_train_subset``, ``_batch_size`` and ``_lr``."""
+    from repairlib import zoo
+
+    config = config or cfg[family]
+    return [zoo.trained(config, cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
+                        train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
+                        lr=cfg.get(f"{family}_lr"), device=cfg["device"])
+            for seed in cfg["seeds"]]
+
+
+def describe(config: dict) -> str:
+    """A model config in one line: ``{"arch": "mlp", "depth": 10}`` -> "mlp depth=10"."""
+    return " ".join([config["arch"]] + [f"{k}={v}" for k, v in config.items() if k != "arch"])
+
 # --------------------------------------------------------------------------------------------------
 # Provenance: what every executed page states at its end.
 # --------------------------------------------------------------------------------------------------
