@@ -207,13 +207,6 @@ class EndpointStats:
         return goals
 
 
-def samples(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, *spatial]`` -> channel rows ``[C, samples]`` in float32 or float64 (see
-    :func:`repairlib.stats.channel_rows`; the moments accumulate in float64)."""
-    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    return channel_rows(x)
-
-
 @torch.no_grad()
 def measure(models: list, data, points: list) -> list:
     """One pass over ``data``, every model run on every batch: ``[{point: Moments}]`` per pair.
@@ -222,7 +215,7 @@ def measure(models: list, data, points: list) -> list:
     :class:`repairlib.stats.Moments` holds pooled float64 shifted sums, with the channel-wise cross
     moment of a pair (``cov_xy``).
     """
-    probes = [capture(m, points, rows=[None] * len(points)) for m in models]
+    probes = [capture(m, points, rows=True) for m in models]
     pairs = [range(i, min(i + 2, len(models))) for i in range(0, len(models), 2)]
     moments = [{p: Moments(cross="diag") for p in points} for _ in pairs]
     with eval_mode(*models):
@@ -288,7 +281,7 @@ class _Renormalise(nn.Module):
         self.moments = Moments()
 
     def forward(self, x):
-        batch_mean, batch_var = self.moments.update(samples(x))  # pooled, and this batch's [C] stats
+        batch_mean, batch_var = self.moments.update(channel_rows(x))  # pooled, and this batch's [C] stats
         shape = [1, -1] + [1] * (x.dim() - 2)
         scale = goal_scale(self.std.to(x), batch_var.to(x))
         return (x - batch_mean.to(x).view(shape)) * scale.view(shape) + self.mean.to(x).view(shape)

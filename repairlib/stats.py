@@ -16,17 +16,13 @@ from repairlib.spec import trace
 
 def channel_rows(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
     """``[N, C, *spatial]`` (or ``[N, C * inner]``, with ``channels=C``) -> ``[C, samples]``: one
-    contiguous row of samples per channel. Always a new tensor (never a view of ``x``), so later
-    in-place ops on ``x`` cannot change it."""
+    contiguous row of samples per channel, in float32 (float64 stays float64). Always a new tensor
+    (never a view of ``x``), so later in-place ops on ``x`` cannot change it."""
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
     n, channels = x.shape[0], x.shape[1] if channels is None else channels
     rows = x.reshape(n, channels, -1).transpose(0, 1).reshape(channels, -1)
     same_memory = rows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
     return rows.clone() if same_memory else rows
-
-
-def as_samples(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """``[N, C, *spatial]`` (or ``[N, C * inner]``) -> ``[samples, C]``, channels last."""
-    return channel_rows(x, channels).T
 
 
 class Moments:
@@ -120,17 +116,16 @@ def capture(model: nn.Module, names, rows=None):
     hooks capture them, which also works for untraceable models). Values are copied where taken,
     so later in-place ops cannot alter them; the graph is cut after the last requested node.
     ``rows``: ``None`` returns the values as they are (cloned); a list of channel counts (one per
-    name, ``None`` for ``shape[1]``) returns each as channel rows ``[C, samples]`` in float32 or
-    float64 (:func:`channel_rows`, which is then the one copy taken).
+    name, ``None`` for ``shape[1]``), or ``True`` for ``shape[1]`` everywhere, returns each as channel
+    rows ``[C, samples]`` (:func:`channel_rows`, which is then the one copy taken).
     """
     names = list(names)
-    take = _clone if rows is None else [_rows_taker(c) for c in rows]
-    takers = [take] * len(names) if rows is None else take
-    if len(takers) != len(names):
-        raise ValueError(f"rows has {len(takers)} entries for {len(names)} names")
+    rows = [None] * len(names) if rows is True else rows
+    if rows is not None and len(rows) != len(names):
+        raise ValueError(f"rows has {len(rows)} entries for {len(names)} names")
     submodules = dict(model.named_modules())
     if names and all(n in submodules for n in names) and not _all_nodes(model, names):
-        return _hook_capture(model, names, submodules, takers)
+        return _hook_capture(model, names, submodules, rows)
     gm = trace(model)
     graph, copies = fx.Graph(), {}
     graph.graph_copy(gm.graph, copies)  # every node but the output
@@ -139,25 +134,15 @@ def capture(model: nn.Module, names, rows=None):
     if missing:
         raise ValueError(f"graph has no node named {missing[0]!r}")
     taken = []
-    for name, taker in zip(names, takers):
+    for i, name in enumerate(names):
         with graph.inserting_after(nodes[name]):
-            taken.append(graph.call_function(taker, (nodes[name],)))
+            taken.append(graph.call_method("clone", (nodes[name],)) if rows is None
+                         else graph.call_function(channel_rows, (nodes[name], rows[i])))
     graph.output(tuple(taken))
     cut = fx.GraphModule(gm, graph)
     cut.graph.eliminate_dead_code()
     cut.recompile()
     return lambda x: list(cut(x))
-
-
-def _clone(x: torch.Tensor) -> torch.Tensor:
-    return x.clone()
-
-
-def _rows_taker(channels):
-    def take(x: torch.Tensor) -> torch.Tensor:
-        x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        return channel_rows(x, channels)
-    return take
 
 
 def _all_nodes(model, names):
@@ -168,11 +153,14 @@ def _all_nodes(model, names):
     return all(n in nodes for n in names)
 
 
-def _hook_capture(model, names, submodules, takers):
+def _hook_capture(model, names, submodules, rows):
+    def take(output, i):
+        return output.clone() if rows is None else channel_rows(output, rows[i])
+
     def run(x):
         got = {}
-        handles = [submodules[n].register_forward_hook(lambda m, i, o, n=n, t=t: got.__setitem__(n, t(o)))
-                   for n, t in zip(names, takers)]
+        handles = [submodules[n].register_forward_hook(lambda m, inp, o, n=n, i=i: got.__setitem__(n, take(o, i)))
+                   for i, n in enumerate(names)]
         try:
             model(x)
         finally:
