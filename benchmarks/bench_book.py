@@ -26,15 +26,16 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = {"smoke": ("smoke", "fresh"), "cpu_cold": ("cpu", "fresh"), "cpu_warm": ("cpu", "reuse")}
 
 
-def run_profile(profile: str, zoo: Path, out: Path, only=None) -> dict:
+def run_profile(profile: str, zoo: Path, out: Path, only=None, jobs: int = 2) -> dict:
     """Execute the notebooks at ``profile`` with ``$REPAIR_ZOO=zoo``; per-notebook seconds and status."""
     os.environ["REPAIR_ZOO"] = str(zoo)  # inherited by papermill's kernels
     notebooks = book.select_notebooks(ROOT / "notebooks", only)
     start = time.time()
     results = book.run_notebooks(notebooks, profile, {}, out, cwd=ROOT / "notebooks",
-                                 log=lambda line: print(f"  {line}", flush=True))
+                                 log=lambda line: print(f"  {line}", flush=True), jobs=jobs)
     return {
         "profile": profile,
+        "jobs": jobs,
         "total_s": round(time.time() - start, 1),
         "ok": all(ok for _, _, ok, _ in results),
         "notebooks": {name: {"seconds": round(s, 1), "ok": ok, "error": err} for name, s, ok, err in results},
@@ -48,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--zoo", type=Path, default=None,
                    help="the cpu profile's zoo: cpu_warm reuses it as it is (e.g. the zoo a "
                         "`python -m repairlib book` cold run filled); cpu_cold refuses it")
+    p.add_argument("--jobs", type=int, default=2, help="notebooks side by side, as `python -m repairlib book`")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_book.json"))
     args = p.parse_args(argv)
 
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
             if zoo_mode == "fresh" and zoo.exists():
                 shutil.rmtree(zoo)
             print(f"{run}: profile {profile}, {'empty' if zoo_mode == 'fresh' else 'filled'} zoo", flush=True)
-            report["runs"][run] = result = run_profile(profile, zoo, work / run, args.only)
+            report["runs"][run] = result = run_profile(profile, zoo, work / run, args.only, args.jobs)
             print(f"{run}: {result['total_s']} s, {'ok' if result['ok'] else 'FAILED'}", flush=True)
             status |= 0 if result["ok"] else 1
         if "build" in args.runs:

@@ -79,7 +79,7 @@ SMOKE = {
         "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0),
     },
     "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1,
-            "train_subset": 128, "batch_size": None, "lr": None, "alphas": (0.5,)},
+            "train_subset": 128, "batch_size": None, "lr": None, "norm_recipes": {}, "alphas": (0.5,)},
     "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 1, "train_subset": 128,
             "batch_size": None, "lr": None, "scopes": ("conv", "all"), "alphas": (0.5,)},
     "5.3": {
@@ -108,34 +108,38 @@ CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 3, "mlp_train_subset":
 ALPHAS11 = tuple(i / 10 for i in range(11))
 CPU_RESNET20 = {"epochs": 2, "train_subset": 4000, "batch_size": 100, "lr": 0.08}  # sections 5.1-5.4
 # sections 3, 4, C: the same ResNet20 pair as 5.1-5.4 (one zoo entry per seed)
+# Statistics and test images per measurement. Each merged network costs a pass over both, so these set
+# the warm build's time (<= 3 minutes). 500 images give every conv channel 98k-392k samples; the test
+# accuracies they give carry a standard error of about 2 points.
+CPU_EXAMPLES = {"stats_examples": 500, "eval_examples": 500}
 CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v in CPU_RESNET20.items()}}
 CPU = {
-    "common": {"seeds": (0, 1), "stats_examples": 2000, "eval_examples": 2000,
+    "common": {"seeds": (0, 1), "stats_examples": 1000, "eval_examples": 1000,
                "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None},
     "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
                    "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
-    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5, "stats_examples": 1000, "eval_examples": 1000},
+    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5, **CPU_EXAMPLES},
     "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 64, **CPU_CONV, "alphas": ALPHAS11,
           "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # conv curves cost a pass per alpha: fewer points
-          "stats_examples": 1000, "eval_examples": 1000},
+          **CPU_EXAMPLES},
     # 5.1-5.4: ResNets train 80 SGD steps of 100 images (4,000 images x 2 epochs, lr scaled to the batch):
     # about 70% test accuracy on Fashion-MNIST; with Table 1's batch of 500 the same images give 16 steps
     # and 15-45%. Width x2 costs ~4x width x1, so the ResNet20 width sweeps run at the paper profile only.
-    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1,
-            **CPU_RESNET20, "stats_examples": 1000, "eval_examples": 1000},
+    # LayerNorm and Fixup ResNet20s learn far slower than BatchNorm ones: 80 steps leave them at 15-35%,
+    # and at lr 0.08 Fixup diverges. They get 320 steps at lr 0.04 instead (about 65% test accuracy).
+    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, **CPU_RESNET20,
+            "norm_recipes": {"ln": {"epochs": 8, "lr": 0.04}, "fixup": {"epochs": 8, "lr": 0.04}}, **CPU_EXAMPLES},
     "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 2, "train_subset": 4000,
-            "batch_size": 100, "lr": 0.1, "scopes": ("conv", "all"), "stats_examples": 1000, "eval_examples": 1000},
+            "batch_size": 100, "lr": 0.1, "scopes": ("conv", "all"), **CPU_EXAMPLES},
     "5.3": {
         "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512),
         "mlp_epochs": CPU_MLP["mlp_epochs"], "mlp_train_subset": CPU_MLP["mlp_train_subset"],
         "resnet_widths": (1,), "resnet_norm": "bn", **{f"resnet_{k}": v for k, v in CPU_RESNET20.items()},
         "vgg_dataset": FM, "vgg_depths": (11, 13), "vgg_width": 1, "vgg_epochs": 2, "vgg_train_subset": 2000,
-        "vgg_batch_size": 100, "vgg_lr": 0.04, "stats_examples": 1000, "eval_examples": 1000,
+        "vgg_batch_size": 100, "vgg_lr": 0.04, **CPU_EXAMPLES,
     },
-    "5.4": {"dataset": FM, "model": RESNET20_BN, **CPU_RESNET20, "major": 0.8, "alphas": ALPHAS11,
-            "stats_examples": 1000},
-    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0),
-          "stats_examples": 1000, "eval_examples": 1000},
+    "5.4": {"dataset": FM, "model": RESNET20_BN, **CPU_RESNET20, "major": 0.8, "alphas": ALPHAS11, **CPU_EXAMPLES},
+    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0), **CPU_EXAMPLES},
 }
 
 # paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
@@ -157,7 +161,7 @@ PAPER = {
         "conv_alphas": tuple(i / 20 for i in range(21)),
     },
     "5.1": {"dataset": "cifar10", "norms": ("bn", "ln", "fixup"), "widths": (1, 2, 4, 8, 16), "curve_width": 8,
-            "epochs": 200, "train_subset": None, "batch_size": None, "lr": None},
+            "epochs": 200, "train_subset": None, "batch_size": None, "lr": None, "norm_recipes": {}},
     "5.2": {"dataset": "imagenet", "models": ({"arch": "tv_resnet18"}, {"arch": "tv_resnet50"}), "epochs": 300,
             "train_subset": None, "batch_size": None, "lr": None, "scopes": ("conv", "all"), "alphas": ALPHAS11},
     "5.3": {
@@ -630,30 +634,59 @@ def execute(path, out_path, parameters: dict, kernel: str, cwd) -> tuple:
         return False, time.time() - start, f"{type(e).__name__}: {e}".splitlines()[0]
 
 
-def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, kernel=None, log=print) -> list:
-    """Execute ``notebooks`` in order into ``out_dir``, one progress line each; keeps going past failures.
+def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, kernel=None, log=print,
+                  jobs: int = 1) -> list:
+    """Execute ``notebooks`` into ``out_dir``, one progress line each; keeps going past failures.
 
-    Returns ``[(name, seconds, ok, error)]``.
+    ``jobs`` > 1 runs that many notebooks side by side (each kernel then gets ``cores // jobs`` torch
+    threads through ``OMP_NUM_THREADS``, unless it is set): the kernels' start-up and imports, which
+    use one core, overlap with another notebook's work, and the checkpoint zoo's lock makes a network
+    that two notebooks need train once. Returns ``[(name, seconds, ok, error)]`` in the given order.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     plan = plan_parameters(notebooks, profile, overrides)
+    jobs = min(jobs, max(len(notebooks), 1))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
-    results = []
-    saved = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the kernels inherit it: no progress bars in the executed pages
+    env = {"TQDM_DISABLE": "1"}  # the kernels inherit it: no progress bars in the executed pages
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    results = {}
+
+    def report(path, outcome):
+        ok, seconds, error = outcome
+        results[path] = (path.stem, seconds, ok, error)
+        log(f"[{len(results)}/{len(notebooks)}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
+            + (f"  ({error})" if error else ""))
+
     try:
-        for i, path in enumerate(notebooks, 1):
-            ok, seconds, error = execute(path, out_dir / path.name, plan[path], kernel, cwd or path.parent)
-            log(f"[{i}/{len(notebooks)}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
-                + (f"  ({error})" if error else ""))
-            results.append((path.stem, seconds, ok, error))
-    finally:
-        if saved is None:
-            os.environ.pop("TQDM_DISABLE", None)
+        if jobs == 1:
+            for path in notebooks:
+                report(path, execute(path, out_dir / path.name, plan[path], kernel, cwd or path.parent))
         else:
-            os.environ["TQDM_DISABLE"] = saved
-    return results
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(execute, path, out_dir / path.name, plan[path], kernel,
+                                       cwd or path.parent): path for path in notebooks}
+                for future in as_completed(futures):
+                    try:
+                        outcome = future.result()
+                    except Exception as e:  # noqa: BLE001 -- a worker died: report it, keep the others
+                        outcome = (False, float("nan"), f"{type(e).__name__}: {e}".splitlines()[0])
+                    report(futures[future], outcome)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return [results[path] for path in notebooks]
 
 
 def build_book(root=None, path_output=None, log=print) -> bool:
@@ -697,7 +730,8 @@ def book_cli(args: argparse.Namespace) -> int:
     print(f"book: {len(notebooks)} notebook(s) at profile {args.profile} -> {out_dir}", flush=True)
     start = time.time()
     results = run_notebooks(notebooks, args.profile, overrides, out_dir, cwd=notebook_dir,
-                            kernel=getattr(args, "kernel", None), log=lambda s: print(s, flush=True))
+                            kernel=getattr(args, "kernel", None), log=lambda s: print(s, flush=True),
+                            jobs=getattr(args, "jobs", 1))
     failed = [name for name, _, ok, _ in results if not ok]
     print(f"book: {len(results) - len(failed)} ok, {len(failed)} failed in {time.time() - start:.0f} s"
           + (f" (failed: {', '.join(failed)})" if failed else ""), flush=True)

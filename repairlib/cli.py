@@ -57,6 +57,9 @@ def _add_book(sub):
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where the executed copies go (default: book/executed/<profile>/)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the one running this Python)")
+    p.add_argument("--jobs", type=int, default=2, metavar="N",
+                   help="notebooks run side by side, each with cores/N torch threads (default 2; 1 runs them "
+                        "one after another)")
     p.set_defaults(func=_cmd_book)
 
 

@@ -204,9 +204,14 @@ class ResNet(nn.Module):
 
     @torch.no_grad()
     def _fixup_init(self, num_branches: int, m: int = 2):
-        """Fixup: He-init the branch convs scaled by L^(-1/(2m-2)), zero the last conv of each branch
-        and the classifier (L residual branches of m layers each)."""
+        """Fixup: zero the classifier and the last conv of each branch, He-init the first branch conv
+        scaled by L^(-1/(2m-2)) (L residual branches of m layers each), and He-init every other conv
+        (stem, 1x1 shortcuts): Fixup's "standard method" for the rest. PyTorch's default conv init has
+        1/6 of He's variance, and without normalisation the shrinking signal stalls short runs."""
+        nn.init.kaiming_normal_(self.conv1.weight, nonlinearity="relu")
         for block in self.layers:
+            if isinstance(block.shortcut, nn.Sequential):
+                nn.init.kaiming_normal_(block.shortcut[0].weight, nonlinearity="relu")
             nn.init.kaiming_normal_(block.conv1.weight, mode="fan_out", nonlinearity="relu")
             block.conv1.weight.mul_(num_branches ** (-1.0 / (2 * m - 2)))
             nn.init.zeros_(block.conv2.weight)

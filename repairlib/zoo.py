@@ -7,6 +7,7 @@ one file ``{"format", "config", "state_dict", "meta"}``, so :func:`load` rebuild
 file alone. Writes are atomic; a corrupt or partial file is never loaded.
 """
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -16,6 +17,11 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no lock; notebooks run side by side may train a network twice
+    fcntl = None
+
 import torch
 from torch import nn
 
@@ -23,7 +29,8 @@ from repairlib import data
 from repairlib.models import build, canonical_config
 from repairlib.train import Recipe, _evaluate, default_device, fit, recipe_for
 
-TRAIN_CODE_VERSION = 1  # bump when a change to the training code should invalidate cached networks
+# bump when a change to the training code should invalidate cached networks (2: Fixup's He init of stem and shortcuts)
+TRAIN_CODE_VERSION = 2
 FORMAT = "repairlib-checkpoint-1"
 KEYS = ("format", "config", "state_dict", "meta")
 
@@ -197,9 +204,33 @@ def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=No
             return load(path, device=device)
         except ValueError as err:
             warnings.warn(f"retraining: {err}", stacklevel=2)
-    model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
-    save(model, path, desc["config"], meta)
+    with training_lock(path):
+        if path.exists():  # another process trained it while this one waited for the lock
+            try:
+                return load(path, device=device)
+            except ValueError:
+                pass
+        model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
+        save(model, path, desc["config"], meta)
     return model
+
+
+@contextlib.contextmanager
+def training_lock(path: Path):
+    """Hold an exclusive lock on ``<checkpoint>.lock`` while a network is trained, so notebooks that run
+    side by side (``python -m repairlib book --jobs 2``) train a shared checkpoint once: the second
+    waits, then loads it. The lock file is removed afterwards (a process still waiting on it then
+    finds the checkpoint; at worst a network is trained twice, never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
 
 
 def train_cli(args) -> int:

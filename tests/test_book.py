@@ -75,15 +75,16 @@ def _notebook(path: Path, *cells, parameters=True):
 GOOD = [
     "import time\nstart = time.time()",
     'print(f"profile={profile} widths={widths!r} epochs={epochs!r} cwd={os.getcwd()}")',
-    'print(f"TQDM_DISABLE={os.environ.get(\'TQDM_DISABLE\')}")',
+    'print(f"TQDM_DISABLE={os.environ.get(\'TQDM_DISABLE\')} OMP_NUM_THREADS={os.environ.get(\'OMP_NUM_THREADS\')}")',
     ('from repairlib import book\n'
     'book.show_provenance(profile, {"dataset": "fashion_mnist", "seeds": [0, 1]}, start)'),
 ]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One runner call on two throwaway notebooks: one raises, the other reports its parameters."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["jobs1", "jobs2"])
+def run(tmp_path_factory, request):
+    """One runner call on two throwaway notebooks (one after the other, or side by side): one raises,
+    the other reports its parameters."""
     src = tmp_path_factory.mktemp("notebooks")
     out = tmp_path_factory.mktemp("executed")
     _notebook(src / "a_fails.ipynb", 'raise RuntimeError("boom from the notebook")', 'print("never")')
@@ -91,11 +92,12 @@ def run(tmp_path_factory):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), pytest.MonkeyPatch.context() as mp:
         mp.delenv("TQDM_DISABLE", raising=False)
+        mp.delenv("OMP_NUM_THREADS", raising=False)
         status = cli.main(["book", "--profile", "smoke", "--notebooks", str(src), "--out", str(out),
-                           "--no-build", "-p", "widths", "[1, 2]"])
-        env_after = os.environ.get("TQDM_DISABLE")
+                           "--no-build", "-p", "widths", "[1, 2]", "--jobs", str(request.param)])
+        env_after = (os.environ.get("TQDM_DISABLE"), os.environ.get("OMP_NUM_THREADS"))
     return {"status": status, "src": src, "out": out, "lines": stdout.getvalue().splitlines(),
-            "env_after": env_after}
+            "env_after": env_after, "jobs": request.param}
 
 
 def _text(nb) -> str:
@@ -114,9 +116,10 @@ def test_runner_keeps_going_past_a_failing_notebook(run):
     failed = _text(nbformat.read(str(run["out"] / "a_fails.ipynb"), as_version=4))
     assert "boom from the notebook" in failed and "never" not in failed
     progress = [line for line in run["lines"] if line.startswith("[")]
-    assert len(progress) == 2
-    assert "a_fails" in progress[0] and "FAILED" in progress[0] and "boom" in progress[0]
-    assert "b_good" in progress[1] and progress[1].split()[-1] == "ok"
+    assert len(progress) == 2 and {line[:5] for line in progress} == {"[1/2]", "[2/2]"}
+    failed_line, good_line = (next(line for line in progress if name in line) for name in ("a_fails", "b_good"))
+    assert "FAILED" in failed_line and "boom" in failed_line
+    assert good_line.split()[-1] == "ok"
 
 
 def test_runner_injects_profile_and_overrides(run):
@@ -127,7 +130,10 @@ def test_runner_injects_profile_and_overrides(run):
     # papermill's value overrides the parameters cell; an override not given stays None
     assert f"profile=smoke widths=[1, 2] epochs=None cwd={run['src']}" in text
     assert "TQDM_DISABLE=1" in text  # no progress bars in executed pages
-    assert run["env_after"] is None  # and the runner restored its own environment
+    # side by side, each kernel gets its share of the cores
+    threads = str(max(1, (os.cpu_count() or 1) // 2)) if run["jobs"] == 2 else "None"
+    assert f"OMP_NUM_THREADS={threads}" in text
+    assert run["env_after"] == (None, None)  # and the runner restored its own environment
 
 
 def test_executed_copy_ends_with_provenance(run):

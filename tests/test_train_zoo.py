@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import re
+import threading
 
 import pytest
 import torch
@@ -218,6 +219,26 @@ def _trained(tmp_path, **kwargs):
     kwargs = {"epochs": 1, "seed": 0, "train_subset": 128, "batch_size": 64, "device": "cpu", "cache_dir": tmp_path,
               **kwargs}
     return zoo.trained(TINY_MLP, DATA, **kwargs)
+
+
+def test_zoo_waits_for_a_network_another_process_is_training(tmp_path, counted_fit):
+    """Notebooks run side by side share the zoo: while one trains a network (holding its lock), a
+    second request waits and then loads that network instead of training it again."""
+    kwargs = {"epochs": 1, "seed": 0, "train_subset": 128, "batch_size": 64}
+    desc = zoo.training_description(TINY_MLP, DATA, **kwargs)
+    path = zoo.checkpoint_path(desc, tmp_path)
+    got = []
+    with zoo.training_lock(path):
+        waiter = threading.Thread(target=lambda: got.append(_trained(tmp_path)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not got  # blocked on the lock
+        model, meta = zoo.train_model(desc, device="cpu")  # "the other process" finishes its training
+        zoo.save(model, path, desc["config"], meta)
+    waiter.join(timeout=60)
+    assert len(got) == 1 and _same_weights(got[0], model)
+    assert len(counted_fit) == 1  # trained once, by the lock holder
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no lock file left behind
 
 
 def test_zoo_trains_once_then_returns_cached_weights(tmp_path, counted_fit):
