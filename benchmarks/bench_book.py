@@ -32,7 +32,8 @@ def run_profile(profile: str, zoo: Path, out: Path, only=None, jobs: int = 2) ->
     notebooks = book.select_notebooks(ROOT / "notebooks", only)
     start = time.time()
     results = book.run_notebooks(notebooks, profile, {}, out, cwd=ROOT / "notebooks",
-                                 log=lambda line: print(f"  {line}", flush=True), jobs=jobs)
+                                 log=lambda line: print(f"  {line}", flush=True), jobs=jobs,
+                                 earlier=book.executed_dir(profile, ROOT))  # the main job's order
     return {
         "profile": profile,
         "jobs": jobs,

@@ -275,3 +275,13 @@ def test_layer_channel_and_filter_plots(tmp_path):
 def test_plots_need_no_display():
     backend = plots.matplotlib.get_backend().lower()
     assert os.environ.get("DISPLAY") or backend in ("agg", "module://matplotlib_inline.backend_inline")
+
+
+def test_previous_seconds_orders_by_the_last_executed_copy(tmp_path):
+    timed = _notebook(tmp_path / "timed.ipynb", "x = 1")
+    nb = nbformat.read(str(timed), as_version=4)
+    nb.metadata["papermill"] = {"duration": 12.5}
+    nbformat.write(nb, str(timed))
+    assert book.previous_seconds(timed) == 12.5
+    assert book.previous_seconds(_notebook(tmp_path / "never_run.ipynb", "x = 1")) == float("inf")
+    assert book.previous_seconds(tmp_path / "missing.ipynb") == float("inf")
