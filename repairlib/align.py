@@ -111,7 +111,7 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     moments = {p: Moments(cross="full") for p in watched}
     dev_a, dev_b = model_device(model_a), model_device(model_b)
     with eval_mode(model_a, model_b):
-        for x, _ in batches(data):
+        for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them
             outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
             for p, ra, rb in zip(watched, outs_a, outs_b):  # channel rows [C, samples]
                 moments[p].update(ra.float(), rb.float().to(dev_a))

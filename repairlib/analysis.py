@@ -144,7 +144,7 @@ def output_difference(model_a: nn.Module, model_b: nn.Module, data) -> dict:
     """
     diff, scale = 0.0, 0.0
     with eval_mode(model_a, model_b):
-        for x, _ in batches(data):
+        for x, _ in batches(data, chunk=True):
             ya, yb = model_a(as_input(x, model_a)), model_b(as_input(x, model_b))
             diff = max(diff, float((ya.double() - yb.double().to(ya.device)).abs().max()))
             scale = max(scale, float(ya.abs().max()))

@@ -60,7 +60,7 @@ def predict_logits(model: nn.Module, data) -> tuple:
     """``(logits float32 [N, classes], targets int64 [N])`` of ``model`` on every batch of ``data`` (CPU)."""
     logits, targets = [], []
     with eval_mode(model):
-        for x, y in batches(data):
+        for x, y in batches(data, chunk=True):
             if y is None:
                 raise ValueError("predict_logits needs (inputs, targets) batches")
             logits.append(model(as_input(x, model)).float().cpu())

@@ -29,7 +29,7 @@ def evaluate(model: nn.Module, data) -> dict:
     """
     correct, loss, n = 0, 0.0, 0
     with eval_mode(model):
-        for x, y in batches(data):
+        for x, y in batches(data, chunk=True):  # CPU image batches in pieces of CPU_CHUNK: same result
             if y is None:
                 raise ValueError("evaluate needs (inputs, targets) batches")
             logits = model(as_input(x, model))

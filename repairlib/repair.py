@@ -65,17 +65,33 @@ def as_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     return x.to(p.device, _dtype(model) if x.is_floating_point() else x.dtype)
 
 
-def batches(data):
-    """Yield ``(inputs, targets or None)`` of every batch; ``ValueError`` if there is none."""
+# Images per forward pass on a CPU, for passes whose result does not depend on the batching
+# (evaluation, pooled moments): a conv net's activations for 100 images stay in cache, and ResNet20 x1
+# runs 1.2x (2 threads) to 1.6x (1 thread) faster than with batches of 500.
+CPU_CHUNK = 100
+
+
+def batches(data, chunk: bool = False):
+    """Yield ``(inputs, targets or None)`` of every batch; ``ValueError`` if there is none.
+
+    ``chunk=True`` splits batches of images ``[B, C, H, W]`` held on the CPU into pieces of
+    ``CPU_CHUNK`` images. Only for passes that do not depend on the batching: never for BatchNorm
+    resets or REPAIR's per-batch renormalisation.
+    """
     if data is None:
         raise ValueError("no data given: pass an iterable of (inputs, targets) batches")
     empty = True
     for batch in data:
         empty = False
         if isinstance(batch, (tuple, list)):
-            yield batch[0], (batch[1] if len(batch) > 1 else None)
+            x, y = batch[0], (batch[1] if len(batch) > 1 else None)
         else:
-            yield batch, None
+            x, y = batch, None
+        if chunk and isinstance(x, torch.Tensor) and x.device.type == "cpu" and x.dim() == 4 and len(x) > CPU_CHUNK:
+            for i in range(0, len(x), CPU_CHUNK):
+                yield x[i:i + CPU_CHUNK], (y[i:i + CPU_CHUNK] if y is not None else None)
+        else:
+            yield x, y
     if empty:
         raise ValueError("the data yielded no batches")
 
@@ -219,7 +235,7 @@ def measure(models: list, data, points: list) -> list:
     pairs = [range(i, min(i + 2, len(models))) for i in range(0, len(models), 2)]
     moments = [{p: Moments(cross="diag") for p in points} for _ in pairs]
     with eval_mode(*models):
-        for x, _ in batches(data):
+        for x, _ in batches(data, chunk=True):
             outs = [probe(as_input(x, m)) for probe, m in zip(probes, models)]  # [model][point]
             for pair, pair_moments in zip(pairs, moments):
                 for j, p in enumerate(points):

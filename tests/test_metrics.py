@@ -54,6 +54,21 @@ def test_evaluate_by_hand():
     assert result["loss"] == pytest.approx((3 * right + wrong) / 4, rel=1e-6)
 
 
+def test_evaluate_splits_big_cpu_batches_without_changing_the_result():
+    """On a CPU, evaluate runs a batch in chunks of CPU_CHUNK images; the metrics are those of one
+    forward pass over the whole batch."""
+    from repairlib.repair import CPU_CHUNK
+
+    torch.manual_seed(0)
+    net = models.resnet20(width=1, norm="bn", in_channels=1, num_classes=10).eval()
+    x, y = torch.randn(2 * CPU_CHUNK + 7, 1, 12, 12), torch.randint(0, 10, (2 * CPU_CHUNK + 7,))
+    with torch.no_grad():
+        logits = net(x).double()
+    result = evaluate(net, [(x, y)])
+    assert result["accuracy"] == (logits.argmax(1) == y).double().mean().item()
+    assert result["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
 def test_evaluate_restores_the_mode_and_rejects_bad_data():
     net = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.9)).train()
     data = digits_like()
@@ -169,3 +184,15 @@ def test_variance_collapses_at_the_midpoint_as_eq_5_predicts():
     first = s.points[0]
     predicted = (s.var_a[first] + s.var_b[first] + 2 * s.cov_ab[first]).sum() / 4
     assert ratio[first] == pytest.approx((predicted / ((s.var_a[first] + s.var_b[first]).sum() / 2)).item())
+
+
+def test_batches_chunks_only_cpu_image_batches():
+    from repairlib.repair import CPU_CHUNK, batches
+
+    x, y = torch.randn(CPU_CHUNK + 30, 1, 4, 4), torch.arange(CPU_CHUNK + 30)
+    pieces = list(batches([(x, y)], chunk=True))
+    assert [len(p) for p, _ in pieces] == [CPU_CHUNK, 30]
+    assert torch.equal(torch.cat([p for p, _ in pieces]), x) and torch.equal(torch.cat([t for _, t in pieces]), y)
+    assert len(list(batches([(x, y)]))) == 1  # passes that depend on the batch see it whole
+    flat = torch.randn(CPU_CHUNK + 30, 16)  # an MLP's batch: matrix products prefer big batches
+    assert len(list(batches([flat], chunk=True))) == 1
