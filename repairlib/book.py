@@ -101,15 +101,15 @@ SMOKE = {
 
 # cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
 # epochs, subset and seed -> one zoo entry): the 10x512 MLP pair (quickstart, 3, 4, 5.3, C) and the
-# ResNet20 BN pairs (3, 4, 5.1, 5.3, C). Rough cold cost on 2 quiet cores: MLP pair (all 60k images,
-# 3 epochs: endpoints ~85%) ~2 min, depth sweep ~1 min, ResNet20 with 3 norms x widths 1, 2 ~7 min,
-# VGG11/13 ~2 min, tv ResNet18 ~1 min, split data ~1 min.
+# ResNet20 BN pairs (3, 4, 5.1, 5.3, C). Rough cold training cost on 2 quiet cores: MLP pair (all 60k
+# images, 3 epochs: endpoints ~85%) ~2 min, depth sweep ~1 min, ResNet20 BN pair ~1 min, LayerNorm and
+# Fixup pairs (8 epochs each) ~5 min, VGG11/13 ~2 min, tv ResNet18 ~1 min, split data ~1 min.
 CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 3, "mlp_train_subset": None}
 ALPHAS11 = tuple(i / 10 for i in range(11))
 CPU_RESNET20 = {"epochs": 2, "train_subset": 4000, "batch_size": 100, "lr": 0.08}  # sections 5.1-5.4
 # sections 3, 4, C: the same ResNet20 pair as 5.1-5.4 (one zoo entry per seed)
 # Statistics and test images per measurement. Each merged network costs a pass over both, so these set
-# the warm build's time (<= 3 minutes). 500 images give every conv channel 98k-392k samples; the test
+# the warm build's time (<= 3 minutes). 500 images give every conv channel 24k-392k samples; the test
 # accuracies they give carry a standard error of about 2 points.
 CPU_EXAMPLES = {"stats_examples": 500, "eval_examples": 500}
 CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v in CPU_RESNET20.items()}}
