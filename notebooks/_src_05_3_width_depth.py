@@ -33,7 +33,8 @@ shorter, so look for the *direction* of each effect. The `paper` profile runs th
 """),
         install_cell(),
         parameters_cell(*OVERRIDES),
-        setup_cell("5.3", *OVERRIDES, imports="from IPython.display import Markdown\n\nfrom repairlib.models import VGG_CONFIGS\n"),
+        setup_cell("5.3", *OVERRIDES, imports="from IPython.display import Markdown\n\nfrom repairlib.baselines import paper_vs_ours\n"
+                                              "from repairlib.models import VGG_CONFIGS\n"),
         md("""
 ## One measurement, three sweeps
 
@@ -63,11 +64,13 @@ def midpoint_barriers(config, dataset, epochs, train_subset, batch_size=None, lr
     before = repairlib.barrier(model_a, model_b, test, [0.5])
     after = repairlib.barrier(model_a, model_b, test, [0.5], correction="repair", stats_data=train,
                               stats=alignment.endpoint_stats, endpoints=before["endpoints"])
+    closed = repairlib.barrier(model_a, model_b, test, [0.5], correction="repair", variant="closed_form",
+                               stats_data=train, stats=alignment.endpoint_stats, endpoints=before["endpoints"])
     ends = before["endpoints"]
     print(f"{config['arch']:>8} {dataset:>13} {str({k: v for k, v in config.items() if k != 'arch'}):>26}: "
           f"endpoints {ends['a']['accuracy']:6.1%} {ends['b']['accuracy']:6.1%}   midpoint "
           f"{before['accuracy'][0]:6.1%} -> {after['accuracy'][0]:6.1%} with REPAIR")
-    return {"before": before, "after": after, "points": len(alignment.endpoint_stats.points)}
+    return {"before": before, "after": after, "closed_form": closed, "points": len(alignment.endpoint_stats.points)}
 
 
 def sweep_figure(xs, results, key, ylabel, xlabel, title, log2=True, scale=1.0):
@@ -165,6 +168,27 @@ for family, results, what in (("MLP", mlp, "width"), ("ResNet20", resnet, "width
                          f"| {b['barrier_accuracy']:.1%} → {a['barrier_accuracy']:.1%} "
                          f"| {b['barrier_loss']:.3f} → {a['barrier_loss']:.3f} |")
 Markdown("\\n".join(lines))
+"""),
+        md("""
+## The paper's VGG11 numbers beside ours
+
+The authors' VGG11 notebook (CIFAR-10, no normalisation layers) reports the aligned midpoint before
+and after REPAIR, with both variants of section 4. Our VGG11 of the depth sweep, with the closed-form
+variant (4.1, from the endpoint statistics alone) measured beside the exact one:
+"""),
+        code("""
+rows = {}
+if 11 in cfg["vgg_depths"]:
+    r = vgg[cfg["vgg_dataset"]][11]
+    ends = r["before"]["endpoints"]
+    rows["vgg11_cifar10"] = {
+        "before": f"{r['before']['accuracy'][0]:.1%}",
+        "after": f"{r['after']['accuracy'][0]:.1%} (closed form {r['closed_form']['accuracy'][0]:.1%})",
+        "endpoints": f"{ends['a']['accuracy']:.1%} / {ends['b']['accuracy']:.1%}",
+        "note": f"VGG11 x{cfg['vgg_width']}, {cfg['vgg_dataset']}, {cfg['vgg_epochs']} epochs on "
+                f"{cfg['vgg_train_subset'] or 'all'} images"}
+book.save_results("5.3", profile, cfg, rows, start)
+Markdown(paper_vs_ours(rows))
 """),
         md("""
 ## Checks that hold at any scale
