@@ -138,7 +138,14 @@ const settle = async () => {
   for (let i = 0; i < 100 && !images().every(img => img.complete); i++) {
     await new Promise(r => setTimeout(r, 50));
   }
-  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  // MathJax loads deferred: on a busy machine it may not exist yet when the images are done
+  const math = () => document.querySelectorAll(".math").length;
+  const ready = () => window.MathJax && MathJax.startup && MathJax.startup.promise;
+  for (let i = 0; i < 200 && math() && !ready(); i++) { await new Promise(r => setTimeout(r, 50)); }
+  if (ready()) { await MathJax.startup.promise; }
+  for (let i = 0; i < 100 && math() && !document.querySelectorAll("mjx-container").length; i++) {
+    await new Promise(r => setTimeout(r, 50));
+  }
   done({
     broken: images().filter(img => !img.complete || img.naturalWidth === 0).map(img => img.src.slice(0, 120)),
     images: images().length,
