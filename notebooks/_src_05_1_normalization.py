@@ -58,13 +58,17 @@ train = data.loader(cfg["dataset"], "train", subset=cfg["stats_examples"], devic
 test = data.loader(cfg["dataset"], "test", subset=cfg["eval_examples"], device=cfg["device"])
 
 
+def recipe(norm):
+    \"\"\"Epochs and learning rate of one normalisation: the section's, unless `norm_recipes` overrides them.\"\"\"
+    return {"epochs": cfg["epochs"], "lr": cfg["lr"], **cfg["norm_recipes"].get(norm, {})}
+
+
 def pair(norm, width):
     \"\"\"Two ResNet20s trained with different seeds: (A, B aligned to A, REPAIR's endpoint statistics).\"\"\"
     config = {"arch": "resnet20", "width": width, "norm": norm}
-    recipe = {"epochs": cfg["epochs"], "lr": cfg["lr"], **cfg["norm_recipes"].get(norm, {})}
     model_a, model_b = [
-        zoo.trained(config, cfg["dataset"], epochs=recipe["epochs"], seed=seed, train_subset=cfg["train_subset"],
-                    batch_size=cfg["batch_size"], lr=recipe["lr"], device=cfg["device"])
+        zoo.trained(config, cfg["dataset"], epochs=recipe(norm)["epochs"], seed=seed, train_subset=cfg["train_subset"],
+                    batch_size=cfg["batch_size"], lr=recipe(norm)["lr"], device=cfg["device"])
         for seed in cfg["seeds"]
     ]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
@@ -177,8 +181,7 @@ wide = max(cfg["widths"])
 
 
 def setting(norm, width=wide):
-    epochs = cfg["norm_recipes"].get(norm, {}).get("epochs", cfg["epochs"])
-    return f"ResNet20 x{width}, {epochs} epochs on {cfg['train_subset'] or 'all'} images"
+    return f"ResNet20 x{width}, {recipe(norm)['epochs']} epochs on {cfg['train_subset'] or 'all'} images"
 
 
 def midpoint_row(norm):
