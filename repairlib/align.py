@@ -78,7 +78,8 @@ def permuted_endpoint_stats(moments: dict, perms: dict, spec: PermutationSpec, s
     fields = {f: {} for f in ("mean_a", "var_a", "mean_b", "var_b", "cov_ab")}
     for p, m in moments.items():
         g = spec.node_groups.get(p)
-        perm = perms[g].to(m.sx.device) if g is not None else torch.arange(len(m.sx), device=m.sx.device)
+        device, size = m.mean_x.device, len(m.mean_x)
+        perm = perms[g].to(device) if g is not None else torch.arange(size, device=device)
         fields["mean_a"][p], fields["var_a"][p] = m.mean_x, m.var_x
         fields["mean_b"][p], fields["var_b"][p] = m.mean_y[perm], m.var_y[perm]
         fields["cov_ab"][p] = m.cov_xy[torch.arange(len(perm), device=perm.device), perm]
@@ -107,14 +108,14 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     probes = list(probe_group)
     watched = probes + [p for p in points if p not in probe_group]
     sizes = [spec.groups[probe_group[p]].size if p in probe_group else None for p in watched]
-    cap_a, cap_b = capture(model_a, watched, rows=sizes), capture(model_b, watched, rows=sizes)
+    cap_a, cap_b = capture(model_a, watched, channels=sizes), capture(model_b, watched, channels=sizes)
     moments = {p: Moments(cross="full") for p in watched}
     dev_a, dev_b = model_device(model_a), model_device(model_b)
     with eval_mode(model_a, model_b):
         for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them
             outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
-            for p, ra, rb in zip(watched, outs_a, outs_b):  # channel rows [C, samples]
-                moments[p].update(ra.float(), rb.float().to(dev_a))
+            for p, ra, rb in zip(watched, outs_a, outs_b):  # [N, C, L] samples
+                moments[p].update(ra, rb.to(dev_a))
     corr = {}
     for p in probes:
         g = probe_group[p]

@@ -36,7 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from repairlib.interpolate import check_alpha, check_finite, check_same_architecture
 from repairlib.spec import trace
-from repairlib.stats import Moments, capture, channel_rows, eval_mode
+from repairlib.stats import Moments, capture, eval_mode
 
 REL_EPS = 1e-3  # relative epsilon of goal_scale: dead channels are scaled at most 1000x, never NaN
 VARIANTS = ("exact", "closed_form")
@@ -228,10 +228,10 @@ def measure(models: list, data, points: list) -> list:
     """One pass over ``data``, every model run on every batch: ``[{point: Moments}]`` per pair.
 
     ``models`` are taken in pairs ``(x, y)``; a lone last model is measured on its own. Each
-    :class:`repairlib.stats.Moments` holds pooled float64 shifted sums, with the channel-wise cross
+    :class:`repairlib.stats.Moments` holds the pooled float64 moments, with the channel-wise cross
     moment of a pair (``cov_xy``).
     """
-    probes = [capture(m, points, rows=True) for m in models]
+    probes = [capture(m, points, channels=True) for m in models]
     pairs = [range(i, min(i + 2, len(models))) for i in range(0, len(models), 2)]
     moments = [{p: Moments(cross="diag") for p in points} for _ in pairs]
     with eval_mode(*models):
@@ -297,10 +297,11 @@ class _Renormalise(nn.Module):
         self.moments = Moments()
 
     def forward(self, x):
-        batch_mean, batch_var = self.moments.update(channel_rows(x))  # pooled, and this batch's [C] stats
+        batch_mean, batch_var = self.moments.update(x)  # pooled, and this batch's [C] stats
         shape = [1, -1] + [1] * (x.dim() - 2)
-        scale = goal_scale(self.std.to(x), batch_var.to(x))
-        return (x - batch_mean.to(x).view(shape)) * scale.view(shape) + self.mean.to(x).view(shape)
+        scale = goal_scale(self.std.to(batch_var), batch_var)
+        shift = self.mean.to(scale) - scale * batch_mean
+        return torch.addcmul(shift.to(x).view(shape), x, scale.to(x).view(shape))  # one pass over x
 
 
 @torch.no_grad()

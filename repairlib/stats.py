@@ -1,12 +1,15 @@
 """Activation statistics gathered in one pass: intermediate outputs and pooled moments.
 
 Every spatial position counts as a sample: a ``[N, C, H, W]`` activation contributes ``N * H * W``
-samples of its ``C`` channels, laid out as channel rows ``[C, N * H * W]`` (:func:`channel_rows`), so
-every sum is a contiguous row reduction or one matrix product. Moments are *shifted* sums (the first
-batch's channel means are subtracted first): within a batch they are computed in the activations'
-dtype (pairwise / BLAS sums), across batches accumulated in float64, which keeps the pooled variance
-exact to rounding however many batches are pooled -- never an average of per-batch statistics.
+samples of its ``C`` channels, viewed as ``[N, C, L]`` (:func:`channel_samples`, no copy). Each
+batch's moments are computed centred on that batch's own means (``torch.var_mean``; the cross moment
+of the centred values), in the activations' dtype, and batches are merged in float64 with Chan et
+al.'s pairwise formula. The pooled statistics are then those of all samples together, to rounding,
+however large the data's offset and however many batches are pooled -- never an average of per-batch
+statistics.
 """
+
+import operator
 
 import torch
 from torch import fx, nn
@@ -14,94 +17,112 @@ from torch import fx, nn
 from repairlib.spec import trace
 
 
-def channel_rows(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
-    """``[N, C, *spatial]`` (or ``[N, C * inner]``, with ``channels=C``) -> ``[C, samples]``: one
-    contiguous row of samples per channel, in float32 (float64 stays float64). Always a new tensor
-    (never a view of ``x``), so later in-place ops on ``x`` cannot change it."""
+def channel_samples(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+    """``[N, C, *spatial]`` (or ``[N, C * inner]``, with ``channels=C``) -> ``[N, C, L]``: the ``L``
+    samples of every channel in each example. A view of ``x`` where the layout allows; float16 and
+    bfloat16 become float32."""
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    n, channels = x.shape[0], x.shape[1] if channels is None else channels
-    rows = x.reshape(n, channels, -1).transpose(0, 1).reshape(channels, -1)
-    same_memory = rows.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
-    return rows.clone() if same_memory else rows
+    return x.reshape(x.shape[0], x.shape[1] if channels is None else channels, -1)
+
+
+def _cross_moment(xc: torch.Tensor, yc: torch.Tensor, full: bool) -> torch.Tensor:
+    """``sum over samples of xc_i * yc_j`` for ``[N, C, L]`` inputs: ``[C, C]`` (``full``) or ``[C]``."""
+    if not full:
+        return torch.linalg.vecdot(xc, yc).sum(0)
+    _, c, length = xc.shape
+    if length == 1:
+        return xc[:, :, 0].T @ yc[:, :, 0]
+    if c <= 2 * length:  # a batch of [C, L] @ [L, C] products: no transposed copy of the samples
+        return torch.bmm(xc, yc.transpose(1, 2)).sum(0)
+    rows_x = xc.transpose(0, 1).reshape(c, -1)  # few samples per example, many channels
+    return rows_x @ yc.transpose(0, 1).reshape(c, -1).T
 
 
 class Moments:
     """Pooled per-channel mean and variance of one activation, optionally its cross moments.
 
-    ``update(x)`` with channel rows ``x: [C, samples]`` (see :func:`channel_rows`); ``update(x, y)``
-    also accumulates the cross moment ``sum (x_i - kx_i)(y_j - ky_j)`` (``cross="full"``: the
-    ``[C, C]`` matrix; ``"diag"``: only i = j). ``x`` and ``y`` are scratch: they are shifted in place,
-    so pass copies (:func:`channel_rows` and :func:`capture` with ``rows`` make them). Returns this
-    batch's ``(mean, variance)`` of ``x`` (float64 ``[C]``), a by-product of the pooled sums.
+    ``update(x)`` with an activation ``x: [N, C, *]`` (see :func:`channel_samples`; ``channels``
+    for ``[N, C * inner]`` layouts); ``update(x, y)`` also accumulates the co-moment
+    ``sum (x_i - mean x_i)(y_j - mean y_j)`` (``cross="full"``: the ``[C, C]`` matrix; ``"diag"``:
+    only i = j). Inputs are never modified. Returns this batch's ``(mean, variance)`` of ``x``
+    (float64 ``[C]`` each).
     """
 
-    def __init__(self, cross=None):
-        self.cross = cross
+    def __init__(self, cross=None, channels=None):
+        if cross not in (None, "full", "diag"):
+            raise ValueError(f"cross must be None, 'full' or 'diag', got {cross!r}")
+        self.cross, self.channels = cross, channels
         self.n = 0
-        self.shift_x = self.shift_y = None
-        self.sx = self.sxx = self.sy = self.syy = self.sxy = None
+        self._mean_x = self._m2_x = self._mean_y = self._m2_y = self._cxy = None
 
     @torch.no_grad()
     def update(self, x, y=None):
-        if self.n == 0:
-            self.shift_x = x.mean(1)
-            self.sx = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
-            self.sxx = torch.zeros_like(self.sx)
-            if y is not None:
-                self.shift_y = y.mean(1)
-                self.sy, self.syy = torch.zeros_like(self.sx), torch.zeros_like(self.sx)
-                if self.cross == "full":
-                    self.sxy = torch.zeros(x.shape[0], y.shape[0], dtype=torch.float64, device=x.device)
-                elif self.cross == "diag":
-                    self.sxy = torch.zeros_like(self.sx)
-        xc = x.sub_(self.shift_x[:, None])  # in place: the rows are the caller's scratch copy
-        batch_sx, batch_sxx = xc.sum(1).double(), torch.linalg.vecdot(xc, xc).double()
-        self.sx += batch_sx
-        self.sxx += batch_sxx
+        xs = channel_samples(x, self.channels)
+        nb = xs.shape[0] * xs.shape[2]
+        var_x, mean_x = torch.var_mean(xs, dim=(0, 2), correction=0)
+        batch = [mean_x.double(), var_x.double() * nb]
         if y is not None:
-            yc = y.sub_(self.shift_y[:, None])
-            self.sy += yc.sum(1)
-            self.syy += torch.linalg.vecdot(yc, yc)
-            if self.cross == "full":
-                self.sxy += xc @ yc.T
-            elif self.cross == "diag":
-                self.sxy += torch.linalg.vecdot(xc, yc)
-        self.n += x.shape[1]
-        n = x.shape[1]  # this batch's mean and population variance of x, float64 [C] each
-        return self.shift_x.double() + batch_sx / n, (batch_sxx / n - (batch_sx / n) ** 2).clamp_min(0)
+            ys = channel_samples(y, self.channels)
+            var_y, mean_y = torch.var_mean(ys, dim=(0, 2), correction=0)
+            batch += [mean_y.double(), var_y.double() * nb]
+            if self.cross is not None:
+                xc, yc = xs - mean_x[:, None], ys - mean_y[:, None]
+                cxy = _cross_moment(xc, yc, self.cross == "full").double()
+                # var_mean's float32 means are off by about eps * |mean|: refine them with the residual
+                # sums, which removes that error from the means and from the co-moment alike
+                rx, ry = xc.sum((0, 2)).double(), yc.sum((0, 2)).double()
+                cxy = cxy - (torch.outer(rx, ry) if self.cross == "full" else rx * ry) / nb
+                batch[0], batch[2] = batch[0] + rx / nb, batch[2] + ry / nb
+                batch.append(cxy)
+        self._merge(nb, *batch)
+        return batch[0], batch[1] / nb
 
-    def _require(self):
+    def _merge(self, nb, mean_x, m2_x, mean_y=None, m2_y=None, cxy=None):
+        """Chan et al.: pool ``nb`` new samples (their means and centred sums) into the totals."""
+        if self.n == 0:
+            self._mean_x, self._m2_x, self._mean_y, self._m2_y, self._cxy = mean_x, m2_x, mean_y, m2_y, cxy
+            self.n = nb
+            return
+        n = self.n + nb
+        weight = self.n * nb / n
+        dx = mean_x - self._mean_x
+        self._mean_x = self._mean_x + dx * (nb / n)
+        self._m2_x = self._m2_x + m2_x + dx * dx * weight
+        if mean_y is not None:
+            dy = mean_y - self._mean_y
+            self._mean_y = self._mean_y + dy * (nb / n)
+            self._m2_y = self._m2_y + m2_y + dy * dy * weight
+            if cxy is not None:
+                self._cxy = self._cxy + cxy + (torch.outer(dx, dy) if self.cross == "full" else dx * dy) * weight
+        self.n = n
+
+    def _require(self, field="_mean_x"):
         if self.n == 0:
             raise ValueError("no samples were seen: the data yielded no batches")
+        if getattr(self, field) is None:
+            raise ValueError("these moments were accumulated without that statistic (pass y / cross)")
+        return getattr(self, field)
 
     @property
     def mean_x(self):
-        self._require()
-        return self.shift_x.double() + self.sx / self.n
+        return self._require("_mean_x")
 
     @property
     def var_x(self):
-        self._require()
-        return (self.sxx / self.n - (self.sx / self.n) ** 2).clamp_min(0)
+        return (self._require("_m2_x") / self.n).clamp_min(0)
 
     @property
     def mean_y(self):
-        self._require()
-        return self.shift_y.double() + self.sy / self.n
+        return self._require("_mean_y")
 
     @property
     def var_y(self):
-        self._require()
-        return (self.syy / self.n - (self.sy / self.n) ** 2).clamp_min(0)
+        return (self._require("_m2_y") / self.n).clamp_min(0)
 
     @property
     def cov_xy(self):
         """Population covariance: ``[C, C]`` for ``cross="full"``, ``[C]`` for ``"diag"``."""
-        self._require()
-        mx, my = self.sx / self.n, self.sy / self.n
-        if self.cross == "full":
-            return self.sxy / self.n - torch.outer(mx, my)
-        return self.sxy / self.n - mx * my
+        return self._require("_cxy") / self.n
 
     def corr_xy(self, eps=1e-12):
         """Correlation matrix ``[C, C]`` (paper Eq. 2); dead units (zero variance) give 0, never NaN."""
@@ -109,23 +130,24 @@ class Moments:
         return self.cov_xy / torch.outer(std_x, std_y).clamp_min(eps)
 
 
-def capture(model: nn.Module, names, rows=None):
+def capture(model: nn.Module, names, channels=None):
     """A function ``inputs -> [outputs of the named graph nodes]`` for one network.
 
     ``names`` are node names of the model's torch.fx trace, or submodule names (then forward
-    hooks capture them, which also works for untraceable models). Values are copied where taken,
-    so later in-place ops cannot alter them; the graph is cut after the last requested node.
-    ``rows``: ``None`` returns the values as they are (cloned); a list of channel counts (one per
-    name, ``None`` for ``shape[1]``), or ``True`` for ``shape[1]`` everywhere, returns each as channel
-    rows ``[C, samples]`` (:func:`channel_rows`, which is then the one copy taken).
+    hooks capture them, which also works for untraceable models); the graph is cut after the last
+    requested node. ``channels``: ``None`` returns the values as they are; a list of channel counts
+    (one per name, ``None`` for ``shape[1]``), or ``True`` for ``shape[1]`` everywhere, returns each
+    as ``[N, C, L]`` samples (:func:`channel_samples`). A value that a later in-place op of the
+    network could overwrite (``ReLU(inplace=True)``, ``+=``, ...) is copied where it is taken; the
+    others are not copied (:func:`overwritten_nodes`).
     """
     names = list(names)
-    rows = [None] * len(names) if rows is True else rows
-    if rows is not None and len(rows) != len(names):
-        raise ValueError(f"rows has {len(rows)} entries for {len(names)} names")
+    channels = [None] * len(names) if channels is True else channels
+    if channels is not None and len(channels) != len(names):
+        raise ValueError(f"channels has {len(channels)} entries for {len(names)} names")
     submodules = dict(model.named_modules())
     if names and all(n in submodules for n in names) and not _all_nodes(model, names):
-        return _hook_capture(model, names, submodules, rows)
+        return _hook_capture(model, names, submodules, channels)
     gm = trace(model)
     graph, copies = fx.Graph(), {}
     graph.graph_copy(gm.graph, copies)  # every node but the output
@@ -133,16 +155,93 @@ def capture(model: nn.Module, names, rows=None):
     missing = [n for n in names if n not in nodes]
     if missing:
         raise ValueError(f"graph has no node named {missing[0]!r}")
+    unsafe = overwritten_nodes(gm, [n for n in gm.graph.nodes if n.name in names])
     taken = []
     for i, name in enumerate(names):
-        with graph.inserting_after(nodes[name]):
-            taken.append(graph.call_method("clone", (nodes[name],)) if rows is None
-                         else graph.call_function(channel_rows, (nodes[name], rows[i])))
+        value = nodes[name]
+        if name in unsafe:
+            with graph.inserting_after(value):
+                value = graph.call_method("clone", (value,))
+        if channels is not None:
+            with graph.inserting_after(value):
+                value = graph.call_function(channel_samples, (value, channels[i]))
+        taken.append(value)
     graph.output(tuple(taken))
     cut = fx.GraphModule(gm, graph)
     cut.graph.eliminate_dead_code()
     cut.recompile()
     return lambda x: list(cut(x))
+
+
+# Ops whose result may share memory with their (first) input, and ops that overwrite their first input.
+_VIEW_METHODS = {"view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "transpose", "t",
+                 "permute", "squeeze", "unsqueeze", "expand", "expand_as", "narrow", "contiguous",
+                 "__getitem__", "chunk", "split", "unbind", "detach", "to", "type", "float", "double",
+                 "half", "bfloat16", "cpu", "cuda", "as_strided", "movedim", "swapaxes", "select"}
+_VIEW_FUNCTIONS = {torch.flatten, torch.reshape, torch.transpose, torch.t, torch.permute, torch.squeeze,
+                   torch.unsqueeze, torch.narrow, torch.chunk, torch.split, torch.unbind, torch.detach,
+                   torch.movedim, torch.select, nn.functional.dropout, nn.functional.dropout1d,
+                   nn.functional.dropout2d, nn.functional.dropout3d, nn.functional.alpha_dropout}
+_VIEW_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                 nn.Dropout3d, nn.AlphaDropout)
+_IN_PLACE_FUNCTIONS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ifloordiv,
+                       operator.imod, operator.ipow, operator.iand, operator.ior, operator.ixor,
+                       operator.ilshift, operator.irshift, operator.imatmul, operator.setitem}
+
+
+def _overwrites_first_input(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    if node.op == "call_function":
+        name = getattr(node.target, "__name__", "")
+        return (node.target in _IN_PLACE_FUNCTIONS or bool(node.kwargs.get("inplace"))
+                or (name.endswith("_") and not name.endswith("__")))
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    return False
+
+
+def _may_alias(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node``'s value may share memory with its first input."""
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), _VIEW_MODULES) or _overwrites_first_input(gm, node)
+    if node.op == "call_function":
+        return node.target in _VIEW_FUNCTIONS or node.target is operator.getitem or _overwrites_first_input(gm, node)
+    if node.op == "call_method":
+        return node.target in _VIEW_METHODS or _overwrites_first_input(gm, node)
+    return False
+
+
+def overwritten_nodes(gm: fx.GraphModule, nodes) -> set:
+    """Names of those ``nodes`` whose value a later in-place op may overwrite.
+
+    Conservative: a value is traced back through ops that may alias (views, identities, in-place
+    ops) to the tensor whose memory it shares, and every op after it in the graph that takes that
+    memory (or anything that may alias it) as its first argument and works in place counts as
+    overwriting it. Such values must be copied where they are taken; the others can be read after
+    the forward pass as they are.
+    """
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    unsafe = set()
+    for start in nodes:
+        root = start
+        while _may_alias(gm, root) and root.args and isinstance(root.args[0], fx.Node):
+            root = root.args[0]
+        seen, stack = set(), [root]
+        while stack and start.name not in unsafe:
+            node = stack.pop()
+            if node in seen:
+                continue
+            seen.add(node)
+            for user in node.users:
+                if not user.args or user.args[0] is not node:
+                    continue
+                if _overwrites_first_input(gm, user) and order[user] > order[start]:
+                    unsafe.add(start.name)
+                    break
+                if _may_alias(gm, user):
+                    stack.append(user)
+    return unsafe
 
 
 def _all_nodes(model, names):
@@ -153,9 +252,9 @@ def _all_nodes(model, names):
     return all(n in nodes for n in names)
 
 
-def _hook_capture(model, names, submodules, rows):
-    def take(output, i):
-        return output.clone() if rows is None else channel_rows(output, rows[i])
+def _hook_capture(model, names, submodules, channels):
+    def take(output, i):  # a hook sees the value before later in-place ops: always a copy
+        return output.clone() if channels is None else channel_samples(output, channels[i]).clone()
 
     def run(x):
         got = {}

@@ -1,10 +1,18 @@
 """Pooled moments: one pass over batches gives the statistics of all samples, in float64."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from repairlib.stats import Moments, capture, channel_rows
+from repairlib.spec import trace
+from repairlib.stats import Moments, capture, channel_samples, overwritten_nodes
+
+
+def rows(x):
+    """[N, C, *] -> [C, all samples], the float64 reference layout."""
+    return x.double().transpose(0, 1).reshape(x.shape[1], -1)
 
 
 @settings(max_examples=20, deadline=None)
@@ -15,11 +23,10 @@ def test_pooled_moments_equal_the_statistics_of_all_samples(offset, scale, batch
     ys = [x * 0.5 + torch.randn(x.shape, generator=g) for x in xs]
     m = Moments(cross="full")
     for x, y in zip(xs, ys):
-        batch_mean, batch_var = m.update(channel_rows(x), channel_rows(y))
+        batch_mean, batch_var = m.update(x, y)
         assert torch.allclose(batch_mean, x.double().mean((0, 2, 3)), rtol=1e-5, atol=1e-5 * scale)
         assert torch.allclose(batch_var, x.double().var((0, 2, 3), unbiased=False), rtol=1e-3, atol=1e-6 * scale**2)
-    X = channel_rows(torch.cat(xs)).double()  # [C, samples] of everything, the float64 reference
-    Y = channel_rows(torch.cat(ys)).double()
+    X, Y = rows(torch.cat(xs)), rows(torch.cat(ys))  # [C, samples] of everything, in float64
     assert m.n == X.shape[1]
     assert torch.allclose(m.mean_x, X.mean(1), rtol=1e-6, atol=1e-5 * scale)
     assert torch.allclose(m.var_x, X.var(1, unbiased=False), rtol=1e-4)
@@ -27,20 +34,76 @@ def test_pooled_moments_equal_the_statistics_of_all_samples(offset, scale, batch
     assert torch.allclose(m.cov_xy, cov, rtol=1e-4, atol=1e-4 * scale**2)
 
 
-def test_channel_rows_is_a_copy_with_one_row_per_channel():
+def test_diag_cross_moment_is_the_diagonal_of_the_full_one():
+    g = torch.Generator().manual_seed(0)
+    full, diag = Moments(cross="full"), Moments(cross="diag")
+    for shape in [(6, 4, 3, 3), (5, 4, 3, 3)]:
+        x = torch.randn(shape, generator=g, dtype=torch.float64) + 3
+        y = x + torch.randn(shape, generator=g, dtype=torch.float64)
+        full.update(x, y)
+        diag.update(x, y)
+    assert torch.allclose(diag.cov_xy, full.cov_xy.diagonal())
+
+
+def test_cross_moment_layouts_agree():
+    """Spatial maps, flat features and few-samples-many-channels layouts give the same covariance."""
+    g = torch.Generator().manual_seed(1)
+    for shape in [(7, 3, 5, 4), (7, 12), (7, 40, 2, 2)]:
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+        y = 0.3 * x + torch.randn(shape, generator=g, dtype=torch.float64)
+        m = Moments(cross="full")
+        m.update(x, y)
+        X, Y = rows(x), rows(y)
+        cov = (X - X.mean(1, keepdim=True)) @ (Y - Y.mean(1, keepdim=True)).T / X.shape[1]
+        assert torch.allclose(m.cov_xy, cov)
+
+
+def test_moments_without_a_second_activation_refuse_cross_statistics():
+    m = Moments()
+    m.update(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="without"):
+        _ = m.cov_xy
+    with pytest.raises(ValueError, match="no samples"):
+        _ = Moments().mean_x
+
+
+def test_channel_samples_views_every_layout_as_examples_channels_samples():
     x = torch.arange(2 * 3 * 2, dtype=torch.float32).reshape(2, 3, 2)
-    rows = channel_rows(x)
-    assert rows.tolist() == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]
-    single = torch.ones(1, 4, 1)  # here the reshape alone would be a view of x
-    rows = channel_rows(single)
-    single.zero_()
-    assert rows.sum() == 4
-    assert channel_rows(torch.ones(5, 6), channels=2).shape == (2, 15)  # [N, C * inner] -> C rows
+    s = channel_samples(x)
+    assert s.shape == (2, 3, 2) and s.data_ptr() == x.data_ptr()  # a view, no copy
+    assert channel_samples(torch.ones(5, 6), channels=2).shape == (5, 2, 3)  # [N, C * inner]
+    assert channel_samples(torch.ones(5, 6, dtype=torch.bfloat16)).dtype == torch.float32
 
 
-def test_capture_rows_survive_later_in_place_ops():
-    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(inplace=True))
+def test_capture_copies_values_that_later_in_place_ops_overwrite():
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(inplace=True))
     x = torch.randn(8, 4)
-    expected = channel_rows(net[0](x))
-    (rows,) = capture(net, ["0"], rows=[None])(x)  # node "_0", the Linear output, then ReLU in place
-    assert torch.equal(rows, expected) and (rows < 0).any()
+    expected = net[0](x)
+    (value,) = capture(net, ["_0"], channels=[None])(x)  # node "_0", the Linear output, then ReLU in place
+    assert torch.equal(value[:, :, 0], expected) and (value < 0).any()
+
+
+class _Graphs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.relu = nn.Linear(4, 4), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        a = self.fc(x)          # overwritten: its view is rectified in place below
+        v = a.view(-1, 2, 2)
+        v.relu_()
+        b = self.fc(x) * 2      # safe: only read afterwards
+        c = b + 1               # overwritten by add_ (fx records a += as an out-of-place add)
+        c.add_(a.flatten(1))
+        d = self.relu(c)        # the in-place ReLU's own output: nothing overwrites it later
+        return d + b
+
+
+def test_overwritten_nodes_follows_views_and_in_place_ops():
+    gm = trace(_Graphs())
+    names = {n.name: n for n in gm.graph.nodes}
+    got = overwritten_nodes(gm, [names[k] for k in ("fc", "mul", "add", "relu")])
+    assert got == {"fc", "add"}
+    x = torch.randn(5, 4)
+    values = capture(_Graphs(), ["fc", "mul", "add", "relu"])(x)  # a fresh model: same graph, same results
+    assert all(v.shape[0] == 5 for v in values)
