@@ -2,9 +2,10 @@
 
 Every spatial position counts as a sample: a ``[N, C, H, W]`` activation contributes ``N * H * W``
 samples of its ``C`` channels, viewed as ``[N, C, L]`` (:func:`channel_samples`, no copy). Each
-batch's moments are computed centred on that batch's own means (``torch.var_mean``; the cross moment
-of the centred values), in the activations' dtype, and batches are merged in float64 with Chan et
-al.'s pairwise formula. The pooled statistics are then those of all samples together, to rounding,
+batch's moments are computed in the activations' dtype (:func:`_batch_moments`): from the samples
+as they are when every channel's mean is small against its spread (one read, no temporary), else
+from samples centred on the batch's means; batches are merged in float64 with Chan et al.'s
+pairwise formula. The pooled statistics are then those of all samples together, to rounding,
 however large the data's offset and however many batches are pooled -- never an average of per-batch
 statistics.
 """
@@ -25,10 +26,17 @@ def channel_samples(x: torch.Tensor, channels: int | None = None) -> torch.Tenso
     return x.reshape(x.shape[0], x.shape[1] if channels is None else channels, -1)
 
 
+def _sum_of_products(xc: torch.Tensor, yc: torch.Tensor) -> torch.Tensor:
+    """``sum over samples of xc_c * yc_c`` for ``[N, C, L]`` inputs: ``[C]``."""
+    if xc.shape[2] == 1:
+        return (xc * yc).sum((0, 2))
+    return torch.linalg.vecdot(xc, yc).sum(0)
+
+
 def _cross_moment(xc: torch.Tensor, yc: torch.Tensor, full: bool) -> torch.Tensor:
     """``sum over samples of xc_i * yc_j`` for ``[N, C, L]`` inputs: ``[C, C]`` (``full``) or ``[C]``."""
     if not full:
-        return torch.linalg.vecdot(xc, yc).sum(0)
+        return _sum_of_products(xc, yc)
     _, c, length = xc.shape
     if length == 1:
         return xc[:, :, 0].T @ yc[:, :, 0]
@@ -36,6 +44,51 @@ def _cross_moment(xc: torch.Tensor, yc: torch.Tensor, full: bool) -> torch.Tenso
         return torch.bmm(xc, yc.transpose(1, 2)).sum(0)
     rows_x = xc.transpose(0, 1).reshape(c, -1)  # few samples per example, many channels
     return rows_x @ yc.transpose(0, 1).reshape(c, -1).T
+
+
+_SCRATCH = {}
+
+
+def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor:
+    """A reusable buffer shaped like ``like`` (one per slot, device and dtype, grown when needed).
+
+    The centred samples are a temporary as large as the activation. Allocated afresh for every
+    update, a multi-megabyte CPU tensor costs more in page faults than the arithmetic done on it
+    (several times more for ResNet20's first stage), so the temporaries live in these buffers.
+    """
+    key = (slot, like.device, like.dtype)
+    buffer = _SCRATCH.get(key)
+    if buffer is None or buffer.numel() < like.numel():
+        buffer = _SCRATCH[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+    return buffer[:like.numel()].view(like.shape)
+
+
+# Largest mean^2 / variance for which a channel's moments are summed from the raw samples: float32
+# sums of x and x^2 then give the variance to about 1e-4 (relative). Beyond it, centred samples.
+RAW_SUMS_MAX_RATIO = 1e3
+
+
+def _batch_moments(xs: torch.Tensor, centre: bool, slot: int = 0) -> tuple:
+    """``xs [N, C, L]`` -> ``(v, mean, m2, r)``: the samples ``v`` the sums were taken of, float64 ``[C]``
+    means and sums of squared deviations, and ``r``, the sums of ``v`` (float64 ``[C]``).
+
+    ``centre=False``: ``v`` is ``xs`` itself (one read for the sums, no temporary). ``centre=True``:
+    ``v = xs - mean`` (in scratch buffer ``slot``, valid until that slot is used again), exact
+    whatever the offset; the residual sums ``r`` then refine the float32 mean (whose rounding error is
+    about eps * |mean|). Either way ``m2 = sum(v^2) - r^2 / n``, and a cross moment of two such ``v``
+    is corrected by ``r_x r_y / n``. Plain sums: several times faster on the CPU than
+    ``torch.var_mean`` over dims (0, 2).
+    """
+    n = xs.shape[0] * xs.shape[2]
+    if centre:
+        shift = xs.mean((0, 2))
+        v = torch.sub(xs, shift[:, None], out=_scratch(slot, xs))
+        shift = shift.double()
+    else:
+        v, shift = xs, 0.0
+    r = v.sum((0, 2)).double()
+    m2 = (_sum_of_products(v, v).double() - r * r / n).clamp_min(0)
+    return v, shift + r / n, m2, r
 
 
 class Moments:
@@ -53,27 +106,24 @@ class Moments:
             raise ValueError(f"cross must be None, 'full' or 'diag', got {cross!r}")
         self.cross, self.channels = cross, channels
         self.n = 0
+        self.centre = True  # the first batch is centred; later ones use raw sums where that is exact enough
         self._mean_x = self._m2_x = self._mean_y = self._m2_y = self._cxy = None
 
     @torch.no_grad()
     def update(self, x, y=None):
         xs = channel_samples(x, self.channels)
         nb = xs.shape[0] * xs.shape[2]
-        var_x, mean_x = torch.var_mean(xs, dim=(0, 2), correction=0)
-        batch = [mean_x.double(), var_x.double() * nb]
+        vx, mean_x, m2_x, rx = _batch_moments(xs, self.centre, 0)
+        batch = [mean_x, m2_x]
         if y is not None:
-            ys = channel_samples(y, self.channels)
-            var_y, mean_y = torch.var_mean(ys, dim=(0, 2), correction=0)
-            batch += [mean_y.double(), var_y.double() * nb]
+            vy, mean_y, m2_y, ry = _batch_moments(channel_samples(y, self.channels), self.centre, 1)
+            batch += [mean_y, m2_y]
             if self.cross is not None:
-                xc, yc = xs - mean_x[:, None], ys - mean_y[:, None]
-                cxy = _cross_moment(xc, yc, self.cross == "full").double()
-                # var_mean's float32 means are off by about eps * |mean|: refine them with the residual
-                # sums, which removes that error from the means and from the co-moment alike
-                rx, ry = xc.sum((0, 2)).double(), yc.sum((0, 2)).double()
-                cxy = cxy - (torch.outer(rx, ry) if self.cross == "full" else rx * ry) / nb
-                batch[0], batch[2] = batch[0] + rx / nb, batch[2] + ry / nb
-                batch.append(cxy)
+                cxy = _cross_moment(vx, vy, self.cross == "full").double()
+                batch.append(cxy - (torch.outer(rx, ry) if self.cross == "full" else rx * ry) / nb)
+        if self.n == 0:  # raw sums from now on if no channel's mean is large against its spread
+            pairs = [(batch[0], batch[1] / nb)] + ([(batch[2], batch[3] / nb)] if y is not None else [])
+            self.centre = any(bool((m * m > RAW_SUMS_MAX_RATIO * v).any()) for m, v in pairs)
         self._merge(nb, *batch)
         return batch[0], batch[1] / nb
 

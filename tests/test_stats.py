@@ -107,3 +107,19 @@ def test_overwritten_nodes_follows_views_and_in_place_ops():
     x = torch.randn(5, 4)
     values = capture(_Graphs(), ["fc", "mul", "add", "relu"])(x)  # a fresh model: same graph, same results
     assert all(v.shape[0] == 5 for v in values)
+
+
+@pytest.mark.parametrize("offset, centred", [(0.5, False), (300.0, True)])
+def test_raw_sums_only_where_the_means_are_small_against_the_spread(offset, centred):
+    g = torch.Generator().manual_seed(2)
+    xs = [offset + torch.randn(50, 4, 6, 6, generator=g) for _ in range(4)]
+    ys = [x + 0.5 * torch.randn(x.shape, generator=g) for x in xs]
+    m = Moments(cross="full")
+    for x, y in zip(xs, ys):
+        m.update(x, y)
+    assert m.centre == centred
+    X, Y = rows(torch.cat(xs)), rows(torch.cat(ys))
+    cov = (X - X.mean(1, keepdim=True)) @ (Y - Y.mean(1, keepdim=True)).T / X.shape[1]
+    assert torch.allclose(m.var_x, X.var(1, unbiased=False), rtol=1e-4)
+    assert torch.allclose(m.cov_xy, cov, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(m.mean_y, Y.mean(1), rtol=1e-6)
