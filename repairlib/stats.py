@@ -68,6 +68,11 @@ def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor:
 RAW_SUMS_MAX_RATIO = 1e3
 
 
+def release_scratch():
+    """Free the scratch buffers (the passes that gather moments call this when they end)."""
+    _SCRATCH.clear()
+
+
 def _batch_moments(xs: torch.Tensor, centre: bool, slot: int = 0) -> tuple:
     """``xs [N, C, L]`` -> ``(v, mean, m2, r)``: the samples ``v`` the sums were taken of, float64 ``[C]``
     means and sums of squared deviations, and ``r``, the sums of ``v`` (float64 ``[C]``).

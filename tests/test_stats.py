@@ -6,6 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import repairlib
+from repairlib import stats
 from repairlib.spec import trace
 from repairlib.stats import Moments, capture, channel_samples, overwritten_nodes
 
@@ -123,3 +125,10 @@ def test_raw_sums_only_where_the_means_are_small_against_the_spread(offset, cent
     assert torch.allclose(m.var_x, X.var(1, unbiased=False), rtol=1e-4)
     assert torch.allclose(m.cov_xy, cov, rtol=1e-4, atol=1e-5)
     assert torch.allclose(m.mean_y, Y.mean(1), rtol=1e-6)
+
+
+def test_passes_release_their_scratch_buffers():
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    data = [(torch.randn(20, 4), None) for _ in range(3)]
+    repairlib.align(net, net, data, stats_scope="conv")
+    assert not stats._SCRATCH
