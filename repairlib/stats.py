@@ -63,14 +63,14 @@ def _scratch(slot: int, like: torch.Tensor) -> torch.Tensor:
     return buffer[:like.numel()].view(like.shape)
 
 
-# Largest mean^2 / variance for which a channel's moments are summed from the raw samples: float32
-# sums of x and x^2 then give the variance to about 1e-4 (relative). Beyond it, centred samples.
-RAW_SUMS_MAX_RATIO = 1e3
-
-
 def release_scratch():
     """Free the scratch buffers (the passes that gather moments call this when they end)."""
     _SCRATCH.clear()
+
+
+# Largest mean^2 / variance for which a channel's moments are summed from the raw samples: float32
+# sums of x and x^2 then give the variance to about 1e-4 (relative). Beyond it, centred samples.
+RAW_SUMS_MAX_RATIO = 1e3
 
 
 def _batch_moments(xs: torch.Tensor, centre: bool, slot: int = 0) -> tuple:
@@ -140,13 +140,14 @@ class Moments:
             return
         n = self.n + nb
         weight = self.n * nb / n
-        dx = mean_x - self._mean_x
-        self._mean_x = self._mean_x + dx * (nb / n)
-        self._m2_x = self._m2_x + m2_x + dx * dx * weight
+
+        def pool(mean, m2, batch_mean, batch_m2):  # -> pooled mean, pooled m2, shift of the means
+            d = batch_mean - mean
+            return mean + d * (nb / n), m2 + batch_m2 + d * d * weight, d
+
+        self._mean_x, self._m2_x, dx = pool(self._mean_x, self._m2_x, mean_x, m2_x)
         if mean_y is not None:
-            dy = mean_y - self._mean_y
-            self._mean_y = self._mean_y + dy * (nb / n)
-            self._m2_y = self._m2_y + m2_y + dy * dy * weight
+            self._mean_y, self._m2_y, dy = pool(self._mean_y, self._m2_y, mean_y, m2_y)
             if cxy is not None:
                 self._cxy = self._cxy + cxy + (torch.outer(dx, dy) if self.cross == "full" else dx * dy) * weight
         self.n = n
