@@ -36,6 +36,26 @@ def test_pooled_moments_equal_the_statistics_of_all_samples(offset, scale, batch
     assert torch.allclose(m.cov_xy, cov, rtol=1e-4, atol=1e-4 * scale**2)
 
 
+@settings(max_examples=20, deadline=None)
+@given(offsets=st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=4), scale=st.floats(1e-2, 1e1),
+       cross=st.sampled_from(["full", "diag"]), seed=st.integers(0, 99))
+def test_batches_whose_means_drift_apart_still_pool_exactly(offsets, scale, cross, seed):
+    """A batch far from the shift set by the first one is summed about its own means, then moved."""
+    g = torch.Generator().manual_seed(seed)
+    xs = [off + scale * torch.randn(6, 3, 4, 4, generator=g) for off in offsets]
+    ys = [-0.5 * x + scale * torch.randn(x.shape, generator=g) for x in xs]
+    m = Moments(cross=cross)
+    for x, y in zip(xs, ys):
+        m.update(x, y)
+    X, Y = rows(torch.cat(xs)), rows(torch.cat(ys))
+    cov = (X - X.mean(1, keepdim=True)) @ (Y - Y.mean(1, keepdim=True)).T / X.shape[1]
+    cov = cov if cross == "full" else cov.diagonal()
+    assert torch.allclose(m.mean_x, X.mean(1), rtol=1e-6, atol=1e-5 * scale)
+    assert torch.allclose(m.var_x, X.var(1, unbiased=False), rtol=1e-4)
+    assert torch.allclose(m.var_y, Y.var(1, unbiased=False), rtol=1e-4)
+    assert torch.allclose(m.cov_xy, cov, rtol=1e-4, atol=1e-4 * scale**2)
+
+
 def test_diag_cross_moment_is_the_diagonal_of_the_full_one():
     g = torch.Generator().manual_seed(0)
     full, diag = Moments(cross="full"), Moments(cross="diag")
@@ -119,7 +139,7 @@ def test_raw_sums_only_where_the_means_are_small_against_the_spread(offset, cent
     m = Moments(cross="full")
     for x, y in zip(xs, ys):
         m.update(x, y)
-    assert m.centre == centred
+    assert m.shifted == centred
     X, Y = rows(torch.cat(xs)), rows(torch.cat(ys))
     cov = (X - X.mean(1, keepdim=True)) @ (Y - Y.mean(1, keepdim=True)).T / X.shape[1]
     assert torch.allclose(m.var_x, X.var(1, unbiased=False), rtol=1e-4)
