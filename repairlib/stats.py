@@ -77,9 +77,10 @@ def release_scratch():
 
 
 # Largest mean^2 / variance (per channel, in a batch) for which float32 sums of the samples about the
-# current shift (0 at first) give the variance to about 1e-4, relative. A batch beyond it is summed
-# about its own means instead, and its sums are moved to the shared shift in float64.
-OFFSET_MAX_RATIO = 1e3
+# current shift (0 at first) are used as they are: the variance then loses about 4e-7 times this ratio
+# (measured), 2e-5 at 50. A batch beyond it is summed about its own means instead, and its sums are
+# moved to the shared shift in float64.
+OFFSET_MAX_RATIO = 50.0
 
 
 def _sums_about(xs: torch.Tensor, shift, slot: int) -> tuple:

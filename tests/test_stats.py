@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -19,6 +19,9 @@ def rows(x):
 
 @settings(max_examples=20, deadline=None)
 @given(offset=st.floats(-1e3, 1e3), scale=st.floats(1e-2, 1e2), batches=st.integers(1, 5), seed=st.integers(0, 99))
+@example(offset=407.0, scale=14.0, batches=1, seed=0)  # mean^2 / var near 850: too far for raw float32 sums
+@example(offset=296.0, scale=16.0, batches=1, seed=3)
+@example(offset=69.0, scale=10.0, batches=3, seed=1)  # just under the raw-sums limit
 def test_pooled_moments_equal_the_statistics_of_all_samples(offset, scale, batches, seed):
     g = torch.Generator().manual_seed(seed)
     xs = [offset + scale * torch.randn(7, 3, 5, 4, generator=g) for _ in range(batches)]
