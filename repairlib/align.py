@@ -17,7 +17,7 @@ from torch import nn
 from repairlib.interpolate import check_same_architecture
 from repairlib.repair import EndpointStats, batches, correction_points, endpoint_stats, first_inputs
 from repairlib.spec import PermutationSpec, permutation_spec
-from repairlib.stats import Moments, capture, eval_mode, model_device, release_scratch
+from repairlib.stats import Moments, capture, eval_mode, model_device, scratch_pass
 
 
 class Alignment(dict):
@@ -111,14 +111,11 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     cap_a, cap_b = capture(model_a, watched, channels=sizes), capture(model_b, watched, channels=sizes)
     moments = {p: Moments(cross="full") for p in watched}
     dev_a, dev_b = model_device(model_a), model_device(model_b)
-    with eval_mode(model_a, model_b):
-        try:
-            for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them
-                outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
-                for p, ra, rb in zip(watched, outs_a, outs_b):  # [N, C, L] samples
-                    moments[p].update(ra, rb.to(dev_a))
-        finally:
-            release_scratch()
+    with eval_mode(model_a, model_b), scratch_pass():
+        for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them
+            outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
+            for p, ra, rb in zip(watched, outs_a, outs_b):  # [N, C, L] samples
+                moments[p].update(ra, rb.to(dev_a))
     corr = {}
     for p in probes:
         g = probe_group[p]

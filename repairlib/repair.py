@@ -36,7 +36,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from repairlib.interpolate import check_alpha, check_finite, check_same_architecture
 from repairlib.spec import trace
-from repairlib.stats import Moments, capture, eval_mode, release_scratch
+from repairlib.stats import Moments, capture, eval_mode, scratch_pass
 
 REL_EPS = 1e-3  # relative epsilon of goal_scale: dead channels are scaled at most 1000x, never NaN
 VARIANTS = ("exact", "closed_form")
@@ -234,17 +234,14 @@ def measure(models: list, data, points: list) -> list:
     probes = [capture(m, points, channels=True) for m in models]
     pairs = [range(i, min(i + 2, len(models))) for i in range(0, len(models), 2)]
     moments = [{p: Moments(cross="diag") for p in points} for _ in pairs]
-    with eval_mode(*models):
-        try:
-            for x, _ in batches(data, chunk=True):
-                outs = [probe(as_input(x, m)) for probe, m in zip(probes, models)]  # [model][point]
-                for pair, pair_moments in zip(pairs, moments):
-                    for j, p in enumerate(points):
-                        values = [outs[i][j] for i in pair]
-                        device = values[0].device
-                        pair_moments[p].update(*(v.to(device) for v in values))
-        finally:
-            release_scratch()
+    with eval_mode(*models), scratch_pass():
+        for x, _ in batches(data, chunk=True):
+            outs = [probe(as_input(x, m)) for probe, m in zip(probes, models)]  # [model][point]
+            for pair, pair_moments in zip(pairs, moments):
+                for j, p in enumerate(points):
+                    values = [outs[i][j] for i in pair]
+                    device = values[0].device
+                    pair_moments[p].update(*(v.to(device) for v in values))
     return moments
 
 
@@ -321,11 +318,9 @@ def exact_affines(model: nn.Module, data, targets: dict) -> dict:
         _insert_after(gm, node, renorms[node.name], "repair_measure")
     gm.recompile()
     gm.eval()
-    try:
+    with scratch_pass():
         for x, _ in batches(data):
             gm(as_input(x, gm))
-    finally:
-        release_scratch()
     means = {p: r.moments.mean_x for p, r in renorms.items()}
     variances = {p: r.moments.var_x for p, r in renorms.items()}
     _check_finite_stats(means, "interpolated network's means")

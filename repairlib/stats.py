@@ -9,6 +9,7 @@ are then those of all samples together, to rounding, however large the data's of
 many batches are pooled -- never an average of per-batch statistics.
 """
 
+import contextlib
 import operator
 
 import torch
@@ -37,7 +38,7 @@ def _sum_of_squares(v: torch.Tensor) -> torch.Tensor:
     every ``[L]`` row is one fused reduction (no temporary the size of ``v``): 2-3x faster on a CPU
     than ``(v * v).sum``."""
     if v.shape[2] == 1:
-        return (v * v).sum((0, 2))
+        return _sum_of_products(v, v)
     return torch.linalg.vector_norm(v, 2, dim=2).square().sum(0)
 
 
@@ -76,6 +77,15 @@ def release_scratch():
     _SCRATCH.clear()
 
 
+@contextlib.contextmanager
+def scratch_pass():
+    """A pass over the data whose moment updates share the scratch buffers, freed when it ends."""
+    try:
+        yield
+    finally:
+        release_scratch()
+
+
 # Largest mean^2 / variance (per channel, in a batch) for which float32 sums of the samples about the
 # current shift (0 at first) are used as they are: the variance then loses about 4e-7 times this ratio
 # (measured), 2e-5 at 50. A batch beyond it is summed about its own means instead, and its sums are
@@ -85,9 +95,10 @@ OFFSET_MAX_RATIO = 50.0
 
 def _sums_about(xs: torch.Tensor, shift, slot: int) -> tuple:
     """``(v, r, q)``: the samples ``v = xs - shift`` (``xs`` itself for ``shift=None``; else in scratch
-    buffer ``slot``), and their float32 sums ``r = sum v`` and ``q = sum v^2`` per channel (``[C]``)."""
+    buffer ``slot``), and their sums ``r = sum v`` and ``q = sum v^2`` per channel (``[C]``), taken in
+    the samples' dtype and returned in float64."""
     v = xs if shift is None else torch.sub(xs, shift[:, None], out=_scratch(slot, xs))
-    return v, v.sum((0, 2)), _sum_of_squares(v)
+    return v, v.sum((0, 2)).double(), _sum_of_squares(v).double()
 
 
 class Moments:
@@ -124,10 +135,10 @@ class Moments:
         is how far this batch's own centring lies from the shift when it had to be re-centred."""
         shift = self._shift[i]
         v, r, q = _sums_about(xs, shift, i)
-        mean = r.double() / nb
-        if not bool((mean * mean > OFFSET_MAX_RATIO * (q.double() / nb - mean * mean)).any()):
+        mean = r / nb
+        if not bool((mean * mean > OFFSET_MAX_RATIO * (q / nb - mean * mean)).any()):
             return v, r, q, None
-        own = (r / nb) if shift is None else shift + r / nb  # float32 means of this batch
+        own = mean.to(xs.dtype) if shift is None else shift + mean.to(xs.dtype)  # this batch's means
         v, r, q = _sums_about(xs, own, i)
         if self.n == 0:  # the first batch sets the shift
             self._shift[i] = own
@@ -147,7 +158,7 @@ class Moments:
             v, r, q, delta = self._stream(xs, i, nb)
             vs.append(v)
             deltas.append(delta)
-            sums += [r.double(), q.double()]
+            sums += [r, q]
         if y is not None and self.cross is not None:
             sums.append(_cross_moment(vs[0], vs[1], self.cross == "full").double())
         if any(d is not None for d in deltas):
