@@ -153,6 +153,9 @@ class Moments:
         nb = streams[0].shape[0] * streams[0].shape[2]
         if self.n == 0:
             self._shift = [None] * len(streams)
+        elif len(streams) != len(self._shift):
+            raise ValueError("Moments.update: pass y on every batch or on none (the first batch "
+                             f"{'had' if len(self._shift) == 2 else 'had no'} y)")
         vs, sums, deltas = [], [], []
         for i, xs in enumerate(streams):
             v, r, q, delta = self._stream(xs, i, nb)

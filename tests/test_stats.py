@@ -90,6 +90,8 @@ def test_moments_without_a_second_activation_refuse_cross_statistics():
         _ = m.cov_xy
     with pytest.raises(ValueError, match="no samples"):
         _ = Moments().mean_x
+    with pytest.raises(ValueError, match="every batch or on none"):
+        m.update(torch.randn(4, 3), torch.randn(4, 3))
 
 
 def test_channel_samples_views_every_layout_as_examples_channels_samples():
