@@ -11,9 +11,9 @@ prefix matchers in the first ``--prefix-repeats`` rounds):
 - floor: one forward pass of each endpoint and one of the merged network over the images (in
   ``repairlib.repair.batches(chunk=True)`` pieces, the fastest plain forward pass), the least any
   data-driven align + REPAIR must spend;
-- repairlib: ``align(stats_scope="conv")`` (one pass of both endpoints gathers the matching and the
-  REPAIR statistics), ``permute``, ``interpolate``, ``repair(variant="exact")`` (one pass of the
-  merged network), fusion included;
+- repairlib: ``align(stats_scope="conv", stats_cov=False)`` (one pass of both endpoints gathers the
+  matching and the REPAIR statistics; the exact variant needs no endpoint covariance), ``permute``,
+  ``interpolate``, ``repair(variant="exact")`` (one pass of the merged network), fusion included;
 - prefix-pass matcher: the way the authors' release matches, one data pass per matched layer through
   the sub-network that ends there (here: one pass per permutation group, cut after its last probe),
   then the same REPAIR (one pass measuring both endpoints, one through the merged network). Two
@@ -57,7 +57,7 @@ def forward_all(model, data):
 
 
 def repairlib_merge(a, b, batches):
-    perms = repairlib.align(a, b, batches, stats_scope="conv")
+    perms = repairlib.align(a, b, batches, stats_scope="conv", stats_cov=False)
     b2 = permute(b, perms)
     mid = repairlib.interpolate(a, b2, 0.5)
     return repairlib.repair(mid, a, b2, batches, 0.5, stats=perms.endpoint_stats)

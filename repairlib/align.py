@@ -40,7 +40,7 @@ class Alignment(dict):
 
 
 def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spec=None,
-          max_iter=100, seed=0, stats_scope=None) -> Alignment:
+          max_iter=100, seed=0, stats_scope=None, stats_cov=True) -> Alignment:
     """Permutations that align ``model_b`` to ``model_a``: ``{group name: LongTensor}``.
 
     ``data``: any iterable of ``(inputs, targets)`` batches (targets unused). With
@@ -51,6 +51,8 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
     the *aligned* ``model_b``) in the same pass over ``data``: permuting B only reorders its
     channels, so B's statistics are measured once and permuted afterwards. They are returned as
     ``result.endpoint_stats``, for ``repairlib.repair(..., stats=result.endpoint_stats)``.
+    ``stats_cov=False`` leaves out ``Cov(X_a, X_b)``, which only the closed-form variant needs: the pass
+    then skips a ``[C, C]`` cross moment at every point that is not also a matching probe.
     """
     if method not in ("activation", "weight"):
         raise ValueError(f"method must be 'activation' or 'weight', got {method!r}")
@@ -63,7 +65,8 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
         stats = endpoint_stats(model_a, permute(model_b, perms, spec), data, stats_scope) if stats_scope else None
         return Alignment(perms, spec, endpoint_stats=stats)
     points = correction_points(model_a, stats_scope, first_inputs(data)) if stats_scope else []
-    corr, point_moments = activation_correlations(model_a, model_b, data, spec, points)
+    corr, point_moments = activation_correlations(model_a, model_b, data, spec, points,
+                                                  point_cross="full" if stats_cov else None)
     perms = {g: solve_assignment(c) for g, c in corr.items()}
     stats = permuted_endpoint_stats(point_moments, perms, spec, stats_scope) if stats_scope else None
     return Alignment(perms, spec, corr, stats)
@@ -72,8 +75,9 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
 def permuted_endpoint_stats(moments: dict, perms: dict, spec: PermutationSpec, scope: str) -> EndpointStats:
     """REPAIR's endpoint statistics of ``model_a`` and of ``model_b`` aligned by ``perms``.
 
-    ``moments``: ``point -> Moments`` of (A, B) with the full ``[C, C]`` cross moment. A point whose
-    channels belong to group g sees B's channel ``perms[g][i]`` at position i after alignment.
+    ``moments``: ``point -> Moments`` of (A, B), with the full ``[C, C]`` cross moment for ``cov_ab``
+    (else ``cov_ab`` is None). A point whose channels belong to group g sees B's channel ``perms[g][i]``
+    at position i after alignment.
     """
     fields = {f: {} for f in ("mean_a", "var_a", "mean_b", "var_b", "cov_ab")}
     for p, m in moments.items():
@@ -82,7 +86,10 @@ def permuted_endpoint_stats(moments: dict, perms: dict, spec: PermutationSpec, s
         perm = perms[g].to(device) if g is not None else torch.arange(size, device=device)
         fields["mean_a"][p], fields["var_a"][p] = m.mean_x, m.var_x
         fields["mean_b"][p], fields["var_b"][p] = m.mean_y[perm], m.var_y[perm]
-        fields["cov_ab"][p] = m.cov_xy[torch.arange(len(perm), device=perm.device), perm]
+        if m.cross == "full":
+            fields["cov_ab"][p] = m.cov_xy[torch.arange(len(perm), device=perm.device), perm]
+    if len(fields["cov_ab"]) < len(moments):
+        fields["cov_ab"] = None
     return EndpointStats(scope, **fields)
 
 
@@ -93,12 +100,13 @@ def solve_assignment(score: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def activation_correlations(model_a, model_b, data, spec: PermutationSpec, points=()) -> tuple:
+def activation_correlations(model_a, model_b, data, spec: PermutationSpec, points=(), point_cross="full") -> tuple:
     """One pass over ``data``: each group's ``[size, size]`` correlation matrix (Eq. 2).
 
     A group with several probes (a residual stream is seen after every block) sums their
     correlation matrices, i.e. maximises the summed correlation over all places it is observed.
-    ``points``: further graph nodes whose (A, B) moments are gathered in the same pass.
+    ``points``: further graph nodes whose (A, B) moments are gathered in the same pass, with cross
+    moments ``point_cross`` ("full", "diag" or None; a point that is also a probe keeps "full").
     Returns ``(group -> correlation, point -> Moments)``.
     """
     probe_group = {p: g for g, grp in spec.groups.items() for p in grp.probes}
@@ -109,7 +117,7 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     watched = probes + [p for p in points if p not in probe_group]
     sizes = [spec.groups[probe_group[p]].size if p in probe_group else None for p in watched]
     cap_a, cap_b = capture(model_a, watched, channels=sizes), capture(model_b, watched, channels=sizes)
-    moments = {p: Moments(cross="full") for p in watched}
+    moments = {p: Moments(cross="full" if p in probe_group else point_cross) for p in watched}
     dev_a, dev_b = model_device(model_a), model_device(model_b)
     with eval_mode(model_a, model_b), scratch_pass():
         for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them

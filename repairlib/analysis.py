@@ -30,7 +30,8 @@ def unit_correlations(stats: EndpointStats) -> dict:
     ``stats`` from :func:`repairlib.endpoint_stats` (``model_b`` aligned to ``model_a``, or not, to see
     the unaligned pairing). Dead channels (zero variance in either network) get 0, never NaN.
     """
-    return {p: stats.cov_ab[p] / (stats.var_a[p] * stats.var_b[p]).sqrt().clamp_min(1e-30) for p in stats.points}
+    cov = stats.covariances()
+    return {p: cov[p] / (stats.var_a[p] * stats.var_b[p]).sqrt().clamp_min(1e-30) for p in stats.points}
 
 
 def predicted_variance(stats: EndpointStats, alpha: float) -> dict:
@@ -41,8 +42,8 @@ def predicted_variance(stats: EndpointStats, alpha: float) -> dict:
     Exact for the first layer of the interpolated network (its preactivation is the interpolation
     of the endpoints' preactivations); deeper, the collapse compounds and the prediction is too high.
     """
-    a = float(alpha)
-    return {p: (1 - a) ** 2 * stats.var_a[p] + a ** 2 * stats.var_b[p] + 2 * a * (1 - a) * stats.cov_ab[p]
+    a, cov = float(alpha), stats.covariances()
+    return {p: (1 - a) ** 2 * stats.var_a[p] + a ** 2 * stats.var_b[p] + 2 * a * (1 - a) * cov[p]
             for p in stats.points}
 
 

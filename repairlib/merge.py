@@ -32,7 +32,8 @@ def merge(model_a: nn.Module, model_b: nn.Module, data, alpha: float = 0.5, alig
     if align != "none":
         # the alignment pass also gathers REPAIR's endpoint statistics (of the aligned B)
         repairing = correct in ("repair", "closed_form")
-        perms = align_units(model_a, model_b, data, method=align, stats_scope=scope if repairing else None)
+        perms = align_units(model_a, model_b, data, method=align, stats_scope=scope if repairing else None,
+                            stats_cov=correct == "closed_form")  # the exact variant needs no covariance
         model_b, stats = permute(model_b, perms), perms.endpoint_stats
     aligned = time.perf_counter()
     merged = interpolate(model_a, model_b, alpha)

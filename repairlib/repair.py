@@ -199,7 +199,8 @@ class EndpointStats:
 
     Each field maps a point name to a float64 ``[C]`` tensor: means, population variances, and the
     covariance ``Cov(X_a, X_b)`` of corresponding channels (paper Eq. 5), pooled over all samples
-    (examples times spatial positions).
+    (examples times spatial positions). ``cov_ab`` is None when it was not measured
+    (``align(..., stats_cov=False)``): the exact variant does not need it.
     """
 
     scope: str
@@ -212,6 +213,13 @@ class EndpointStats:
     @property
     def points(self) -> list:
         return list(self.mean_a)
+
+    def covariances(self) -> dict:
+        """``cov_ab``, or a clear error when these statistics were gathered without it."""
+        if self.cov_ab is None:
+            raise ValueError("these endpoint statistics have no Cov(X_a, X_b) (the closed form and Eq. 5 "
+                             "need it): gather them with align(..., stats_cov=True) or endpoint_stats()")
+        return self.cov_ab
 
     def targets(self, alpha: float) -> dict:
         """``point -> (mean [C], std [C])`` goals at ``alpha`` (Eqs. 3, 4; std clamped at 0 when extrapolating)."""
@@ -276,49 +284,100 @@ def closed_form_affines(stats: EndpointStats, alpha: float) -> dict:
     scale = std goal / std(X_alpha) (see :func:`goal_scale`); shift such that E = the mean goal, assuming
     E[X_alpha] = (1-a) E[X_a] + a E[X_b] (exact in the first layer, approximate deeper).
     """
-    affines = {}
+    affines, cov = {}, stats.covariances()
     for p, (mean, std) in stats.targets(alpha).items():
         var = ((1 - alpha) ** 2 * stats.var_a[p] + alpha ** 2 * stats.var_b[p]
-               + 2 * alpha * (1 - alpha) * stats.cov_ab[p]).clamp_min(0)
+               + 2 * alpha * (1 - alpha) * cov[p]).clamp_min(0)
         scale = goal_scale(std, var)
         affines[p] = (scale, mean - scale * mean)
     return affines
 
 
+def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``scale * x + shift`` per channel (dim 1) of ``x: [B, C, *]``; ``scale``, ``shift``: ``[C]``.
+
+    Computed by torch's inference BatchNorm kernel (mean 0, variance 1, eps 0), one read and one write
+    of ``x``: about twice as fast on a CPU as a broadcast ``addcmul``."""
+    if x.dim() < 2:
+        raise ValueError(f"a channel affine needs [B, C, *] values, got shape {tuple(x.shape)}")
+    zeros = torch.zeros(x.shape[1], dtype=x.dtype, device=x.device)
+    return F.batch_norm(x, zeros, torch.ones_like(zeros), scale.to(x), shift.to(x), False, 0.0, 0.0)
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm):
+    """An eval-mode affine BatchNorm as ``(scale [C], shift [C])``: ``bn(x) = scale * x + shift``."""
+    inv_std = torch.rsqrt(bn.running_var + bn.eps)
+    scale = bn.weight * inv_std
+    return scale, bn.bias - scale * bn.running_mean
+
+
 class _Renormalise(nn.Module):
     """BatchNorm in train mode with fixed affine goals (appendix B.2's ResetLayer), that also pools
     the raw statistics of its input. ``[B, C, *] -> [B, C, *]``, each channel's batch statistics set
-    to ``(mean, std)``."""
+    to ``(mean, std)``; with ``then=(scale, shift)`` (a following eval BatchNorm absorbed into this
+    node) that affine is applied too, in the same pass over ``x``."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, then=None):
         super().__init__()
         self.register_buffer("mean", mean)
         self.register_buffer("std", std)
+        self.then = then
         self.moments = Moments()
 
     def forward(self, x):
-        batch_mean, batch_var = self.moments.update(x)  # pooled, and this batch's [C] stats
-        shape = [1, -1] + [1] * (x.dim() - 2)
+        batch_mean, batch_var = self.moments.update_batch(x)  # pooled, and this batch's [C] stats
         scale = goal_scale(self.std.to(batch_var), batch_var)
         shift = self.mean.to(scale) - scale * batch_mean
-        return torch.addcmul(shift.to(x).view(shape), x, scale.to(x).view(shape))  # one pass over x
+        if self.then is not None:
+            then_scale, then_shift = (t.to(scale) for t in self.then)
+            scale, shift = then_scale * scale, then_scale * shift + then_shift
+        return channel_affine(x, scale, shift)
+
+
+def _absorbable_bn(gm, node, targets):
+    """The affine BatchNorm node (with running statistics, applied in eval mode) that is ``node``'s only
+    user, called only there and not a correction point itself, else None."""
+    users = list(node.users)
+    bn = _module(gm, users[0]) if len(users) == 1 and users[0].name not in targets else None
+    if (not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine or bn.running_var is None
+            or _calls(gm, users[0].target) != 1):
+        return None
+    return users[0]
+
+
+def _graph_of(model: nn.Module) -> fx.GraphModule:
+    """A GraphModule with a graph of its own that shares ``model``'s submodules and parameters (no copy
+    of the weights); editing its graph or adding submodules to it leaves ``model`` as it is."""
+    gm = trace(model)
+    if gm is not model:
+        return gm  # a fresh trace
+    graph = fx.Graph()
+    graph.output(graph.graph_copy(gm.graph, {}))
+    return fx.GraphModule(gm, graph)
 
 
 @torch.no_grad()
 def exact_affines(model: nn.Module, data, targets: dict) -> dict:
     """Section 4.2: ``point -> (scale [C], shift [C])`` from ONE pass of the interpolated net.
 
-    During the pass every point's output is renormalised per batch to its goals, so deeper points
-    see corrected inputs, while the raw pooled statistics of every point are accumulated; then
-    scale = std goal / std(X) (:func:`goal_scale`), shift = mean goal - scale E[X].
+    During the pass (in eval mode) every point's output is renormalised per batch to its goals, so
+    deeper points see corrected inputs, while the raw pooled statistics of every point are accumulated;
+    then scale = std goal / std(X) (:func:`goal_scale`), shift = mean goal - scale E[X]. A BatchNorm
+    right after a point is applied by the renormalising node itself (one pass over the values, not two).
+    ``model`` is not modified (the pass runs on a graph of its own sharing the weights).
     """
-    gm = trace(copy.deepcopy(model))
-    renorms = {p: _Renormalise(mean, std) for p, (mean, std) in targets.items()}
+    gm = _graph_of(model)
+    renorms = {}
     for node in _nodes(gm, targets):
+        bn_node = _absorbable_bn(gm, node, targets)
+        then = _bn_affine(gm.get_submodule(bn_node.target)) if bn_node is not None else None
+        renorms[node.name] = _Renormalise(*targets[node.name], then=then)
         _insert_after(gm, node, renorms[node.name], "repair_measure")
+        if bn_node is not None:  # the renormalising node now applies the BatchNorm
+            bn_node.replace_all_uses_with(bn_node.args[0])
+            gm.graph.erase_node(bn_node)
     gm.recompile()
-    gm.eval()
-    with scratch_pass():
+    with eval_mode(gm), scratch_pass():
         for x, _ in batches(data):
             gm(as_input(x, gm))
     means = {p: r.moments.mean_x for p, r in renorms.items()}
@@ -344,8 +403,7 @@ class ChannelAffine(nn.Module):
         self.register_buffer("shift", shift)
 
     def forward(self, x):
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        return x * self.scale.view(shape) + self.shift.view(shape)
+        return channel_affine(x, self.scale, self.shift)
 
 
 def _insert_after(gm, node, module, prefix):

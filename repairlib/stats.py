@@ -98,7 +98,8 @@ def _sums_about(xs: torch.Tensor, shift, slot: int) -> tuple:
     buffer ``slot``), and their sums ``r = sum v`` and ``q = sum v^2`` per channel (``[C]``), taken in
     the samples' dtype and returned in float64."""
     v = xs if shift is None else torch.sub(xs, shift[:, None], out=_scratch(slot, xs))
-    return v, v.sum((0, 2)).double(), _sum_of_squares(v).double()
+    total = v.sum(2).sum(0) if v.shape[2] > 1 else v.sum((0, 2))  # contiguous rows first: faster
+    return v, total.double(), _sum_of_squares(v).double()
 
 
 class Moments:
@@ -107,7 +108,7 @@ class Moments:
     ``update(x)`` with an activation ``x: [N, C, *]`` (see :func:`channel_samples`; ``channels``
     for ``[N, C * inner]`` layouts); ``update(x, y)`` also accumulates the co-moment of ``x_i`` and
     ``y_j`` (``cross="full"``: the ``[C, C]`` matrix; ``"diag"``: only i = j). Inputs are never
-    modified. Returns this batch's ``(mean, variance)`` of ``x`` (float64 ``[C]`` each).
+    modified; :meth:`update_batch` also returns this batch's ``(mean, variance)`` of ``x``.
 
     Method (the shifted-data algorithm): every batch's float32 sums of ``v = x - K``, ``v^2`` and
     ``v_x v_y`` are added into float64 totals, for a per-channel shift ``K``: none while the first
@@ -135,9 +136,10 @@ class Moments:
         is how far this batch's own centring lies from the shift when it had to be re-centred."""
         shift = self._shift[i]
         v, r, q = _sums_about(xs, shift, i)
-        mean = r / nb
-        if not bool((mean * mean > OFFSET_MAX_RATIO * (q / nb - mean * mean)).any()):
+        # mean^2 > R var  <=>  (1 + R) r^2 > R nb q, with mean = r / nb and var = q / nb - mean^2
+        if not bool(((1 + OFFSET_MAX_RATIO) * r.square() > (OFFSET_MAX_RATIO * nb) * q).any()):
             return v, r, q, None
+        mean = r / nb
         own = mean.to(xs.dtype) if shift is None else shift + mean.to(xs.dtype)  # this batch's means
         v, r, q = _sums_about(xs, own, i)
         if self.n == 0:  # the first batch sets the shift
@@ -147,6 +149,18 @@ class Moments:
 
     @torch.no_grad()
     def update(self, x, y=None):
+        """Add a batch (``x``, and ``y`` for the cross moments); returns nothing (see :meth:`update_batch`)."""
+        self._add(x, y)
+
+    @torch.no_grad()
+    def update_batch(self, x, y=None):
+        """:meth:`update`, returning this batch's own ``(mean [C], variance [C])`` of ``x``, float64."""
+        sums, nb = self._add(x, y)
+        batch_mean = sums[0] / nb
+        batch_var = (sums[1] / nb - batch_mean.square()).clamp_min(0)
+        return (batch_mean if self._shift[0] is None else batch_mean + self._shift[0]), batch_var
+
+    def _add(self, x, y=None):
         streams = [channel_samples(x, self.channels)]
         if y is not None:
             streams.append(channel_samples(y, self.channels))
@@ -166,17 +180,13 @@ class Moments:
             sums.append(_cross_moment(vs[0], vs[1], self.cross == "full").double())
         if any(d is not None for d in deltas):
             sums = self._move(sums, deltas, nb)
-        batch_mean = sums[0] / nb
-        batch_var = (sums[1] / nb - batch_mean * batch_mean).clamp_min(0)
-        if self._shift[0] is not None:
-            batch_mean = batch_mean + self._shift[0]
         if self.n == 0:
             self._sums = sums
         else:
-            for total, s in zip(self._sums, sums):
-                total.add_(s)
+            for total, t in zip(self._sums, sums):
+                total.add_(t)
         self.n += nb
-        return batch_mean, batch_var
+        return sums, nb
 
     def _move(self, sums, deltas, nb):
         """Sums about ``own = K + delta`` -> sums about ``K`` (float64): ``S1 + nb d``,

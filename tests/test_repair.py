@@ -14,6 +14,7 @@ from repairlib import models
 from repairlib.interpolate import interpolate
 from repairlib.repair import (
     ChannelAffine,
+    channel_affine,
     correction_points,
     endpoint_stats,
     measure,
@@ -211,6 +212,51 @@ def test_exact_repair_is_exact_at_every_depth_with_one_batch():
         torch.testing.assert_close(got[p][0], mean, rtol=0, atol=1e-6)
 
 
+def randomise_batchnorms(model, seed):
+    """Non-trivial running statistics and affine parameters in every BatchNorm (eval mode)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            for t in (m.weight.data, m.bias.data, m.running_mean):
+                t.copy_(torch.randn(t.shape, generator=g))
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+def test_exact_repair_through_absorbed_batchnorms_is_exact_at_every_depth():
+    """The renormalising pass applies a following BatchNorm itself; the second point must still see
+    the corrected, batch-normalised first layer (else its goals would be missed). The corrections are
+    folded into the BatchNorms, so the goals are checked there: BN(y) = w (y - m) / s + b per channel."""
+    a, b = (randomise_batchnorms(m, seed) for m, seed in zip(pair(TinyBN), (3, 4)))
+    data = one_batch(image_data(n=120))
+    stats = endpoint_stats(a, b, data)
+    assert stats.points == ["conv1", "conv2"]
+    mid = interpolate(a, b, 0.4)
+    fixed = repair(mid, a, b, data, 0.4, stats=stats)
+    assert isinstance(fixed, TinyBN)
+    got = channel_moments(fixed, data, ["bn1", "bn2"])
+    for (p, (mean, std)), bn in zip(stats.targets(0.4).items(), ("bn1", "bn2")):
+        norm = getattr(mid, bn)  # the interpolated BatchNorm, before the fold
+        w, s = norm.weight.detach(), (norm.running_var + norm.eps).sqrt()
+        goal_mean, goal_std = w * (mean - norm.running_mean) / s + norm.bias.detach(), w.abs() * std / s
+        torch.testing.assert_close(got[bn][1], goal_std, rtol=1e-5, atol=1e-9)  # REL_EPS: 5e-7
+        torch.testing.assert_close(got[bn][0], goal_mean, rtol=0, atol=1e-5 * goal_std.max().item())
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (5, 3, 7), (4, 3, 5, 6), (2, 3, 2, 3, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channel_affine_is_scale_times_x_plus_shift(shape, dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, dtype=dtype)
+    scale, shift = torch.randn(3, generator=g, dtype=dtype), torch.randn(3, generator=g, dtype=dtype)
+    view = [1, 3] + [1] * (len(shape) - 2)
+    expected = x * scale.view(view) + shift.view(view)
+    torch.testing.assert_close(channel_affine(x, scale, shift), expected)
+    torch.testing.assert_close(ChannelAffine(scale, shift)(x), expected)
+    with pytest.raises(ValueError, match="channel affine"):
+        channel_affine(x.reshape(-1), scale, shift)
+
+
 def test_closed_form_equals_exact_on_the_first_layer():
     a, b = pair(TinyCNN)
     data = image_data()
@@ -384,14 +430,22 @@ def test_reset_bn_on_empty_data_raises_and_keeps_the_statistics():
 
 
 # ---------------------------------------------------------------- inputs untouched, bad inputs
-def test_repair_never_modifies_its_inputs():
-    a, b = pair(TinyResNet)
+@pytest.mark.parametrize("make", [TinyResNet, TinyBN])
+@pytest.mark.parametrize("as_graph", [False, True])
+def test_repair_never_modifies_its_inputs(make, as_graph):
+    """Weights, buffers, train flags and (for a GraphModule input) the graph stay as they were."""
+    a, b = pair(make)
     a.train()
     mid = interpolate(a, b, 0.5)
+    if as_graph:
+        mid = torch.fx.symbolic_trace(mid)
+        code = mid.code
     before = [copy.deepcopy(m.state_dict()) for m in (mid, a, b)]
     modes = [[m.training for m in net.modules()] for net in (mid, a, b)]
     for variant in ("exact", "closed_form"):
         repair(mid, a, b, image_data(), 0.5, variant, "all")
+    if as_graph:
+        assert mid.code == code and len(list(mid.modules())) == len(modes[0])
     for net, state, mode in zip((mid, a, b), before, modes):
         assert net.state_dict().keys() == state.keys()
         assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())

@@ -285,3 +285,30 @@ def test_endpoint_stats_from_the_alignment_pass_equal_a_separate_pass(scope):
         for p in shared.points:
             torch.testing.assert_close(getattr(shared, field)[p], getattr(separate, field)[p],
                                        rtol=1e-4, atol=1e-6, msg=f"{field} {p}")
+
+
+def test_endpoint_stats_without_covariance_serve_the_exact_variant_only():
+    """stats_cov=False: the same means and variances, no Cov(X_a, X_b); exact REPAIR gives the same
+    network, and the closed form (which needs the covariance) says so."""
+    from repairlib.repair import repair
+
+    torch.manual_seed(0)
+    a = randomize_norm_stats(models.resnet20(width=1, in_channels=1), seed=1).eval()
+    b = randomize_norm_stats(models.resnet20(width=1, in_channels=1), seed=2).eval()
+    data = [(torch.randn(32, 1, 28, 28), None) for _ in range(2)]
+    full, lean = align(a, b, data, stats_scope="conv"), align(a, b, data, stats_scope="conv", stats_cov=False)
+    assert all(torch.equal(full[g], lean[g]) for g in full)
+    assert lean.endpoint_stats.cov_ab is None and full.endpoint_stats.cov_ab is not None
+    for field in ("mean_a", "var_a", "mean_b", "var_b"):
+        for p in full.endpoint_stats.points:
+            torch.testing.assert_close(getattr(lean.endpoint_stats, field)[p], getattr(full.endpoint_stats, field)[p],
+                                       rtol=1e-6, atol=1e-9)
+    b2 = permute(b, full)
+    mid = interpolate(a, b2, 0.5)
+    x = data[0][0]
+    with torch.no_grad():
+        expected = repair(mid, a, b2, data, 0.5, stats=full.endpoint_stats)(x)
+        torch.testing.assert_close(repair(mid, a, b2, data, 0.5, stats=lean.endpoint_stats)(x), expected,
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="stats_cov=True"):
+        repair(mid, a, b2, data, 0.5, variant="closed_form", stats=lean.endpoint_stats)

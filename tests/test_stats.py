@@ -28,7 +28,7 @@ def test_pooled_moments_equal_the_statistics_of_all_samples(offset, scale, batch
     ys = [x * 0.5 + torch.randn(x.shape, generator=g) for x in xs]
     m = Moments(cross="full")
     for x, y in zip(xs, ys):
-        batch_mean, batch_var = m.update(x, y)
+        batch_mean, batch_var = m.update_batch(x, y)
         assert torch.allclose(batch_mean, x.double().mean((0, 2, 3)), rtol=1e-5, atol=1e-5 * scale)
         assert torch.allclose(batch_var, x.double().var((0, 2, 3), unbiased=False), rtol=1e-3, atol=1e-6 * scale**2)
     X, Y = rows(torch.cat(xs)), rows(torch.cat(ys))  # [C, samples] of everything, in float64
