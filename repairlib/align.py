@@ -123,7 +123,7 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
         for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them
             outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
             for p, ra, rb in zip(watched, outs_a, outs_b):  # [N, C, L] samples
-                moments[p].update(ra, rb.to(dev_a))
+                moments[p].update(ra, rb if dev_b == dev_a else rb.to(dev_a))
     corr = {}
     for p in probes:
         g = probe_group[p]

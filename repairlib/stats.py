@@ -95,11 +95,11 @@ OFFSET_MAX_RATIO = 50.0
 
 def _sums_about(xs: torch.Tensor, shift, slot: int) -> tuple:
     """``(v, r, q)``: the samples ``v = xs - shift`` (``xs`` itself for ``shift=None``; else in scratch
-    buffer ``slot``), and their sums ``r = sum v`` and ``q = sum v^2`` per channel (``[C]``), taken in
-    the samples' dtype and returned in float64."""
+    buffer ``slot``), and their sums ``r = sum v`` and ``q = sum v^2`` per channel (``[C]``), in the
+    samples' dtype."""
     v = xs if shift is None else torch.sub(xs, shift[:, None], out=_scratch(slot, xs))
     total = v.sum(2).sum(0) if v.shape[2] > 1 else v.sum((0, 2))  # contiguous rows first: faster
-    return v, total.double(), _sum_of_squares(v).double()
+    return v, total, _sum_of_squares(v)
 
 
 class Moments:
@@ -136,10 +136,10 @@ class Moments:
         is how far this batch's own centring lies from the shift when it had to be re-centred."""
         shift = self._shift[i]
         v, r, q = _sums_about(xs, shift, i)
-        # mean^2 > R var  <=>  (1 + R) r^2 > R nb q, with mean = r / nb and var = q / nb - mean^2
-        if not bool(((1 + OFFSET_MAX_RATIO) * r.square() > (OFFSET_MAX_RATIO * nb) * q).any()):
+        # mean^2 > R var  <=>  q - (1 + R) / (R nb) r^2 < 0, with mean = r / nb and var = q / nb - mean^2
+        if not float(torch.addcmul(q, r, r, value=-(1 + OFFSET_MAX_RATIO) / (OFFSET_MAX_RATIO * nb)).min()) < 0:
             return v, r, q, None
-        mean = r / nb
+        mean = r.double() / nb
         own = mean.to(xs.dtype) if shift is None else shift + mean.to(xs.dtype)  # this batch's means
         v, r, q = _sums_about(xs, own, i)
         if self.n == 0:  # the first batch sets the shift
@@ -156,8 +156,8 @@ class Moments:
     def update_batch(self, x, y=None):
         """:meth:`update`, returning this batch's own ``(mean [C], variance [C])`` of ``x``, float64."""
         sums, nb = self._add(x, y)
-        batch_mean = sums[0] / nb
-        batch_var = (sums[1] / nb - batch_mean.square()).clamp_min(0)
+        batch_mean = sums[0].double() / nb
+        batch_var = (sums[1].double() / nb - batch_mean.square()).clamp_min(0)
         return (batch_mean if self._shift[0] is None else batch_mean + self._shift[0]), batch_var
 
     def _add(self, x, y=None):
@@ -177,13 +177,13 @@ class Moments:
             deltas.append(delta)
             sums += [r, q]
         if y is not None and self.cross is not None:
-            sums.append(_cross_moment(vs[0], vs[1], self.cross == "full").double())
+            sums.append(_cross_moment(vs[0], vs[1], self.cross == "full"))
         if any(d is not None for d in deltas):
-            sums = self._move(sums, deltas, nb)
+            sums = self._move([t.double() for t in sums], deltas, nb)
         if self.n == 0:
-            self._sums = sums
+            self._sums = [t.double() for t in sums]
         else:
-            for total, t in zip(self._sums, sums):
+            for total, t in zip(self._sums, sums):  # float32 sums added into float64 totals
                 total.add_(t)
         self.n += nb
         return sums, nb
