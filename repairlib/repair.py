@@ -271,10 +271,16 @@ def endpoint_stats(model_a: nn.Module, model_b: nn.Module, data, scope: str = "c
 
 
 # ---------------------------------------------------------------- the two variants
-def goal_scale(goal_std: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    """``goal_std / sqrt(var)``, ``[C]``; ``(REL_EPS * goal_std)^2`` is added to the variance so that a
-    dead (constant) channel gets a finite scale (at most 1 / REL_EPS), never NaN; goal std 0 gives 0."""
-    return goal_std / (var + (REL_EPS * goal_std) ** 2 + 1e-30).sqrt()
+def goal_scale(goal_std: torch.Tensor, var: torch.Tensor, floor: torch.Tensor = None) -> torch.Tensor:
+    """``goal_std / sqrt(var)``, ``[C]``; ``floor = (REL_EPS * goal_std)^2`` is added to the variance so
+    that a dead (constant) channel gets a finite scale (at most 1 / REL_EPS), never NaN; goal std 0
+    gives 0. Pass ``floor`` (:func:`scale_floor`) to reuse it across many calls with one goal."""
+    return goal_std / (var + (scale_floor(goal_std) if floor is None else floor)).sqrt()
+
+
+def scale_floor(goal_std: torch.Tensor) -> torch.Tensor:
+    """The variance floor of :func:`goal_scale`: ``(REL_EPS * goal_std)^2`` (plus 1e-30 against 0 / 0)."""
+    return (REL_EPS * goal_std) ** 2 + 1e-30
 
 
 def closed_form_affines(stats: EndpointStats, alpha: float) -> dict:
@@ -320,7 +326,7 @@ class _Renormalise(nn.Module):
     def __init__(self, mean: torch.Tensor, std: torch.Tensor, then=None):
         super().__init__()
         self.mean, self.std = mean.double(), std.double()
-        self.floor = (REL_EPS * self.std) ** 2 + 1e-30  # goal_scale's epsilon, computed once
+        self.floor = scale_floor(self.std)  # computed once for every batch
         self.then = None if then is None else tuple(t.detach().double() for t in then)
         self.moments = Moments()
 
@@ -332,16 +338,16 @@ class _Renormalise(nn.Module):
         batch_mean, batch_var = self.moments.update_batch(x)  # pooled, and this batch's [C] stats
         if self.std.device != batch_var.device:
             self._to(batch_var.device)
-        scale = self.std / (batch_var + self.floor).sqrt()  # = goal_scale(std, batch_var)
+        scale = goal_scale(self.std, batch_var, self.floor)
         shift = self.mean - scale * batch_mean
         if self.then is not None:
             scale, shift = self.then[0] * scale, torch.addcmul(self.then[1], self.then[0], shift)
         return channel_affine(x, scale, shift)
 
 
-def _absorbable_bn(gm, node, targets):
+def _absorbable_bn(gm, node, targets=()):
     """The affine BatchNorm node (with running statistics, applied in eval mode) that is ``node``'s only
-    user, called only there and not a correction point itself, else None."""
+    user, called only there and not one of ``targets`` itself, else None."""
     users = list(node.users)
     bn = _module(gm, users[0]) if len(users) == 1 and users[0].name not in targets else None
     if (not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine or bn.running_var is None
@@ -451,13 +457,12 @@ def _fold_into_bn(gm, node, scale, shift) -> bool:
     BN(s x + t) = w (s x + t - m) / sqrt(v + eps) + b, so w' = w s and
     b' = b + w (t + (s - 1) m) / sqrt(v + eps); running statistics and state_dict keys unchanged.
     """
-    layer, users = _module(gm, node), list(node.users)
-    if not isinstance(layer, _LAYERS) or layer.bias is not None or len(users) != 1:
+    layer, bn_node = _module(gm, node), _absorbable_bn(gm, node)
+    if (not isinstance(layer, _LAYERS) or layer.bias is not None or bn_node is None
+            or _calls(gm, node.target) != 1):
         return False
-    bn = _module(gm, users[0])
-    if (not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine or bn.running_var is None
-            or _calls(gm, users[0].target) != 1 or _calls(gm, node.target) != 1
-            or bn.num_features != len(scale)):
+    bn = _module(gm, bn_node)
+    if bn.num_features != len(scale):
         return False
     s, t = scale.to(bn.weight), shift.to(bn.weight)
     inv_std = torch.rsqrt(bn.running_var.to(bn.weight) + bn.eps)
