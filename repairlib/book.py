@@ -471,8 +471,9 @@ QUALITY_COLUMNS = (("naive", "naive"), ("aligned", "aligned"), ("repair", "align
 
 def quality_table(directory=None) -> str:
     """Markdown table of ``benchmarks/quality.py``'s record (``<results dir>/quality_cpu.json``): per
-    family and seed pair, the endpoints' and the midpoints' test accuracy (loss below it) and REPAIR's
-    cut of the aligned barrier; "not measured yet" when the file is missing."""
+    family and seed pair, the endpoints' and the midpoints' test accuracy (loss in brackets) and REPAIR's
+    cut of the aligned barrier at the midpoint and, where the record has it, of Eq. 1's barrier over
+    the whole path ("–" for older records); "not measured yet" when the file is missing."""
     path = (Path(directory) if directory is not None else results_dir()) / QUALITY_FILE
     if not path.exists():
         return "Not measured yet: run `python benchmarks/quality.py`.\n"
@@ -482,7 +483,8 @@ def quality_table(directory=None) -> str:
         return "–" if result is None else f"{100 * result['accuracy']:.1f}% ({result['loss']:.3f})"
 
     head = ["family", "seeds", "training", "endpoints", *(title for _, title in QUALITY_COLUMNS),
-            "REPAIR's cut of the aligned barrier (acc / loss)"]
+            "REPAIR's cut of the aligned barrier at alpha 0.5 (acc / loss)",
+            "the same, Eq. 1's barrier over alpha 0.1..0.9"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in record["results"]:
         training = r.get("training", {})
@@ -490,9 +492,10 @@ def quality_table(directory=None) -> str:
         how = (f"{training.get('epochs')} ep. on {'all 60,000' if subset is None else f'{subset:,}'} images"
                + (f", batch {training['batch_size']}" if training.get("batch_size") else ""))
         ends = f"{cell(r['endpoint_a'])} / {cell(r['endpoint_b'])}"
-        cut = f"{100 * r['reduction_accuracy']:.1f}% / {100 * r['reduction_loss']:.1f}%"
+        cuts = [f"{100 * r[f'reduction_accuracy{k}']:.1f}% / {100 * r[f'reduction_loss{k}']:.1f}%"
+                if f"reduction_loss{k}" in r else "–" for k in ("", "_eq1")]
         row = [r["family"], f"{r['seeds'][0]}, {r['seeds'][1]}", how, ends,
-               *(cell(r.get(key)) for key, _ in QUALITY_COLUMNS), cut]
+               *(cell(r.get(key)) for key, _ in QUALITY_COLUMNS), *cuts]
         lines.append("| " + " | ".join(row) + " |")
     return (f"{record['dataset']}, midpoint alpha = 0.5, test set of {record['test_examples']:,} images, "
             f"REPAIR statistics from {record['stats_examples']:,} training images; {record['device']}, "

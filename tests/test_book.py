@@ -213,7 +213,10 @@ def test_quality_table_from_a_benchmark_record(tmp_path):
     (tmp_path / book.QUALITY_FILE).write_text(json.dumps(record))
     line = book.quality_table(tmp_path).splitlines()[-1]
     assert line.startswith("| mlp | 0, 1 | 20 ep. on all 60,000 images | 90.0% (0.300) / 80.0% (0.400) |")
-    assert line.endswith("| 80.0% (0.500) | 50.0% (1.250) | 50.0% (1.250) | – | 83.3% / 60.0% |")
+    assert line.endswith("| 80.0% (0.500) | 50.0% (1.250) | 50.0% (1.250) | – | 83.3% / 60.0% | – |")
+    row.update(reduction_accuracy_eq1=0.75, reduction_loss_eq1=0.5)
+    (tmp_path / book.QUALITY_FILE).write_text(json.dumps(record))
+    assert book.quality_table(tmp_path).splitlines()[-1].endswith("| 83.3% / 60.0% | 75.0% / 50.0% |")
     book.load_results(tmp_path)  # the quality record is not mistaken for a notebook's results record
     page = tmp_path / "results.md"
     page.write_text(f"{book.RESULTS_BEGIN}\n{book.RESULTS_END}\n{book.QUALITY_BEGIN}\nold\n{book.QUALITY_END}\n")

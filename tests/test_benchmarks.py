@@ -1,0 +1,31 @@
+"""The benchmark scripts' own arithmetic (their measurements run outside the test suite)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_authors_mlp_cut_is_quality_benchmark_arithmetic():
+    cuts = _script("authors_mlp_cuts")
+    # (train acc, train loss, test acc, test loss); endpoints' mean: 90% and loss 0.3
+    record = {"v1": (0, 0, 92.0, 0.2), "v2": (0, 0, 88.0, 0.4),
+              "permute": (0, 0, 50.0, 1.3), "permute_correct": (0, 0, 80.0, 0.55)}
+    rows = cuts.settings({"fashionmnist_e100_l10_h512": record, "mnist_e100_l10_h64": record,
+                          "fashionmnist_e100_l10_h64": record})
+    assert [(d, w) for d, w, _ in rows] == [("fashionmnist", 64), ("fashionmnist", 512), ("mnist", 64)]
+    c = rows[0][2]
+    assert c["aligned_barrier"] == pytest.approx(40.0)
+    assert c["cut_accuracy"] == pytest.approx(1 - 10 / 40)
+    assert c["cut_loss"] == pytest.approx(1 - 0.25 / 1.0)
+    with pytest.raises(ValueError, match="unexpected key"):
+        cuts.settings({"resnet20": record})
