@@ -109,7 +109,9 @@ def main():
     p.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "book" / "results" / QUALITY_FILE))
     args = p.parse_args()
     out = Path(args.out)
-    stats_data = data.loader(DATASET, "train", subset=args.stats_examples, device="cpu")
+    # a fixed order: every pass over the statistics images sees the same batches, so a result does not
+    # depend on how many passes came before it (exact REPAIR renormalises batch by batch)
+    stats_data = data.loader(DATASET, "train", subset=args.stats_examples, device="cpu", shuffle=False)
     test = data.loader(DATASET, "test", device="cpu")
     # rows of families not rerun are kept, so one family can be remeasured alone
     kept = json.loads(out.read_text())["results"] if out.exists() else []
