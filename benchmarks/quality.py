@@ -54,12 +54,14 @@ def midpoint_row(model_a, model_b, stats_data, test):
            "naive": repairlib.evaluate(repairlib.interpolate(model_a, model_b, 0.5), test)}
     perms = repairlib.align(model_a, model_b, stats_data, stats_scope="conv")
     aligned_b = repairlib.permute(model_b, perms)
+    row.update(eq1_barriers(model_a, aligned_b, stats_data, test, ends, perms.endpoint_stats))
+    middle = CURVE_ALPHAS.index(0.5)
+    for name in ("aligned", "repair"):  # the midpoints are points of the Eq. 1 curves
+        row[name] = {key: row["curves"][name][key][middle] for key in ("accuracy", "loss")}
     mid = repairlib.interpolate(model_a, aligned_b, 0.5)
-    row["aligned"] = repairlib.evaluate(mid, test)
-    for name, variant in (("repair", "exact"), ("repair_closed_form", "closed_form")):
-        fixed = repairlib.repair(mid, model_a, aligned_b, stats_data, 0.5, variant=variant,
-                                 stats=perms.endpoint_stats)
-        row[name] = repairlib.evaluate(fixed, test)
+    fixed = repairlib.repair(mid, model_a, aligned_b, stats_data, 0.5, variant="closed_form",
+                             stats=perms.endpoint_stats)
+    row["repair_closed_form"] = repairlib.evaluate(fixed, test)
     fixed = repairlib.repair(mid, model_a, aligned_b, stats_data, 0.5, scope="all")
     row["repair_all"] = repairlib.evaluate(fixed, test)
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in mid.modules())
@@ -75,7 +77,6 @@ def midpoint_row(model_a, model_b, stats_data, test):
     row["reduction_loss"] = 1 - row["repair"]["barrier_loss"] / row["aligned"]["barrier_loss"]
     row["reduction_accuracy_all"] = 1 - row["repair_all"]["barrier_accuracy"] / row["aligned"]["barrier_accuracy"]
     row["reduction_loss_all"] = 1 - row["repair_all"]["barrier_loss"] / row["aligned"]["barrier_loss"]
-    row.update(eq1_barriers(model_a, aligned_b, stats_data, test, ends, perms.endpoint_stats))
     row["seconds"] = time.perf_counter() - t0
     return row
 
