@@ -11,11 +11,14 @@ every round, in alternating order, and the median of the rounds' own ratios is r
 ratio of the best rounds:
 
 - floor: one forward pass of each endpoint and one of the merged network over the images (in
-  ``repairlib.repair.batches(chunk=True)`` pieces, the fastest plain forward pass), the least any
+  ``repairlib.plumbing.batches(chunk=True)`` pieces, the fastest plain forward pass), the least any
   data-driven align + REPAIR must spend;
-- repairlib: ``align(stats_scope="conv", stats_cov=False)`` (one pass of both endpoints gathers the
-  matching and the REPAIR statistics; the exact variant needs no endpoint covariance), ``permute``,
-  ``interpolate``, ``repair(variant="exact")`` (one pass of the merged network), fusion included;
+- repairlib: ``repairlib.merge(a, b, data)``, the one call of the README (inside: ``align`` gathers the
+  matching and the REPAIR statistics in one pass of both endpoints, without the endpoint covariance the
+  exact variant does not need; ``permute``, ``interpolate``, exact ``repair``, one pass of the merged
+  network, fusion included);
+- the plain steps: ``align``, ``permute``, ``interpolate``, ``repair`` called one after another with
+  no statistics reused (``repair`` then measures both endpoints in a pass of its own);
 - prefix-pass matcher: the way the authors' release matches, one data pass per matched layer through
   the sub-network that ends there (here: one pass per permutation group, cut after its last probe),
   then the same REPAIR (one pass measuring both endpoints, one through the merged network). Two
@@ -38,8 +41,8 @@ import torch
 
 import repairlib
 from repairlib import data, models
-from repairlib.align import Alignment, permute, solve_assignment
-from repairlib.repair import batches
+from repairlib.alignment import Alignment, permute, solve_assignment
+from repairlib.plumbing import batches
 from repairlib.spec import permutation_spec
 from repairlib.stats import Moments, capture
 
@@ -59,11 +62,10 @@ def forward_all(model, data):
         model(x)
 
 
-def repairlib_merge(a, b, batches):
-    perms = repairlib.align(a, b, batches, stats_scope="conv", stats_cov=False)
+def plain_steps(a, b, batches):
+    perms = repairlib.align(a, b, batches)
     b2 = permute(b, perms)
-    mid = repairlib.interpolate(a, b2, 0.5)
-    return repairlib.repair(mid, a, b2, batches, 0.5, stats=perms.endpoint_stats)
+    return repairlib.repair(repairlib.interpolate(a, b2, 0.5), a, b2, batches, 0.5)
 
 
 class AuthorsCorrelation:
@@ -134,20 +136,25 @@ def main():
 
     # interleaved repeats: a slow spell of a shared machine hits every pipeline alike; the slow prefix
     # matchers run in the first --prefix-repeats rounds, and every pipeline keeps its best round
-    floor, mine, align_only, prefix, authors_prefix = [], [], [], [], []
+    floor, mine, plain, align_only, prefix, authors_prefix = [], [], [], [], [], []
     for r in range(args.repeats):
         timed_floor = lambda: floor.append(best_of(1, lambda: [forward_all(m, batches) for m in (a, b, mid)]))
-        timed_mine = lambda: mine.append(best_of(1, lambda: repairlib_merge(a, b, batches)))
+        timed_mine = lambda: mine.append(best_of(1, lambda: repairlib.merge(a, b, batches)))
         for run in ((timed_floor, timed_mine) if r % 2 == 0 else (timed_mine, timed_floor)):  # alternate the order
             run()
+        plain.append(best_of(1, lambda: plain_steps(a, b, batches)))
         align_only.append(best_of(1, lambda: repairlib.align(a, b, batches, spec=spec)))
         if r < args.prefix_repeats:
             prefix.append(best_of(1, lambda: prefix_pass_merge(a, b, batches, spec)))
             authors_prefix.append(best_of(1, lambda: prefix_pass_merge(a, b, batches, spec, AuthorsCorrelation)))
-    (t_floor, _), (t_ours, merged), (t_align, ours) = (min(r, key=lambda t: t[0]) for r in (floor, mine, align_only))
+    (t_floor, _), (t_ours, merged), (t_align, ours), (t_plain, stepwise) = (
+        min(r, key=lambda t: t[0]) for r in (floor, mine, align_only, plain))
     t_prefix, (_, theirs, t_prefix_align) = min(prefix, key=lambda t: t[0])
     t_authors, (_, authors, t_authors_align) = min(authors_prefix, key=lambda t: t[0])
     paired = statistics.median(m / f for (f, _), (m, _) in zip(floor, mine))  # each round's own ratio
+    plain_paired = statistics.median(p / f for (f, _), (p, _) in zip(floor, plain))
+    x = next(iter(batches))[0]
+    same_network = bool(torch.allclose(merged(x), stepwise(x), atol=1e-4, rtol=1e-4))
     same = all(torch.equal(ours[g], theirs[g]) for g in ours)
     same_authors = sum(torch.equal(ours[g], authors[g]) for g in ours)
     result = {
@@ -157,20 +164,25 @@ def main():
         "floor_seconds": t_floor, "repairlib_seconds": t_ours, "repairlib_over_floor": t_ours / t_floor,
         "floor_rounds": [t for t, _ in floor], "repairlib_rounds": [t for t, _ in mine],
         "repairlib_over_floor_paired_median": paired,
+        "plain_steps_seconds": t_plain, "plain_steps_over_floor": t_plain / t_floor,
+        "plain_steps_rounds": [t for t, _ in plain], "plain_steps_over_floor_paired_median": plain_paired,
+        "plain_steps_same_network": same_network,
         "align_seconds": t_align, "prefix_align_seconds": t_prefix_align,
         "prefix_align_over_align": t_prefix_align / t_align,
         "prefix_pipeline_seconds": t_prefix, "prefix_pipeline_over_repairlib": t_prefix / t_ours,
         "authors_align_seconds": t_authors_align, "authors_align_over_align": t_authors_align / t_align,
         "authors_pipeline_seconds": t_authors, "authors_pipeline_over_repairlib": t_authors / t_ours,
         "same_permutations": same, "authors_statistics_same_groups": f"{same_authors} of {len(ours)}",
-        "torch": torch.__version__,
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(__file__).parent / "results" / "bench_merge.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"floor (3 forward passes)                  {t_floor:7.2f} s")
-    print(f"repairlib align+REPAIR                    {t_ours:7.2f} s   {t_ours / t_floor:5.2f}x floor (target <= 1.5); "
+    print(f"repairlib.merge (align + REPAIR)          {t_ours:7.2f} s   {t_ours / t_floor:5.2f}x floor (target <= 1.5); "
           f"median of the rounds' own ratios {paired:.2f}x")
+    print(f"plain steps, no statistics reused         {t_plain:7.2f} s   {t_plain / t_floor:5.2f}x floor; "
+          f"median of the rounds' own ratios {plain_paired:.2f}x; same network as merge: {same_network}")
     print(f"prefix passes, repairlib's statistics     {t_prefix:7.2f} s   {t_prefix / t_ours:5.2f}x repairlib")
     print(f"prefix passes, the authors' statistics    {t_authors:7.2f} s   {t_authors / t_ours:5.2f}x repairlib (target >= 5)")
     print(f"alignment only: one pass {t_align:.2f} s, prefix passes {t_prefix_align:.2f} s "

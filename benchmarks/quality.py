@@ -85,9 +85,9 @@ def eq1_barriers(model_a, aligned_b, stats_data, test, ends, stats) -> dict:
     """Eq. 1's barriers (largest over ``CURVE_ALPHAS``) of the aligned and the aligned + REPAIR (exact)
     interpolations, their curves, and REPAIR's cut of them."""
     endpoints = {"a": ends[0], "b": ends[1]}
-    curves = {name: repairlib.barrier(model_a, aligned_b, test, CURVE_ALPHAS, correction=correction,
+    curves = {name: repairlib.barrier(model_a, aligned_b, test, CURVE_ALPHAS, correct=correct,
                                       stats_data=stats_data, stats=stats, endpoints=endpoints)
-              for name, correction in (("aligned", None), ("repair", "repair"))}
+              for name, correct in (("aligned", "none"), ("repair", "repair"))}
     for curve in curves.values():
         del curve["endpoints"]
     return {"curves": curves,

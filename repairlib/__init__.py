@@ -1,29 +1,38 @@
-"""repairlib: align, interpolate and REPAIR two independently trained PyTorch networks.
+"""repairlib: align, interpolate and REPAIR independently trained PyTorch networks.
 
 Reproduces Jordan et al., "REPAIR: REnormalizing Permuted Activations for Interpolation Repair"
-(ICLR 2023). The public functions are importable from the package root::
+(ICLR 2023). The common case is one call::
 
     import repairlib
-    spec = repairlib.permutation_spec(model_a, example_input)
-    perms = repairlib.align(model_a, model_b, data)
-    model_b2 = repairlib.permute(model_b, perms, spec)
-    merged = repairlib.repair(repairlib.interpolate(model_a, model_b2, 0.5), model_a, model_b2, data, alpha=0.5)
+    merged = repairlib.merge(model_a, model_b, train_batches)          # align + interpolate + REPAIR
+
+and each step is a function of its own::
+
+    perms = repairlib.align(model_a, model_b, train_batches, stats_scope="conv")
+    model_b2 = repairlib.permute(model_b, perms)
+    merged = repairlib.repair(repairlib.interpolate(model_a, model_b2, 0.5), model_a, model_b2,
+                              train_batches, alpha=0.5, stats=perms.endpoint_stats)
+
+Modules, in import order (each imports only those before it): plumbing, data, models, batchnorm,
+evaluation, train, zoo, spec, stats, points, endpoints, alignment, interpolation, fusion, correction,
+metrics, pipeline, analysis, baselines, plots, book, cli.
 """
 
 __version__ = "0.1.0"
 
-# Imported eagerly, not lazily: ``align``, ``interpolate`` and ``repair`` are both submodules and
-# functions, and binding the functions here (after their submodules are loaded) keeps
-# ``repairlib.align(...)`` the function however the submodules are imported later.
-from repairlib.align import align, permute
+from repairlib.alignment import align, permute
+from repairlib.batchnorm import reset_bn
+from repairlib.correction import repair
 from repairlib.data import loader
-from repairlib.interpolate import interpolate
-from repairlib.metrics import barrier, evaluate, variance_ratio
-from repairlib.repair import endpoint_stats, repair, reset_bn
+from repairlib.endpoints import endpoint_stats
+from repairlib.evaluation import evaluate
+from repairlib.interpolation import interpolate
+from repairlib.metrics import barrier, variance_ratio
+from repairlib.pipeline import merge
 from repairlib.spec import PermutationSpec, permutation_spec
 from repairlib.zoo import load, save
 
 __all__ = [
-    "PermutationSpec", "align", "barrier", "endpoint_stats", "evaluate", "interpolate", "load", "loader",
+    "PermutationSpec", "align", "barrier", "endpoint_stats", "evaluate", "interpolate", "load", "loader", "merge",
     "permutation_spec", "permute", "repair", "reset_bn", "save", "variance_ratio",
 ]

@@ -3,11 +3,8 @@
 - Section 3.2: the correlation of aligned units, corr(X_1, X_2), and the variance of a unit of the
   interpolated network predicted from the endpoints alone (Eq. 5), with its equal-std simplification
   Var(X_alpha) = ((1 - a)^2 + a^2 + 2 a (1 - a) corr) Var(X_1)  (0.5 + 0.5 corr at the midpoint).
-- Sections 3.1 and 4: per-channel statistics and per-layer variance ratios measured where a
-  correction point's *final* value lives. ``repair(..., fuse=True)`` may fold a point's correction
-  into the BatchNorm after it (the conv output itself then stays uncorrected); an unfused REPAIRed
-  network (``repair(..., fuse=False)``) keeps a :class:`repairlib.repair.ChannelAffine` after the point,
-  and the functions here measure that affine's output, i.e. the corrected channel.
+- (Per-channel statistics and per-layer variance ratios measured where a correction point's final
+  value lives are :func:`repairlib.metrics.point_statistics` and :func:`repairlib.variance_ratio`.)
 - REPAIR's goals (Eqs. 3, 4): how far measured channels are from them.
 - Permutation invariance: the largest difference between two networks' outputs over a data set.
 
@@ -18,9 +15,8 @@ Statistics are pooled over every sample (examples times spatial positions) in fl
 import torch
 from torch import nn
 
-from repairlib.repair import ChannelAffine, EndpointStats, as_input, batches, endpoint_stats, measure
-from repairlib.spec import trace
-from repairlib.stats import eval_mode
+from repairlib.endpoints import EndpointStats
+from repairlib.plumbing import as_input, batches, eval_mode, reusable
 
 
 # ---------------------------------------------------------------- section 3.2: Eq. 5
@@ -50,7 +46,7 @@ def predicted_variance(stats: EndpointStats, alpha: float) -> dict:
 def predicted_variance_ratios(stats: EndpointStats, alpha: float) -> dict:
     """``point -> v_alpha / ((v_1 + v_2) / 2)`` as Eq. 5 predicts it from each layer's own endpoint units.
 
-    v is a layer's summed channel variance (as in :func:`variance_ratios`). The prediction treats every
+    v is a layer's summed channel variance (as in :func:`repairlib.variance_ratio`). The prediction treats every
     layer like the first one, i.e. it ignores that a layer's inputs have collapsed already, so deeper
     layers of a real interpolated network fall below it (the collapse compounds).
     """
@@ -67,49 +63,6 @@ def equal_std_factor(corr, alpha: float = 0.5):
     """
     a = float(alpha)
     return (1 - a) ** 2 + a ** 2 + 2 * a * (1 - a) * corr
-
-
-# ---------------------------------------------------------------- statistics where the values live
-def value_nodes(model: nn.Module, points) -> dict:
-    """``point -> node name`` of ``trace(model)`` that holds the point's final value.
-
-    That is the output of the :class:`~repairlib.repair.ChannelAffine` an unfused REPAIR inserted
-    after the point, if there is one, else the point itself. ``ValueError`` names a missing point.
-    """
-    gm = trace(model)
-    by_name = {n.name: n for n in gm.graph.nodes}
-    nodes = {}
-    for p in points:
-        if p not in by_name:
-            raise ValueError(f"the network has no node {p!r} (a correction point of another network?)")
-        affine = [u for u in by_name[p].users
-                  if u.op == "call_module" and isinstance(gm.get_submodule(u.target), ChannelAffine)]
-        nodes[p] = affine[0].name if affine else p
-    return nodes
-
-
-def point_statistics(model: nn.Module, data, points) -> dict:
-    """``point -> (mean [C], var [C])``, float64, of each point's final value (:func:`value_nodes`), one pass."""
-    points = list(points)
-    nodes = value_nodes(model, points)
-    (moments,) = measure([model], data, [nodes[p] for p in points])
-    return {p: (moments[nodes[p]].mean_x, moments[nodes[p]].var_x) for p in points}
-
-
-def variance_ratios(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, stats: EndpointStats = None) -> dict:
-    """Variance collapse (section 3.1): ``point -> v_alpha / ((v_1 + v_2) / 2)`` in network order.
-
-    v is the sum over a layer's channels of each channel's variance over ``data``; v_alpha is measured
-    at the point's final value in ``model`` (:func:`value_nodes`, so an unfused REPAIRed network shows its
-    corrected channels), v_1, v_2 at the correction points (scope ``"conv"``) of the endpoints, or taken
-    from ``stats`` (:func:`repairlib.endpoint_stats` of the same endpoints and data), which saves their
-    pass. For a plain network this equals :func:`repairlib.variance_ratio`.
-    """
-    if stats is None:
-        stats = endpoint_stats(model_a, model_b, data, "conv")
-    mid = point_statistics(model, data, stats.points)
-    return {p: float(mid[p][1].sum() / ((stats.var_a[p].sum() + stats.var_b[p].sum()) / 2).clamp_min(1e-30))
-            for p in stats.points}
 
 
 # ---------------------------------------------------------------- REPAIR's goals
@@ -145,7 +98,7 @@ def output_difference(model_a: nn.Module, model_b: nn.Module, data) -> dict:
     """
     diff, scale = 0.0, 0.0
     with eval_mode(model_a, model_b):
-        for x, _ in batches(data, chunk=True):
+        for x, _ in batches(reusable(data), chunk=True):
             ya, yb = model_a(as_input(x, model_a)), model_b(as_input(x, model_b))
             diff = max(diff, float((ya.double() - yb.double().to(ya.device)).abs().max()))
             scale = max(scale, float(ya.abs().max()))

@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from repairlib.repair import as_input, batches
-from repairlib.stats import eval_mode
+from repairlib.plumbing import as_input, batches, eval_mode, fixed_order
 
 
 class LogitEnsemble(nn.Module):
@@ -60,7 +59,7 @@ def predict_logits(model: nn.Module, data) -> tuple:
     """``(logits float32 [N, classes], targets int64 [N])`` of ``model`` on every batch of ``data`` (CPU)."""
     logits, targets = [], []
     with eval_mode(model):
-        for x, y in batches(data, chunk=True):
+        for x, y in batches(fixed_order(data), chunk=True):
             if y is None:
                 raise ValueError("predict_logits needs (inputs, targets) batches")
             logits.append(model(as_input(x, model)).float().cpu())
@@ -157,32 +156,3 @@ def best(values, alphas) -> tuple:
         raise ValueError(f"need as many values as alphas, got {len(values)} and {len(alphas)}")
     i = min(range(len(values)), key=values.__getitem__)
     return alphas[i], values[i]
-
-
-def _before_after(before, after, endpoints) -> str:
-    text = " → ".join(str(x) for x in (before, after) if x not in (None, ""))
-    if endpoints not in (None, ""):
-        text += f" (endpoints {endpoints})"
-    return text.replace("|", "\\|") or "–"
-
-
-def paper_vs_ours(rows: dict, reference=None) -> str:
-    """A Markdown table of the paper's numbers beside ours: one line per key of ``rows``.
-
-    ``rows``: ``{key of repairlib.book.REFERENCE: {"before", "after", "endpoints", "note"}}`` (the form
-    ``book.save_results`` takes; any subset of the fields). ``reference`` defaults to ``book.REFERENCE``.
-    """
-    if reference is None:
-        from repairlib.book import REFERENCE as reference
-    paper = {r[0]: r for r in reference}
-    unknown = sorted(set(rows) - set(paper))
-    if unknown:
-        raise ValueError(f"unknown reference key(s) {unknown}; valid keys: {', '.join(paper)}")
-    lines = ["| Setting | Paper: before → after REPAIR | Ours: before → after REPAIR | Our setting |",
-             "|---|---|---|---|"]
-    for key, row in rows.items():
-        _, setting, _, before, after, ends = paper[key]
-        ours = _before_after(row.get("before"), row.get("after"), row.get("endpoints"))
-        note = str(row.get("note", "")).replace("|", "\\|") or "–"
-        lines.append(f"| {setting} | {_before_after(before, after, ends)} | {ours} | {note} |")
-    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ package ``dataset-fashion-mnist`` (Fashion-MNIST only), then a torchvision downl
 ``REPAIR_DOWNLOAD=0`` to skip it). A data set found nowhere raises :class:`DatasetNotFoundError`.
 """
 
+import copy
 import gzip
 import os
 import shutil
@@ -18,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+
+from repairlib.plumbing import default_device, fixed_order
 
 SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _MNIST_LIKE = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -233,10 +236,6 @@ def biased_split(targets, part: int, num_classes: int, major: float = 0.8, seed:
     return torch.cat(chosen).sort().values
 
 
-def _default_device(device) -> torch.device:
-    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-
-
 class TensorLoader:
     """Re-iterable batches ``(inputs float32 [B, C, H, W] normalised, targets int64 [B])`` on ``device``.
 
@@ -251,6 +250,7 @@ class TensorLoader:
         self.images, self.labels, self.indices = images, labels, indices.to(images.device)
         self.batch_size, self.shuffle, self.seed, self.drop_last = int(batch_size), shuffle, seed, drop_last
         self.augment, self.epoch, self.device = parse_augment(augment), 0, images.device
+        self.pinned_epoch = None  # set by fixed_order(): every pass is this epoch
         std = torch.tensor(std, device=self.device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std)  # x_norm = x_uint8 * scale - shift = (x / 255 - mean) / std
         self.shift = torch.tensor(mean, device=self.device).view(1, -1, 1, 1) / std
@@ -263,9 +263,18 @@ class TensorLoader:
         n, b = len(self.indices), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
+    def fixed_order(self, epoch: int = 0) -> "TensorLoader":
+        """A loader over the same examples whose every pass is epoch ``epoch`` (same shuffle, same
+        augmentation): what the library's statistics passes iterate. This loader is not changed."""
+        pinned = copy.copy(self)
+        pinned.pinned_epoch = int(epoch)
+        return pinned
+
     def __iter__(self):
-        gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + self.epoch)
-        self.epoch += 1
+        epoch = self.epoch if self.pinned_epoch is None else self.pinned_epoch
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 100_003 + epoch)
+        if self.pinned_epoch is None:
+            self.epoch += 1
         order = self.indices
         if self.shuffle:
             order = order[torch.randperm(len(order), generator=gen, device=self.device)]
@@ -275,8 +284,9 @@ class TensorLoader:
             yield x.float() * self.scale - self.shift, self.labels[idx]
 
     def __repr__(self) -> str:
+        pinned = "" if self.pinned_epoch is None else f", fixed at epoch {self.pinned_epoch}"
         return (f"TensorLoader({self.num_examples} examples, batch_size={self.batch_size}, "
-                f"augment={'+'.join(self.augment) or False}, shuffle={self.shuffle}, device={self.device})")
+                f"augment={'+'.join(self.augment) or False}, shuffle={self.shuffle}, device={self.device}{pinned})")
 
 
 class FolderLoader:
@@ -287,6 +297,10 @@ class FolderLoader:
 
     def __len__(self) -> int:
         return len(self.dataloader)
+
+    def fixed_order(self) -> "FolderLoader":
+        """The same batches in one fixed order on every pass (see :func:`repairlib.plumbing.fixed_order`)."""
+        return FolderLoader(fixed_order(self.dataloader), self.device)
 
     def __iter__(self):
         for x, y in self.dataloader:
@@ -327,7 +341,7 @@ def loader(name: str, split: str, batch_size: int = 500, subset=None, augment=Fa
     ``num_workers`` is used by ImageNet only (default min(8, cpu count)).
     """
     name, split = canonical_name(name), _check_split(split)
-    device, shuffle = _default_device(device), split == "train" if shuffle is None else shuffle
+    device, shuffle = default_device(device), split == "train" if shuffle is None else shuffle
     if name == "imagenet":
         ds = _image_folder(split, root, augment)
         dl = torch.utils.data.DataLoader(

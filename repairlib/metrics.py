@@ -1,82 +1,44 @@
-"""Evaluation, interpolation barriers (paper Eq. 1) and variance collapse (section 3.1)."""
+"""Interpolation barriers (paper Eq. 1) and variance collapse (section 3.1), measured on data."""
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
-from repairlib.interpolate import interpolate
-from repairlib.repair import (
-    as_input,
-    batches,
-    check_networks,
-    correction_points,
-    endpoint_stats,
-    measure,
-    repair,
-    reset_bn,
-)
-from repairlib.stats import eval_mode
-
-CORRECTIONS = (None, "none", "reset_bn", "repair")
+from repairlib.correction import CORRECTIONS, corrected
+from repairlib.endpoints import EndpointStats, endpoint_stats, measure
+from repairlib.evaluation import evaluate
+from repairlib.fusion import ChannelAffine
+from repairlib.interpolation import interpolate
+from repairlib.plumbing import check_choice, check_finite, check_networks, reusable
+from repairlib.spec import trace
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data) -> dict:
-    """``{"accuracy": fraction correct in [0, 1], "loss": mean cross-entropy}`` over ``data``.
-
-    ``data`` yields ``(inputs, targets int64 [B])``; logits ``[B, classes]``. Batches are moved to the
-    model's device; the model runs in eval mode, its modes are restored afterwards.
-    """
-    correct, loss, n = 0, 0.0, 0
-    with eval_mode(model):
-        for x, y in batches(data, chunk=True):  # CPU image batches in pieces of CPU_CHUNK: same result
-            if y is None:
-                raise ValueError("evaluate needs (inputs, targets) batches")
-            logits = model(as_input(x, model))
-            y = y.to(logits.device)
-            loss += F.cross_entropy(logits.double(), y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            n += len(y)
-    return {"accuracy": correct / n, "loss": loss / n}
-
-
-def _corrected(model_a, model_b, alpha, correction, stats_data, stats, variant, scope):
-    """theta_alpha, then the requested statistics correction."""
-    model = interpolate(model_a, model_b, alpha)
-    if correction == "reset_bn":
-        return reset_bn(model, stats_data)
-    if correction == "repair":
-        return repair(model, model_a, model_b, stats_data, alpha, variant, scope, stats=stats)
-    return model
-
-
-def barrier(model_a: nn.Module, model_b: nn.Module, data, alphas=None, correction=None, stats_data=None,
-            variant: str = "exact", scope: str = "conv", stats=None, endpoints=None) -> dict:
+def barrier(model_a: nn.Module, model_b: nn.Module, data, alphas=None, correct: str = "none", stats_data=None,
+            scope: str = "conv", stats=None, endpoints=None) -> dict:
     """The interpolation curve and its barrier (Eq. 1), in loss and in accuracy, on ``data``.
 
     barrier_loss     = max_alpha L(theta_alpha) - ((1 - alpha) L(theta_a) + alpha L(theta_b))
     barrier_accuracy = max_alpha ((1 - alpha) acc(theta_a) + alpha acc(theta_b)) - acc(theta_alpha)
 
     ``model_b`` should be aligned to ``model_a``. ``alphas`` default to 11 points in [0, 1].
-    ``correction``: None (plain interpolation), ``"reset_bn"`` or ``"repair"`` (``variant``, ``scope``),
-    using ``stats_data`` (training data, default ``data``); REPAIR's endpoint statistics are measured
-    once for the whole curve, or passed as ``stats`` (e.g. ``align(..., stats_scope=scope).endpoint_stats``).
+    ``correct``: ``"none"`` (plain interpolation), ``"repair"``, ``"closed_form"`` or ``"reset_bn"``
+    (:func:`corrected`, with ``scope``), using ``stats_data`` (training data, default ``data``); REPAIR's
+    endpoint statistics are measured once for the whole curve, or passed as ``stats`` (e.g.
+    ``align(..., stats_scope=scope).endpoint_stats``).
     The endpoints of Eq. 1 are the given networks, uncorrected; ``endpoints`` = a previous result's
     ``"endpoints"`` on the same ``data`` skips evaluating them again.
     Returns ``dict(alphas, accuracy, loss, endpoints={"a": .., "b": ..}, barrier_loss, barrier_accuracy)``.
     """
-    if correction not in CORRECTIONS:
-        raise ValueError(f"correction must be one of {CORRECTIONS}, got {correction!r}")
+    check_choice("correct", correct, CORRECTIONS)
     check_networks(model_a=model_a, model_b=model_b)
     alphas = [i / 10 for i in range(11)] if alphas is None else [float(a) for a in alphas]
     if not alphas:
         raise ValueError("alphas is empty")
-    stats_data = data if stats_data is None else stats_data
-    if correction == "repair" and stats is None:
+    data = reusable(data)
+    stats_data = data if stats_data is None else reusable(stats_data)
+    if correct in ("repair", "closed_form") and stats is None:
         stats = endpoint_stats(model_a, model_b, stats_data, scope)
     ends = endpoints if endpoints is not None else {"a": evaluate(model_a, data), "b": evaluate(model_b, data)}
-    curve = [evaluate(_corrected(model_a, model_b, a, correction, stats_data, stats, variant, scope), data)
-             for a in alphas]
+    curve = [evaluate(corrected(interpolate(model_a, model_b, a), model_a, model_b, stats_data, a, correct, scope,
+                                stats), data) for a in alphas]
 
     def lerp(key, a):
         return (1 - a) * ends["a"][key] + a * ends["b"][key]
@@ -91,18 +53,48 @@ def barrier(model_a: nn.Module, model_b: nn.Module, data, alphas=None, correctio
     }
 
 
-def variance_ratio(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data) -> dict:
+def value_nodes(model: nn.Module, points) -> dict:
+    """``point -> node name`` of ``trace(model)`` that holds the point's final value.
+
+    That is the output of the :class:`~repairlib.fusion.ChannelAffine` an unfused REPAIR inserted
+    after the point, if there is one, else the point itself. ``ValueError`` names a missing point.
+    """
+    gm = trace(model)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    nodes = {}
+    for p in points:
+        if p not in by_name:
+            raise ValueError(f"the network has no node {p!r} (a correction point of another network?)")
+        affine = [u for u in by_name[p].users
+                  if u.op == "call_module" and isinstance(gm.get_submodule(u.target), ChannelAffine)]
+        nodes[p] = affine[0].name if affine else p
+    return nodes
+
+
+def point_statistics(model: nn.Module, data, points) -> dict:
+    """``point -> (mean [C], var [C])``, float64, of each point's final value (:func:`value_nodes`), one pass."""
+    points = list(points)
+    nodes = value_nodes(model, points)
+    (moments,) = measure([model], data, [nodes[p] for p in points])
+    return {p: (moments[nodes[p]].mean_x, moments[nodes[p]].var_x) for p in points}
+
+
+def variance_ratio(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data,
+                   stats: EndpointStats = None) -> dict:
     """Variance collapse (section 3.1): ``point -> v_alpha / ((v_a + v_b) / 2)`` in network order.
 
-    v is the sum over a layer's units (channels) of each unit's variance over the data, at every
-    scope-"conv" correction point (conv/linear preactivations, classifier excluded); ``model`` is the
-    interpolated network, ``model_b`` aligned to ``model_a``. One pass of each network over ``data``.
+    v is the sum over a layer's channels of each channel's variance over ``data``, at every scope-"conv"
+    correction point (conv/linear preactivations, classifier excluded). v_alpha is measured at the
+    point's final value in ``model`` (:func:`value_nodes`: an unfused REPAIRed network shows its
+    corrected channels); v_a, v_b at the points of ``model_a`` and of ``model_b`` (aligned to it), or
+    taken from ``stats`` (:func:`repairlib.endpoint_stats` of the same endpoints and data, scope
+    "conv"), which saves their pass.
     """
-    check_networks(model=model, model_a=model_a, model_b=model_b)
-    points = correction_points(model_a, "conv")
-    ends, mid = measure([model_a, model_b, model], data, points)
-    ratio = {}
-    for p in points:
-        v_a, v_b, v = ends[p].var_x.sum(), ends[p].var_y.sum(), mid[p].var_x.sum()
-        ratio[p] = float(v / ((v_a + v_b) / 2).clamp_min(1e-30))
-    return ratio
+    check_networks(model_a=model_a, model_b=model_b)
+    check_finite(model, "model")
+    data = reusable(data)
+    if stats is None:
+        stats = endpoint_stats(model_a, model_b, data, "conv")
+    mid = point_statistics(model, data, stats.points)
+    return {p: float(mid[p][1].sum() / ((stats.var_a[p].sum() + stats.var_b[p].sum()) / 2).clamp_min(1e-30))
+            for p in stats.points}

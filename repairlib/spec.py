@@ -22,6 +22,8 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from repairlib.plumbing import as_input
+
 
 @dataclass
 class Group:
@@ -328,9 +330,8 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor) -> Permutati
     """
     model = copy.deepcopy(model).eval()
     gm = trace(model)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     with torch.no_grad():
-        ShapeProp(gm).propagate(example_input[:2].to(device))
+        ShapeProp(gm).propagate(as_input(example_input[:2], model))
     an = _Analysis(gm)
     an.run()
     sp = an.spaces

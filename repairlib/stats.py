@@ -388,24 +388,3 @@ def _hook_capture(model, names, submodules, channels):
         return [got[n] for n in names]
 
     return run
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-class eval_mode:
-    """Context manager: put models in eval mode, restore their train flags afterwards."""
-
-    def __init__(self, *models):
-        self.models = models
-
-    def __enter__(self):
-        self.flags = [[m.training for m in model.modules()] for model in self.models]
-        for model in self.models:
-            model.eval()
-
-    def __exit__(self, *exc):
-        for model, flags in zip(self.models, self.flags):
-            for m, f in zip(model.modules(), flags):
-                m.train(f)

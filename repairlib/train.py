@@ -34,7 +34,9 @@ from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
 from repairlib import data
+from repairlib.batchnorm import reset_bn
 from repairlib.models import MLP, arch_of
+from repairlib.plumbing import default_device
 
 
 @dataclass(frozen=True)
@@ -129,56 +131,6 @@ def fuse_hidden_batchnorm(trained: nn.Sequential) -> None:
             linear.bias.copy_(fused.bias)
 
 
-def _batchnorms(model: nn.Module) -> list:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-@torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches, max_examples: int = CALIBRATION_EXAMPLES) -> None:
-    """Replace BatchNorm running statistics by exact averages over ``batches`` (at most ``max_examples``
-    inputs ``[B, ...]``) under the current weights; leaves ``model`` in eval mode."""
-    norms = _batchnorms(model)
-    if norms:
-        momenta = [bn.momentum for bn in norms]
-        for bn in norms:
-            bn.reset_running_stats()
-            bn.momentum = None  # cumulative average over all batches seen
-        model.train()
-        seen = 0
-        for inputs, _ in batches:
-            model(inputs)
-            seen += len(inputs)
-            if seen >= max_examples:
-                break
-        for bn, momentum in zip(norms, momenta):
-            bn.momentum = momentum
-    model.eval()
-
-
-@torch.no_grad()
-def _evaluate(model: nn.Module, batches) -> dict:
-    """``dict(accuracy, loss)``: top-1 accuracy and mean cross-entropy over ``(inputs, targets)`` batches."""
-    model.eval()
-    correct, loss, n = 0, 0.0, 0
-    for inputs, targets in batches:
-        logits = model(inputs).float()
-        loss += nn.functional.cross_entropy(logits, targets, reduction="sum").item()
-        correct += (logits.argmax(1) == targets).sum().item()
-        n += len(targets)
-    return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1)}
-
-
-def default_device(device=None) -> torch.device:
-    """``device`` as a torch.device (default: CUDA when available, else CPU); ``ValueError`` if unusable."""
-    try:
-        device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available here; use cpu")
-    return device
-
-
 def _train_loader(dataset, recipe, *, seed, root, device, train_subset, indices, augment=True):
     """Training batches with ``drop_last`` (no tiny last batch for BatchNorm); the batch shrinks to the
     data set size when there are fewer examples than one batch."""
@@ -226,7 +178,8 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
     calibration = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                                 train_subset=train_subset, indices=indices, augment=False)
     with amp:
-        recalibrate_batchnorm(net, calibration)
+        reset_bn(net, calibration, max_examples=CALIBRATION_EXAMPLES)
+    net.eval()
     if net is not model:
         fuse_hidden_batchnorm(net)
     model.to(memory_format=torch.contiguous_format).eval()

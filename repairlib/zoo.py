@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from repairlib import data
+from repairlib.evaluation import evaluate
 from repairlib.models import build, canonical_config
-from repairlib.train import Recipe, _evaluate, default_device, fit, recipe_for
+from repairlib.plumbing import default_device
+from repairlib.train import Recipe, fit, recipe_for
 
 # bump when a change to the training code should invalidate cached networks (2: Fixup's He init of stem and shortcuts)
 TRAIN_CODE_VERSION = 2
@@ -108,7 +110,7 @@ def train_model(description: dict, *, root=None, device=None, progress=True, tes
                 progress=progress)
     n_test = len(data.load_tensors(dataset, "test", root)[1]) if dataset != "imagenet" else None
     subset = test_examples if test_examples is not None and n_test and test_examples < n_test else None
-    test = _evaluate(model, data.loader(dataset, "test", batch_size=1000, root=root, device=device, subset=subset))
+    test = evaluate(model, data.loader(dataset, "test", batch_size=1000, root=root, device=device, subset=subset))
     meta = {"test_accuracy": test["accuracy"], "test_loss": test["loss"], "train_loss": stats["train_loss"],
             "test_examples": subset or n_test,
             "seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "steps": stats["steps"],
@@ -231,25 +233,3 @@ def training_lock(path: Path):
             yield
         finally:
             lock.unlink(missing_ok=True)
-
-
-def train_cli(args) -> int:
-    """``python -m repairlib train``: train one network, save it to ``--out``, print its test metrics."""
-    from repairlib.cli import emit
-
-    config = {"arch": args.arch}
-    config.update({k: getattr(args, k) for k in ("depth", "width", "norm") if getattr(args, k) is not None})
-    for name in ("epochs", "train_subset"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.pt'}")
-    desc = training_description(config, args.dataset, epochs=args.epochs, seed=args.seed,
-                                train_subset=args.train_subset)  # bad arch/width/data set: fail before work
-    model, meta = train_model(desc, root=args.data_root, device=args.device)
-    save(model, out, desc["config"], meta)
-    keys = ("test_accuracy", "test_loss", "train_loss", "seconds", "images_per_second", "epochs", "seed")
-    emit({**{k: meta[k] for k in keys}, "dataset": meta["dataset"], "out": str(out)}, args.json)
-    return 0

@@ -5,38 +5,19 @@ import os
 
 import pytest
 import torch
-from torch import nn
+from conftest import TinyBN
 
-from repairlib import analysis, models
-from repairlib.align import align, permute, random_permutations
-from repairlib.interpolate import interpolate
+from repairlib import analysis, metrics, models
+from repairlib.alignment import align, permute, random_permutations
+from repairlib.correction import repair
+from repairlib.endpoints import endpoint_stats
+from repairlib.interpolation import interpolate
 from repairlib.metrics import variance_ratio
-from repairlib.repair import correction_points, endpoint_stats, repair
+from repairlib.points import correction_points
 from repairlib.spec import permutation_spec
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-class TinyBN(nn.Module):
-    """Bias-free convs each followed by BatchNorm2d (REPAIR folds into the BatchNorm); [B, 1, 8, 8] -> [B, 3]."""
-
-    def __init__(self, width=6):
-        super().__init__()
-        self.conv1, self.bn1 = nn.Conv2d(1, width, 3, bias=False), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, bias=False), nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, 3)
-
-    def forward(self, x):
-        x = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-        return self.fc(x.mean((2, 3)))
 
 
 def mlp_pair(seed=0, depth=3, width=12):
@@ -47,7 +28,7 @@ def mlp_pair(seed=0, depth=3, width=12):
 
 def bn_pair(seed=0):
     torch.manual_seed(seed)
-    a, b = TinyBN().double(), TinyBN().double()
+    a, b = TinyBN(width=6).double(), TinyBN(width=6).double()
     for m in (a, b):  # non-trivial running statistics and affines
         for bn in (m.bn1, m.bn2):
             bn.running_mean.uniform_(-0.5, 0.5)
@@ -84,7 +65,7 @@ def test_eq5_is_exact_for_the_first_layer_of_an_interpolated_network(alpha):
     stats = endpoint_stats(a, b, d)
     first = stats.points[0]
     predicted = analysis.predicted_variance(stats, alpha)[first]
-    _, measured = analysis.point_statistics(interpolate(a, b, alpha), d, [first])[first]
+    _, measured = metrics.point_statistics(interpolate(a, b, alpha), d, [first])[first]
     assert torch.allclose(predicted, measured, rtol=1e-9, atol=1e-12)
     # and it is a real prediction: the endpoints' own variances are different numbers
     assert not torch.allclose(predicted, (stats.var_a[first] + stats.var_b[first]) / 2, rtol=1e-3)
@@ -118,7 +99,7 @@ def test_predicted_ratios_are_exact_in_the_first_layer_only():
     d = data()
     stats = endpoint_stats(a, b, d)
     predicted = analysis.predicted_variance_ratios(stats, 0.5)
-    measured = analysis.variance_ratios(interpolate(a, b, 0.5), a, b, d)
+    measured = metrics.variance_ratio(interpolate(a, b, 0.5), a, b, d)
     first, *deeper = stats.points
     assert predicted[first] == pytest.approx(measured[first], rel=1e-9)
     assert list(predicted) == stats.points and 0 < predicted[first] < 1
@@ -149,12 +130,12 @@ def test_value_nodes_follow_the_affine_of_an_unfused_repair():
     a, b = mlp_pair()
     d = data()
     points = correction_points(a)
-    assert analysis.value_nodes(a, points) == {p: p for p in points}
+    assert metrics.value_nodes(a, points) == {p: p for p in points}
     unfused = repair(interpolate(a, b, 0.5), a, b, d, 0.5, fuse=False)
-    nodes = analysis.value_nodes(unfused, points)
+    nodes = metrics.value_nodes(unfused, points)
     assert all(nodes[p] != p for p in points)
     with pytest.raises(ValueError, match="no node 'nope'"):
-        analysis.value_nodes(a, ["nope"])
+        metrics.value_nodes(a, ["nope"])
 
 
 def test_repaired_channels_meet_their_goals_in_fused_and_unfused_mlps():
@@ -165,9 +146,9 @@ def test_repaired_channels_meet_their_goals_in_fused_and_unfused_mlps():
     goals = stats.targets(0.4)
     for fuse in (True, False):
         fixed = repair(mid, a, b, d, 0.4, stats=stats, fuse=fuse)
-        errors = analysis.goal_errors(analysis.point_statistics(fixed, d, stats.points), goals)
+        errors = analysis.goal_errors(metrics.point_statistics(fixed, d, stats.points), goals)
         assert max(max(e.values()) for e in errors.values()) < 1e-5  # REPAIR's epsilon: ~5e-7
-    before = analysis.goal_errors(analysis.point_statistics(mid, d, stats.points), goals)
+    before = analysis.goal_errors(metrics.point_statistics(mid, d, stats.points), goals)
     assert max(e["std"] for e in before.values()) > 0.05  # the uncorrected midpoint is off
 
 
@@ -179,12 +160,12 @@ def test_unfused_repair_of_a_batchnorm_net_shows_its_corrected_conv_outputs():
     mid = interpolate(a, b, 0.5)
     unfused = repair(mid, a, b, d, 0.5, stats=stats, fuse=False)
     fused = repair(mid, a, b, d, 0.5, stats=stats)
-    errors = analysis.goal_errors(analysis.point_statistics(unfused, d, stats.points), goals)
+    errors = analysis.goal_errors(metrics.point_statistics(unfused, d, stats.points), goals)
     assert max(max(e.values()) for e in errors.values()) < 1e-5  # REPAIR's epsilon: ~5e-7
     # the fused network folds the first correction into bn1: its conv1 output is the uncorrected one
-    (_, var_fused), (_, var_mid) = (analysis.point_statistics(m, d, ["conv1"])["conv1"] for m in (fused, mid))
+    (_, var_fused), (_, var_mid) = (metrics.point_statistics(m, d, ["conv1"])["conv1"] for m in (fused, mid))
     assert torch.allclose(var_fused, var_mid)
-    ratio = analysis.variance_ratios(unfused, a, b, d)
+    ratio = metrics.variance_ratio(unfused, a, b, d)
     assert all(r == pytest.approx(1.0, rel=0.2) for r in ratio.values())
 
 
@@ -192,11 +173,11 @@ def test_variance_ratios_equal_the_library_on_plain_networks():
     a, b = mlp_pair(depth=4)
     d = data()
     mid = interpolate(a, b, 0.5)
-    ours, library = analysis.variance_ratios(mid, a, b, d), variance_ratio(mid, a, b, d)
+    ours, library = metrics.variance_ratio(mid, a, b, d), variance_ratio(mid, a, b, d)
     assert list(ours) == list(library)
     assert all(ours[p] == pytest.approx(library[p], rel=1e-9) for p in ours)
-    assert all(r == pytest.approx(1.0) for r in analysis.variance_ratios(a, a, a, d).values())
-    reused = analysis.variance_ratios(mid, a, b, d, stats=endpoint_stats(a, b, d))
+    assert all(r == pytest.approx(1.0) for r in metrics.variance_ratio(a, a, a, d).values())
+    reused = metrics.variance_ratio(mid, a, b, d, stats=endpoint_stats(a, b, d))
     assert all(reused[p] == pytest.approx(ours[p], rel=1e-12) for p in ours)
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from repairlib import baselines
-from repairlib.metrics import evaluate
+from repairlib.evaluation import evaluate
 
 
 def linear(weight, bias=None):
@@ -106,19 +106,6 @@ def test_group_accuracy_and_best():
     assert baselines.best([1.2, 0.9, 1.0], [0.0, 0.5, 1.0]) == (0.5, 0.9)
     with pytest.raises(ValueError, match="as many"):
         baselines.best([1.0], [0.0, 1.0])
-
-
-def test_paper_vs_ours_puts_the_numbers_side_by_side():
-    reference = (("k1", "Net A, data", "5.1", "30%", "90%", "93%"), ("k2", "Net B", "5.2", "", "< 1", ""))
-    table = baselines.paper_vs_ours({"k2": {"after": "0.5", "note": "x2 | FM"},
-                                     "k1": {"before": "40.0%", "after": "80.0%", "endpoints": "85%"}}, reference)
-    lines = table.strip().splitlines()
-    assert len(lines) == 4 and lines[0].startswith("| Setting")
-    assert lines[2] == "| Net B | < 1 | 0.5 | x2 \\| FM |"  # rows in the order given, pipes escaped
-    assert lines[3] == "| Net A, data | 30% → 90% (endpoints 93%) | 40.0% → 80.0% (endpoints 85%) | – |"
-    with pytest.raises(ValueError, match="unknown reference key"):
-        baselines.paper_vs_ours({"k3": {}}, reference)
-    assert "ResNet20 x8 BatchNorm" in baselines.paper_vs_ours({"resnet20x8_bn": {"after": "1%"}})
 
 
 def test_logit_metrics_match_evaluate_and_mix_like_the_ensemble():

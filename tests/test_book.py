@@ -110,6 +110,7 @@ def _text(nb) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_runner_keeps_going_past_a_failing_notebook(run):
     assert run["status"] == 1
     assert (run["out"] / "a_fails.ipynb").exists() and (run["out"] / "b_good.ipynb").exists()
@@ -122,6 +123,7 @@ def test_runner_keeps_going_past_a_failing_notebook(run):
     assert good_line.split()[-1] == "ok"
 
 
+@pytest.mark.slow
 def test_runner_injects_profile_and_overrides(run):
     nb = nbformat.read(str(run["out"] / "b_good.ipynb"), as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
@@ -136,6 +138,7 @@ def test_runner_injects_profile_and_overrides(run):
     assert run["env_after"] == (None, None)  # and the runner restored its own environment
 
 
+@pytest.mark.slow
 def test_executed_copy_ends_with_provenance(run):
     text = _text(nbformat.read(str(run["out"] / "b_good.ipynb"), as_version=4))
     assert "Provenance of this page" in text
@@ -173,6 +176,22 @@ def test_select_notebooks_reading_order_and_section_ids(tmp_path):
         "00_quickstart", "05_1_normalization", "C_no_alignment", "zz_extra"]
     assert [p.stem for p in book.select_notebooks(tmp_path, ["C", "quickstart", "zz_extra", "C"])] == [
         "C_no_alignment", "00_quickstart", "zz_extra"]
+
+
+def test_run_book_returns_a_summary_and_prints_nothing(tmp_path, capsys):
+    src, out = tmp_path / "notebooks", tmp_path / "out"
+    src.mkdir()
+    _notebook(src / "fails.ipynb", 'raise RuntimeError("boom")')
+    lines = []
+    summary = book.run_book("smoke", notebooks=src, out=out, no_build=True, jobs=1, log=lines.append)
+    assert capsys.readouterr().out == ""  # progress goes to log only
+    assert summary["failed"] == ["fails"] and summary["ok"] is False and summary["built"] is None
+    assert summary["out_dir"] == out and summary["profile"] == "smoke" and summary["seconds"] >= 0
+    assert list(summary["executed"]) == ["fails"] and "boom" in summary["executed"]["fails"]["error"]
+    assert lines[0] == f"book: 1 notebook(s) at profile smoke -> {out}" and "1 failed" in lines[-1]
+    with pytest.raises(ValueError, match="not a Python identifier"):
+        book.parse_overrides([("not-a-name", "1")])
+    assert book.parse_overrides([("widths", "[1, 2]")]) == {"widths": [1, 2]}
 
 
 # --- results ---------------------------------------------------------------------------------------
@@ -224,6 +243,25 @@ def test_quality_table_from_a_benchmark_record(tmp_path):
     assert "83.3% / 60.0%" in page.read_text() and "old" not in page.read_text()
 
 
+def test_markdown_table_is_the_one_table_writer():
+    assert book.markdown_table(["a", "b"], [["1", "2"], [3, "x \\| y"]]) == (
+        "| a | b |\n|---|---|\n| 1 | 2 |\n| 3 | x \\| y |\n")
+    assert book.markdown_table(["only"], []) == "| only |\n|---|\n"
+
+
+def test_paper_vs_ours_puts_the_numbers_side_by_side():
+    reference = (("k1", "Net A, data", "5.1", "30%", "90%", "93%"), ("k2", "Net B", "5.2", "", "< 1", ""))
+    table = book.paper_vs_ours({"k2": {"after": "0.5", "note": "x2 | FM"},
+                                "k1": {"before": "40.0%", "after": "80.0%", "endpoints": "85%"}}, reference)
+    lines = table.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| Setting")
+    assert lines[2] == "| Net B | < 1 | 0.5 | x2 \\| FM |"  # rows in the order given, pipes escaped
+    assert lines[3] == "| Net A, data | 30% → 90% (endpoints 93%) | 40.0% → 80.0% (endpoints 85%) | – |"
+    with pytest.raises(ValueError, match="unknown reference key"):
+        book.paper_vs_ours({"k3": {}}, reference)
+    assert "ResNet20 x8 BatchNorm" in book.paper_vs_ours({"resnet20x8_bn": {"after": "1%"}})
+
+
 def test_committed_results_page_is_up_to_date():
     text = (ROOT / "book" / "results.md").read_text()
     generated = text.split(book.RESULTS_BEGIN)[1].split(book.RESULTS_END)[0].strip()
@@ -234,13 +272,31 @@ def test_committed_results_page_is_up_to_date():
 
 
 def test_provenance_fields():
-    info = book.provenance("paper", {"mlp_dataset": "mnist", "conv_dataset": "cifar10", "seeds": (3, 4)}, 0.0)
+    info = book.provenance_record("paper", {"mlp_dataset": "mnist", "conv_dataset": "cifar10", "seeds": (3, 4)}, 0.0)
     assert info["profile"] == "paper" and info["dataset"] == "mnist, cifar10" and info["seeds"] == [3, 4]
     assert info["wall_time_s"] > 0 and info["torch"] == torch.__version__
     assert info["commit"] != "unknown" if (ROOT / ".git").exists() else True
-    assert book.provenance("cpu", {})["wall_time_s"] is None
+    assert book.provenance_record("cpu", {})["wall_time_s"] is None
     with pytest.raises(ValueError, match="unknown profile"):
-        book.provenance("fast", {})
+        book.provenance_record("fast", {})
+
+
+# --- the package ----------------------------------------------------------------------------------
+
+def test_package_names_and_import_direction():
+    import ast
+
+    assert book.provenance.__name__ == "repairlib.book.provenance"  # the module, not hidden by a function
+    assert book.book_cli is book.runner.book_cli and set(book.__all__) <= set(dir(book))
+    allowed = {"profiles": set(), "provenance": {"profiles"}, "results": {"profiles", "provenance"},
+               "runner": {"profiles", "provenance", "results"}}
+    for name, may_import in allowed.items():
+        tree = ast.parse((ROOT / "repairlib" / "book" / f"{name}.py").read_text())
+        imported = {node.module.rsplit(".", 1)[-1] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("repairlib.book")}
+        assert imported <= may_import, f"repairlib.book.{name} imports {imported - may_import}"
+    baselines = (ROOT / "repairlib" / "baselines.py").read_text()
+    assert "repairlib.book" not in baselines  # a library module: it does not import the book
 
 
 # --- plots -----------------------------------------------------------------------------------------

@@ -11,19 +11,14 @@ from torch import nn
 
 import repairlib.metrics
 from repairlib import models
-from repairlib.interpolate import interpolate
-from repairlib.metrics import barrier, evaluate, variance_ratio
-from repairlib.repair import endpoint_stats, reset_bn
+from repairlib.batchnorm import reset_bn
+from repairlib.endpoints import endpoint_stats
+from repairlib.evaluation import evaluate
+from repairlib.interpolation import interpolate
+from repairlib.metrics import barrier, variance_ratio
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def linear(weight):
@@ -57,7 +52,7 @@ def test_evaluate_by_hand():
 def test_evaluate_splits_big_cpu_batches_without_changing_the_result():
     """On a CPU, evaluate runs a batch in chunks of CPU_CHUNK images; the metrics are those of one
     forward pass over the whole batch."""
-    from repairlib.repair import CPU_CHUNK
+    from repairlib.plumbing import CPU_CHUNK
 
     torch.manual_seed(0)
     net = models.resnet20(width=1, norm="bn", in_channels=1, num_classes=10).eval()
@@ -120,7 +115,7 @@ def test_barrier_with_repair_measures_endpoint_statistics_once(monkeypatch):
     monkeypatch.setattr(repairlib.metrics, "endpoint_stats", counting)
     data = digits_like()
     plain = barrier(a, b, data, alphas=[0, 0.5, 1])
-    fixed = barrier(a, b, data, alphas=[0, 0.5, 1], correction="repair", stats_data=digits_like(seed=1))
+    fixed = barrier(a, b, data, alphas=[0, 0.5, 1], correct="repair", stats_data=digits_like(seed=1))
     assert len(calls) == 1
     assert fixed["loss"][1] != plain["loss"][1]
     assert fixed["endpoints"] == plain["endpoints"]
@@ -130,10 +125,10 @@ def test_barrier_with_repair_measures_endpoint_statistics_once(monkeypatch):
 def test_barrier_reuses_given_statistics_and_endpoints(monkeypatch):
     a, b = small_mlp(0), small_mlp(1)
     data, stats_data = digits_like(), digits_like(seed=1)
-    measured = barrier(a, b, data, alphas=[0.5], correction="repair", stats_data=stats_data)
+    measured = barrier(a, b, data, alphas=[0.5], correct="repair", stats_data=stats_data)
     stats = endpoint_stats(a, b, stats_data)
     monkeypatch.setattr(repairlib.metrics, "endpoint_stats", lambda *args, **kwargs: pytest.fail("measured again"))
-    given = barrier(a, b, data, alphas=[0.5], correction="repair", stats_data=stats_data, stats=stats)
+    given = barrier(a, b, data, alphas=[0.5], correct="repair", stats_data=stats_data, stats=stats)
     assert given["loss"] == [pytest.approx(measured["loss"][0])]
     fake_ends = {"a": {"accuracy": 1.0, "loss": 0.0}, "b": {"accuracy": 1.0, "loss": 0.0}}
     reused = barrier(a, b, data, alphas=[0.5], endpoints=fake_ends)  # not evaluated again: Eq. 1 uses them
@@ -146,15 +141,15 @@ def test_barrier_with_reset_bn_uses_the_statistics_data():
     torch.manual_seed(0)
     a, b = (nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3)).eval() for _ in "ab")
     data, stats_data = digits_like(), digits_like(seed=2)
-    result = barrier(a, b, data, alphas=[0.5], correction="reset_bn", stats_data=stats_data)
+    result = barrier(a, b, data, alphas=[0.5], correct="reset_bn", stats_data=stats_data)
     expected = evaluate(reset_bn(interpolate(a, b, 0.5), stats_data), data)
     assert result["loss"] == [pytest.approx(expected["loss"])]
 
 
 def test_barrier_bad_inputs():
     a = small_mlp(0)
-    with pytest.raises(ValueError, match="correction"):
-        barrier(a, a, digits_like(), correction="renormalise")
+    with pytest.raises(ValueError, match="correct"):
+        barrier(a, a, digits_like(), correct="renormalise")
     with pytest.raises(ValueError, match="differ"):
         barrier(a, models.mlp(depth=2, width=16, in_features=5, num_classes=3), digits_like())
     with pytest.raises(ValueError, match="alpha"):
@@ -187,7 +182,7 @@ def test_variance_collapses_at_the_midpoint_as_eq_5_predicts():
 
 
 def test_batches_chunks_only_cpu_image_batches():
-    from repairlib.repair import CPU_CHUNK, batches
+    from repairlib.plumbing import CPU_CHUNK, batches
 
     x, y = torch.randn(CPU_CHUNK + 30, 1, 4, 4), torch.arange(CPU_CHUNK + 30)
     pieces = list(batches([(x, y)], chunk=True))

@@ -1,12 +1,17 @@
-"""The notebooks: each runs under nbval at the smoke profile, keeps the book's frame, and every committed
+"""The notebooks. Each page is a jupytext py:percent source notebooks/<stem>.py paired with
+notebooks/<stem>.ipynb (see notebooks/README.md). Checked here: every .py has its .ipynb and the two
+agree cell for cell, the .py sources pass ruff, each notebook keeps the book's frame and installs
+repairlib from _config.yml's repository URL, runs under nbval at the smoke profile, and every committed
 executed copy is up to date with its source."""
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 import yaml
@@ -31,6 +36,63 @@ def test_there_are_notebooks_and_each_belongs_to_a_section():
     assert {f"book/executed/cpu/{stem}" for stem in stems} <= files, "_toc.yml lacks a section's page"
 
 
+def test_every_notebook_is_a_py_ipynb_pair():
+    """Each notebooks/<stem>.py has its notebooks/<stem>.ipynb, and the other way round."""
+    pys = sorted((ROOT / "notebooks").glob("[!_.]*.py"))
+    assert [p.stem for p in pys] == [p.stem for p in SOURCES], (
+        "pair every notebook: jupytext --to ipynb notebooks/<stem>.py (a new one) or jupytext --sync")
+
+
+def cell_summary(nb) -> list:
+    """What a .py source and its .ipynb must agree on: each cell's type, source, tags and mystnb metadata."""
+    return [(c.cell_type, c.source, c.metadata.get("tags", []), c.metadata.get("mystnb")) for c in nb.cells]
+
+
+def drift_reason(py: Path, ipynb: Path) -> str | None:
+    """Why ipynb is not what jupytext makes of its py:percent source py (None when it is)."""
+    converted = nbformat.reads(jupytext.writes(jupytext.read(py, fmt="py:percent"), fmt="ipynb"), 4)
+    committed = nbformat.read(str(ipynb), 4)
+    fix = f"run jupytext --sync notebooks/{py.name}"
+    if converted.metadata.get("kernelspec") != committed.metadata.get("kernelspec"):
+        return f"{ipynb.name}: kernelspec differs from {py.name}'s header; {fix}"
+    ours, theirs = cell_summary(converted), cell_summary(committed)
+    if ours != theirs:
+        first = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        return f"{ipynb.name} has drifted from {py.name} (cell {first} differs, or the cell count); {fix}"
+    return None
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_ids(SOURCES))
+def test_ipynb_matches_its_py_source(path):
+    reason = drift_reason(path.with_suffix(".py"), path)
+    assert reason is None, reason
+
+
+def test_drift_check_catches_a_changed_cell(tmp_path):
+    py, ipynb = tmp_path / "nb.py", tmp_path / "nb.ipynb"
+    py.write_text('# %% [markdown]\n# # Title\n\n# %% tags=["parameters"]\nx = 1\n')
+    ipynb.write_text(jupytext.writes(jupytext.read(py), fmt="ipynb"))
+    assert drift_reason(py, ipynb) is None
+    py.write_text('# %% [markdown]\n# # Title\n\n# %%\nx = 1\n')  # the parameters tag is gone
+    assert "nb.ipynb has drifted from nb.py (cell 1 differs" in drift_reason(py, ipynb)
+
+
+def test_notebook_sources_pass_ruff():
+    """ruff check notebooks: the .py sources are linted like the rest of the code (see pyproject.toml)."""
+    cmd = [sys.executable, "-m", "ruff", "check", "--output-format=concise", "notebooks"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"ruff check notebooks:\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=_ids(SOURCES))
+def test_install_cell_installs_from_the_repository_url(path):
+    """The URL of the install cell is _config.yml's repository.url (the one place the URL is set)."""
+    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+    install = next(c for c in nbformat.read(str(path), 4).cells if c.cell_type == "code")
+    assert re.findall(r"git\+([^\"'\s]+)", install.source) == [url], (
+        f"{path.name}: the install cell must pip-install git+{url} (repository.url of _config.yml)")
+
+
 @pytest.mark.parametrize("path", SOURCES, ids=_ids(SOURCES))
 def test_notebook_keeps_the_frame(path):
     nb = nbformat.read(str(path), as_version=4)
@@ -50,6 +112,7 @@ def test_notebook_keeps_the_frame(path):
     assert "show_provenance(" in code[-1].source, f"{path.name}: the last code cell shows the provenance"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SOURCES, ids=_ids(SOURCES))
 def test_notebook_runs_under_nbval_at_the_smoke_profile(path, tmp_path):
     env = {**os.environ, "REPAIR_PROFILE": "smoke", "TQDM_DISABLE": "1", "REPAIR_ZOO": str(tmp_path / "zoo"),

@@ -6,11 +6,11 @@ import sys
 
 def test_functions_stay_functions_after_submodule_imports():
     code = (
-        "import repairlib.align, repairlib.interpolate, repairlib.repair\n"
-        "from repairlib.align import permute\n"
+        "import repairlib.alignment, repairlib.interpolation, repairlib.correction, repairlib.pipeline\n"
+        "from repairlib.alignment import permute\n"
         "import repairlib\n"
         "names = ['align', 'interpolate', 'repair', 'permute', 'permutation_spec', 'evaluate', 'barrier',\n"
-        "         'variance_ratio', 'reset_bn', 'endpoint_stats', 'load', 'save', 'loader']\n"
+        "         'variance_ratio', 'reset_bn', 'endpoint_stats', 'load', 'save', 'loader', 'merge']\n"
         "bad = [n for n in names if not callable(getattr(repairlib, n))]\n"
         "print('not callable:', bad)\n"
         "raise SystemExit(1 if bad else 0)\n"

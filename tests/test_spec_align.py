@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from repairlib import models
-from repairlib.align import align, permute, random_permutations
-from repairlib.interpolate import interpolate
+from repairlib.alignment import align, permute, random_permutations
+from repairlib.interpolation import interpolate
 from repairlib.spec import Group, PermutationSpec, permutation_spec
 
 
@@ -271,7 +271,7 @@ def test_alignment_lowers_the_weight_distance():
 @pytest.mark.parametrize("scope", ["conv", "all"])
 def test_endpoint_stats_from_the_alignment_pass_equal_a_separate_pass(scope):
     """REPAIR's statistics gathered while aligning (B's permuted afterwards) equal measuring aligned B."""
-    from repairlib.repair import endpoint_stats
+    from repairlib.endpoints import endpoint_stats
 
     torch.manual_seed(0)
     a = randomize_norm_stats(models.resnet20(width=1, in_channels=1), seed=1)
@@ -290,7 +290,7 @@ def test_endpoint_stats_from_the_alignment_pass_equal_a_separate_pass(scope):
 def test_endpoint_stats_without_covariance_serve_the_exact_variant_only():
     """stats_cov=False: the same means and variances, no Cov(X_a, X_b); exact REPAIR gives the same
     network, and the closed form (which needs the covariance) says so."""
-    from repairlib.repair import repair
+    from repairlib.correction import repair
 
     torch.manual_seed(0)
     a = randomize_norm_stats(models.resnet20(width=1, in_channels=1), seed=1).eval()

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from repairlib import cli, data, models, train, zoo
+from repairlib.batchnorm import reset_bn
 
 DATA = "fashion_mnist"
 TINY_MLP = {"arch": "mlp", "depth": 2, "width": 32}
@@ -101,14 +102,16 @@ def test_feature_batchnorm_matches_batchnorm1d():
     torch.testing.assert_close(fast(x), reference(x))
 
 
-def test_recalibrate_batchnorm_gives_exact_statistics():
+def test_reset_bn_gives_exact_statistics_and_stops_at_max_examples():
     torch.manual_seed(0)
-    bn = nn.BatchNorm1d(4, momentum=0.1)
+    bn = nn.BatchNorm1d(4, momentum=0.1).eval()
     batches = [(torch.randn(50, 4) * 3 + 2, None) for _ in range(4)]
-    train.recalibrate_batchnorm(bn, batches, max_examples=10_000)
+    reset_bn(bn, batches, max_examples=10_000)
     everything = torch.cat([x for x, _ in batches])
     torch.testing.assert_close(bn.running_mean, everything.mean(0))
     assert not bn.training and bn.momentum == 0.1
+    reset_bn(bn, batches, max_examples=100)  # whole batches until 100 inputs: the first two
+    torch.testing.assert_close(bn.running_mean, everything[:100].mean(0))
 
 
 def test_deep_mlp_trains():

@@ -14,10 +14,19 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from repairlib.interpolate import check_same_architecture
-from repairlib.repair import EndpointStats, batches, correction_points, endpoint_stats, first_inputs
+from repairlib.endpoints import EndpointStats, endpoint_stats
+from repairlib.plumbing import (
+    as_input,
+    batches,
+    check_same_architecture,
+    eval_mode,
+    first_inputs,
+    model_device,
+    reusable,
+)
+from repairlib.points import correction_points
 from repairlib.spec import PermutationSpec, permutation_spec
-from repairlib.stats import Moments, capture, eval_mode, model_device, scratch_pass
+from repairlib.stats import Moments, capture, scratch_pass
 
 
 class Alignment(dict):
@@ -53,10 +62,17 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
     ``result.endpoint_stats``, for ``repairlib.repair(..., stats=result.endpoint_stats)``.
     ``stats_cov=False`` leaves out ``Cov(X_a, X_b)``, which only the closed-form variant needs: the pass
     then skips a ``[C, C]`` cross moment at every point that is not also a matching probe.
+
+    Cost: activation matching is one forward pass of each network over ``data`` (the endpoint
+    statistics ride along in it); weight matching needs no pass (one for ``stats_scope``). For the
+    common case, :func:`repairlib.merge` runs align, interpolate and REPAIR with these statistics
+    reused; call the steps yourself to inspect or vary each one. ``data`` is read in a fixed order
+    (:func:`repairlib.plumbing.reusable`): the result does not depend on earlier passes.
     """
     if method not in ("activation", "weight"):
         raise ValueError(f"method must be 'activation' or 'weight', got {method!r}")
     check_same_architecture(model_a, model_b)
+    data = reusable(data)
     if spec is None:
         spec = permutation_spec(model_a, first_inputs(data))
     if method == "weight":
@@ -121,7 +137,7 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     dev_a, dev_b = model_device(model_a), model_device(model_b)
     with eval_mode(model_a, model_b), scratch_pass():
         for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them
-            outs_a, outs_b = cap_a(x.to(dev_a)), cap_b(x.to(dev_b))
+            outs_a, outs_b = cap_a(as_input(x, model_a)), cap_b(as_input(x, model_b))
             for p, ra, rb in zip(watched, outs_a, outs_b):  # [N, C, L] samples
                 moments[p].update(ra, rb if dev_b == dev_a else rb.to(dev_a))
     corr = {}

@@ -1,0 +1,102 @@
+"""The companion book: scale profiles, provenance, results table and the papermill runner.
+
+Every notebook in ``notebooks/`` starts with a cell tagged ``parameters``::
+
+    profile = os.environ.get("REPAIR_PROFILE", "cpu")
+    epochs = None            # any override, None = the profile's value
+
+and reads its experiment grid with ``cfg = settings(profile, "5.1", epochs=epochs)``. ``python -m repairlib
+book --profile cpu`` executes every notebook with papermill (which replaces the parameters), writes the
+executed copies to ``book/executed/<profile>/`` and builds the book with ``jupyter-book build .``.
+
+Profiles (DESIGN.md, "Scale profiles"):
+
+- ``smoke``: every code path in seconds on 2 CPU cores; the numbers mean nothing (nbval in the tests).
+- ``cpu``: real Fashion-MNIST experiments; the whole book (8 notebooks, empty checkpoint zoo) in about
+  20 minutes on 2 CPU cores. The book's pages are executed at this profile.
+- ``paper``: the paper's data sets, widths and Table 1 epochs, for a GPU with the data at hand.
+
+One module per concept, each importing only those above it; every name is re-exported here
+(``from repairlib import book; book.settings(...)``):
+
+- :mod:`repairlib.book.profiles`: the profiles' tables and a section's :func:`settings`;
+- :mod:`repairlib.book.provenance`: what every executed page states at its end;
+- :mod:`repairlib.book.results`: the paper's numbers, ours (``book/results/*.json``) and the Markdown tables;
+- :mod:`repairlib.book.runner`: papermill over the notebooks, then ``jupyter-book build`` (:func:`run_book`).
+"""
+
+from repairlib.book.profiles import (
+    ALPHAS11,
+    CPU,
+    CPU_CONV,
+    CPU_EXAMPLES,
+    CPU_MLP,
+    CPU_RESNET20,
+    FM,
+    MLP10,
+    NOTEBOOKS,
+    PAPER,
+    PROFILES,
+    RESNET20_BN,
+    SECTIONS,
+    SMOKE,
+    check_profile,
+    check_section,
+    describe,
+    settings,
+    trained_pair,
+)
+from repairlib.book.provenance import (
+    ROOT,
+    device_name,
+    git_commit,
+    provenance_record,
+    provenance_markdown,
+    show_provenance,
+)
+from repairlib.book.results import (
+    QUALITY_BEGIN,
+    QUALITY_COLUMNS,
+    QUALITY_END,
+    QUALITY_FILE,
+    REFERENCE,
+    REFERENCE_KEYS,
+    RESULTS_BEGIN,
+    RESULTS_END,
+    book_root,
+    load_results,
+    markdown_table,
+    paper_vs_ours,
+    quality_table,
+    results_dir,
+    results_table,
+    save_results,
+    write_results_page,
+)
+from repairlib.book.runner import (
+    book_cli,
+    build_book,
+    execute,
+    executed_dir,
+    kernel_name,
+    parameter_names,
+    parse_overrides,
+    parse_value,
+    plan_parameters,
+    previous_seconds,
+    run_book,
+    run_notebooks,
+    select_notebooks,
+)
+
+__all__ = [
+    "ALPHAS11", "CPU", "CPU_CONV", "CPU_EXAMPLES", "CPU_MLP", "CPU_RESNET20", "FM", "MLP10", "NOTEBOOKS",
+    "PAPER", "PROFILES", "QUALITY_BEGIN", "QUALITY_COLUMNS", "QUALITY_END", "QUALITY_FILE", "REFERENCE",
+    "REFERENCE_KEYS", "RESNET20_BN", "RESULTS_BEGIN", "RESULTS_END", "ROOT", "SECTIONS", "SMOKE",
+    "book_cli", "book_root", "build_book", "check_profile", "check_section", "describe", "device_name",
+    "execute", "executed_dir", "git_commit", "kernel_name", "load_results", "markdown_table",
+    "paper_vs_ours", "parameter_names", "parse_overrides", "parse_value", "plan_parameters",
+    "previous_seconds", "provenance_markdown", "provenance_record", "quality_table", "results_dir",
+    "results_table", "run_book", "run_notebooks", "save_results", "select_notebooks", "settings",
+    "show_provenance", "trained_pair", "write_results_page",
+]

@@ -1,0 +1,208 @@
+"""Scale profiles (smoke, cpu, paper) and each section's settings, read by the notebooks."""
+
+from __future__ import annotations
+
+import copy
+
+PROFILES = ("smoke", "cpu", "paper")
+
+# section id -> notebook file stem (notebooks/<stem>.ipynb), in reading order
+NOTEBOOKS = {
+    "quickstart": "00_quickstart",
+    "3": "03_variance_collapse",
+    "4": "04_repair",
+    "5.1": "05_1_normalization",
+    "5.2": "05_2_imagenet_resnets",
+    "5.3": "05_3_width_depth",
+    "5.4": "05_4_split_data",
+    "C": "C_no_alignment",
+}
+SECTIONS = tuple(NOTEBOOKS)
+
+# --------------------------------------------------------------------------------------------------
+# Scale profiles: one dict per profile, {"common": {...}, section: {...}}; a section's settings are
+# common | section. Model entries are repairlib.models.build() configs; "<family>_dataset",
+# "<family>_epochs" and "<family>_train_subset" go with "<family>" (e.g. "mlp", "conv"). Every profile
+# has the same keys per section (tested). Retune freely: the notebooks read their scale from here only.
+# --------------------------------------------------------------------------------------------------
+
+FM = "fashion_mnist"
+MLP10 = {"arch": "mlp", "depth": 10, "width": 512}  # the paper's 10-layer MLP (sections 4, 5.3)
+RESNET20_BN = {"arch": "resnet20", "width": 1, "norm": "bn"}
+
+SMOKE = {
+    "common": {"seeds": (0, 1), "stats_examples": 128, "eval_examples": 128, "alphas": (0.0, 0.5, 1.0),
+               "device": None},
+    "quickstart": {"dataset": FM, "model": {"arch": "mlp", "depth": 10, "width": 16}, "epochs": 1,
+                   "train_subset": 256},
+    "3": {
+        "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
+        "mlp_train_subset": 256,
+        "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128, "alpha": 0.5,
+        "conv_batch_size": None, "conv_lr": None,
+    },
+    "4": {
+        "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
+        "mlp_train_subset": 256, "depths": (2, 4), "depth_width": 16,
+        "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
+        "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0),
+    },
+    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1,
+            "train_subset": 128, "batch_size": None, "lr": None, "norm_recipes": {}, "alphas": (0.5,)},
+    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 1, "train_subset": 128,
+            "batch_size": None, "lr": None, "scopes": ("conv", "all"), "alphas": (0.5,)},
+    "5.3": {
+        "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (8, 16), "mlp_epochs": 1, "mlp_train_subset": 256,
+        "resnet_widths": (1,), "resnet_norm": "bn", "resnet_epochs": 1, "resnet_train_subset": 128,
+        "resnet_batch_size": None, "resnet_lr": None,
+        "vgg_dataset": FM, "vgg_depths": (11,), "vgg_width": 1, "vgg_epochs": 1, "vgg_train_subset": 128,
+        "vgg_batch_size": None, "vgg_lr": None,
+    },
+    "5.4": {"dataset": FM, "model": RESNET20_BN, "epochs": 1, "train_subset": 128, "batch_size": None, "lr": None,
+            "major": 0.8},
+    "C": {
+        "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
+        "mlp_train_subset": 256,
+        "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
+        "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0),
+    },
+}
+
+# cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
+# epochs, subset and seed -> one zoo entry): the 10x512 MLP pair (quickstart, 3, 4, 5.3, C) and the
+# ResNet20 BN pairs (3, 4, 5.1, 5.3, C). Rough cold training cost on 2 quiet cores: MLP pair (all 60k
+# images, 3 epochs: endpoints ~85%) ~2 min, depth sweep ~1 min, ResNet20 BN pair ~1 min, LayerNorm and
+# Fixup pairs (8 epochs each) ~5 min, VGG11/13 ~2 min, tv ResNet18 ~1 min, split data ~1 min.
+CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 3, "mlp_train_subset": None}
+ALPHAS11 = tuple(i / 10 for i in range(11))
+CPU_RESNET20 = {"epochs": 2, "train_subset": 4000, "batch_size": 100, "lr": 0.08}  # sections 5.1-5.4
+# sections 3, 4, C: the same ResNet20 pair as 5.1-5.4 (one zoo entry per seed)
+# Statistics and test images per measurement. Each merged network costs a pass over both, so these set
+# the warm build's time (<= 3 minutes). 500 images give every conv channel 24k-392k samples; the test
+# accuracies they give carry a standard error of about 2 points.
+CPU_EXAMPLES = {"stats_examples": 500, "eval_examples": 500}
+CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v in CPU_RESNET20.items()}}
+CPU = {
+    "common": {"seeds": (0, 1), "stats_examples": 1000, "eval_examples": 1000,
+               "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None},
+    "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
+                   "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
+    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5, **CPU_EXAMPLES},
+    "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 64, **CPU_CONV, "alphas": ALPHAS11,
+          "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # conv curves cost a pass per alpha: fewer points
+          **CPU_EXAMPLES},
+    # 5.1-5.4: ResNets train 80 SGD steps of 100 images (4,000 images x 2 epochs, lr scaled to the batch):
+    # about 70% test accuracy on Fashion-MNIST; with Table 1's batch of 500 the same images give 16 steps
+    # and 15-45%. Width x2 costs ~4x width x1, so the ResNet20 width sweeps run at the paper profile only.
+    # LayerNorm and Fixup ResNet20s learn far slower than BatchNorm ones: 80 steps leave them at 15-35%,
+    # and at lr 0.08 Fixup diverges. They get 320 steps at lr 0.04 (LayerNorm, about 68% test accuracy)
+    # and 0.02 (Fixup, which diverged at 0.04 for one seed; about 52%).
+    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, **CPU_RESNET20,
+            "norm_recipes": {"ln": {"epochs": 8, "lr": 0.04}, "fixup": {"epochs": 8, "lr": 0.02}}, **CPU_EXAMPLES},
+    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 2, "train_subset": 4000,
+            "batch_size": 100, "lr": 0.1, "scopes": ("conv", "all"), **CPU_EXAMPLES},
+    "5.3": {
+        "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512),
+        "mlp_epochs": CPU_MLP["mlp_epochs"], "mlp_train_subset": CPU_MLP["mlp_train_subset"],
+        "resnet_widths": (1,), "resnet_norm": "bn", **{f"resnet_{k}": v for k, v in CPU_RESNET20.items()},
+        "vgg_dataset": FM, "vgg_depths": (11, 13), "vgg_width": 1, "vgg_epochs": 2, "vgg_train_subset": 2000,
+        "vgg_batch_size": 100, "vgg_lr": 0.04, **CPU_EXAMPLES,
+    },
+    "5.4": {"dataset": FM, "model": RESNET20_BN, **CPU_RESNET20, "major": 0.8, "alphas": ALPHAS11, **CPU_EXAMPLES},
+    "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0), **CPU_EXAMPLES},
+}
+
+# paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
+PAPER = {
+    "common": {"seeds": (0, 1), "stats_examples": 5000, "eval_examples": None,
+               "alphas": tuple(i / 20 for i in range(21)), "device": None},
+    "quickstart": {"dataset": "mnist", "model": MLP10, "epochs": 100, "train_subset": None},
+    "3": {  # Fig. 2: 35-layer MLP on MNIST, VGG11 on CIFAR-10 (ResNet50 on ImageNet lives in 5.2)
+        "mlp_dataset": "mnist", "mlp": {"arch": "mlp", "depth": 35, "width": 512}, "mlp_epochs": 100,
+        "mlp_train_subset": None,
+        "conv_dataset": "cifar10", "conv": {"arch": "vgg", "depth": 11, "width": 1}, "conv_epochs": 100,
+        "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None, "alpha": 0.5,
+    },
+    "4": {  # Fig. 3: ResNet18 on CIFAR-10 (channel stats, curves); MLP depth sweep 2..50 on MNIST
+        "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
+        "depths": (2, 4, 6, 8, 10, 15, 20, 27, 35, 50), "depth_width": 512,
+        "conv_dataset": "cifar10", "conv": {"arch": "resnet18", "width": 1, "norm": "bn"}, "conv_epochs": 200,
+        "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None,
+        "conv_alphas": tuple(i / 20 for i in range(21)),
+    },
+    "5.1": {"dataset": "cifar10", "norms": ("bn", "ln", "fixup"), "widths": (1, 2, 4, 8, 16), "curve_width": 8,
+            "epochs": 200, "train_subset": None, "batch_size": None, "lr": None, "norm_recipes": {}},
+    "5.2": {"dataset": "imagenet", "models": ({"arch": "tv_resnet18"}, {"arch": "tv_resnet50"}), "epochs": 300,
+            "train_subset": None, "batch_size": None, "lr": None, "scopes": ("conv", "all"), "alphas": ALPHAS11},
+    "5.3": {
+        "datasets": ("mnist", "fashion_mnist", "svhn", "cifar10"), "mlp_depth": 10,
+        "mlp_widths": (32, 64, 128, 256, 512, 1024, 2048), "mlp_epochs": 100, "mlp_train_subset": None,
+        "resnet_widths": (1, 2, 4, 8, 16), "resnet_norm": "bn", "resnet_epochs": 200, "resnet_train_subset": None,
+        "resnet_batch_size": None, "resnet_lr": None,
+        "vgg_dataset": "cifar10", "vgg_depths": (11, 13, 16, 19), "vgg_width": 1, "vgg_epochs": 100,
+        "vgg_train_subset": None, "vgg_batch_size": None, "vgg_lr": None,
+    },
+    "5.4": {  # Ainsworth et al.'s split: 80% of classes 0-49 + 20% of 50-99, and the reverse
+        "dataset": "cifar100", "model": {"arch": "resnet20", "width": 4, "norm": "bn"}, "epochs": 200,
+        "train_subset": None, "batch_size": None, "lr": None, "major": 0.8,
+    },
+    "C": {
+        "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
+        "conv_dataset": "cifar10", "conv": {"arch": "resnet20", "width": 4, "norm": "bn"}, "conv_epochs": 200,
+        "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None,
+        "conv_alphas": tuple(i / 20 for i in range(21)),
+    },
+}
+
+_PROFILE_TABLES = {"smoke": SMOKE, "cpu": CPU, "paper": PAPER}
+
+
+def check_profile(profile: str) -> str:
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; valid profiles: {', '.join(PROFILES)}")
+    return profile
+
+
+def check_section(section) -> str:
+    section = str(section)
+    if section not in NOTEBOOKS:
+        raise ValueError(f"unknown section {section!r}; valid sections: {', '.join(SECTIONS)}")
+    return section
+
+
+def settings(profile: str, section: str, **overrides) -> dict:
+    """The experiment scale of ``section`` at ``profile``: ``common | section`` of the profile's dict.
+
+    ``overrides`` replace single settings; an override of ``None`` keeps the profile's value (so a
+    notebook passes its ``None``-defaulting parameters straight through). A name the section does not
+    have is a ``ValueError`` listing the valid ones. Returns a fresh dict (safe to modify).
+    """
+    table = _PROFILE_TABLES[check_profile(profile)]
+    section = check_section(section)
+    result = copy.deepcopy({**table["common"], **table[section]})
+    unknown = sorted(set(overrides) - set(result))
+    if unknown:
+        raise ValueError(
+            f"unknown setting(s) {', '.join(map(repr, unknown))} for section {section}; "
+            f"valid settings: {', '.join(sorted(result))}"
+        )
+    result.update({k: v for k, v in overrides.items() if v is not None})
+    return result
+
+
+def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
+    """The two networks of ``family`` (e.g. "mlp", "conv") that a section's settings ``cfg`` describe, one
+    per seed in ``cfg["seeds"]``, from the checkpoint zoo: ``config`` (default ``cfg[family]``) trained on
+    ``cfg["<family>_dataset"]`` with its ``_epochs``, ``_train_subset``, ``_batch_size`` and ``_lr``."""
+    from repairlib import zoo
+
+    config = config or cfg[family]
+    return [zoo.trained(config, cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
+                        train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
+                        lr=cfg.get(f"{family}_lr"), device=cfg["device"])
+            for seed in cfg["seeds"]]
+
+
+def describe(config: dict) -> str:
+    """A model config in one line: ``{"arch": "mlp", "depth": 10}`` -> "mlp depth=10"."""
+    return " ".join([config["arch"]] + [f"{k}={v}" for k, v in config.items() if k != "arch"])

@@ -1,0 +1,282 @@
+"""The runner: papermill over ``notebooks/*.ipynb``, the results page, then ``jupyter-book build``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from repairlib.book.profiles import NOTEBOOKS, SECTIONS, check_profile
+from repairlib.book.results import book_root, write_results_page
+
+
+def parse_value(text: str):
+    """A ``-p NAME VALUE`` value: JSON, else a Python literal, else the string itself."""
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            pass
+    return text
+
+
+def _order(path: Path):
+    stems = list(NOTEBOOKS.values())
+    return (stems.index(path.stem) if path.stem in stems else len(stems), path.name)
+
+
+def select_notebooks(notebook_dir, only=None) -> list:
+    """Notebooks to run: every ``*.ipynb`` of ``notebook_dir`` in reading order, or those of ``only``.
+
+    ``only`` holds section ids ("3", "5.1", "quickstart", ...) or notebook stems ("04_repair").
+    """
+    notebook_dir = Path(notebook_dir)
+    if not notebook_dir.is_dir():
+        raise FileNotFoundError(f"notebook directory {notebook_dir} does not exist")
+    found = sorted((p for p in notebook_dir.glob("*.ipynb") if not p.name.startswith(("_", "."))), key=_order)
+    if only is None:
+        if not found:
+            raise FileNotFoundError(f"no notebooks (*.ipynb) in {notebook_dir}")
+        return found
+    chosen = []
+    for name in only:
+        stem = NOTEBOOKS.get(str(name), Path(str(name)).stem)
+        if stem not in NOTEBOOKS.values() and not (notebook_dir / f"{stem}.ipynb").exists():
+            raise ValueError(f"unknown section {name!r}; valid sections: {', '.join(SECTIONS)} "
+                             f"(or a notebook name: {', '.join(p.stem for p in found) or 'none found'})")
+        path = notebook_dir / f"{stem}.ipynb"
+        if not path.exists():
+            raise FileNotFoundError(f"section {name!r}: notebook {path} does not exist (yet)")
+        if path not in chosen:
+            chosen.append(path)
+    return chosen
+
+
+def parameter_names(path) -> list:
+    """Names assigned in the notebook's cell tagged ``parameters``; ValueError if it has none."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            names = []
+            for node in ast.parse(cell.source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AnnAssign) else [])
+                names += [t.id for t in targets if isinstance(t, ast.Name)]
+            return names
+    raise ValueError(f"notebook {path} has no code cell tagged 'parameters' (see repairlib.book)")
+
+
+def kernel_name() -> str:
+    """The installed Jupyter kernel that runs this Python (``python -m ipykernel install --user``)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    here = os.path.realpath(sys.executable)
+    try:
+        specs = KernelSpecManager().get_all_specs()
+    except (OSError, ValueError, KeyError):  # a broken kernelspec directory must not stop the book
+        specs = {}
+    for name, spec in sorted(specs.items()):
+        argv = spec.get("spec", {}).get("argv") or [""]
+        exe = shutil.which(argv[0]) or argv[0]
+        if spec.get("spec", {}).get("language") == "python" and os.path.realpath(exe) == here:
+            return name
+    return "python3"
+
+
+def plan_parameters(notebooks, profile: str, overrides: dict) -> dict:
+    """Per notebook, the papermill parameters: ``profile`` and the overrides it declares.
+
+    An override that no selected notebook declares is a ``ValueError`` (a typo would otherwise be
+    ignored silently); so is a notebook without a ``profile`` parameter.
+    """
+    check_profile(profile)
+    plan, used = {}, set()
+    for path in notebooks:
+        names = parameter_names(path)
+        if "profile" not in names:
+            raise ValueError(f"notebook {path} has no 'profile' parameter in its parameters cell")
+        own = {k: v for k, v in overrides.items() if k in names}
+        used |= set(own)
+        plan[path] = {"profile": profile, **own}
+    unused = sorted(set(overrides) - used)
+    if unused:
+        raise ValueError(f"parameter(s) {', '.join(map(repr, unused))} are not declared by any selected "
+                         f"notebook's parameters cell")
+    return plan
+
+
+def execute(path, out_path, parameters: dict, kernel: str, cwd) -> tuple:
+    """Run one notebook with papermill; returns (ok, seconds, error line). The copy is written either way."""
+    import papermill
+
+    start = time.time()
+    try:
+        papermill.execute_notebook(str(path), str(out_path), parameters=parameters, kernel_name=kernel,
+                                   cwd=str(cwd), progress_bar=False, log_output=False)
+        return True, time.time() - start, ""
+    except papermill.PapermillExecutionError as e:
+        return False, time.time() - start, f"{e.ename}: {e.evalue}".strip()
+    except Exception as e:  # noqa: BLE001 -- a dead kernel or an unreadable notebook: report, run the next
+        return False, time.time() - start, f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def previous_seconds(executed_path) -> float:
+    """Wall time papermill recorded in an executed copy (``metadata.papermill.duration``); infinity
+    when there is none, so that a notebook never timed counts as a long one."""
+    import nbformat
+
+    try:
+        duration = nbformat.read(str(executed_path), as_version=4).metadata["papermill"]["duration"]
+        return float(duration) if duration is not None else float("inf")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return float("inf")
+
+
+def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, kernel=None, log=print,
+                  jobs: int = 1, earlier=None) -> list:
+    """Execute ``notebooks`` into ``out_dir``, one progress line each; keeps going past failures.
+
+    ``jobs`` > 1 runs that many notebooks side by side (each kernel then gets ``cores // jobs`` torch
+    threads through ``OMP_NUM_THREADS``, unless it is set): the kernels' start-up and imports, which
+    use one core, overlap with another notebook's work, and the checkpoint zoo's lock makes a network
+    that two notebooks need train once; the longest notebooks (by their executed copies in ``earlier``,
+    default ``out_dir``, from the previous run) start first. Returns ``[(name, seconds, ok, error)]`` in the given order.
+    """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    plan = plan_parameters(notebooks, profile, overrides)
+    jobs = min(jobs, max(len(notebooks), 1))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kernel = kernel or kernel_name()
+    env = {"TQDM_DISABLE": "1"}  # the kernels inherit it: no progress bars in the executed pages
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    results = {}
+
+    def report(path, outcome):
+        ok, seconds, error = outcome
+        results[path] = (path.stem, seconds, ok, error)
+        log(f"[{len(results)}/{len(notebooks)}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
+            + (f"  ({error})" if error else ""))
+
+    try:
+        if jobs == 1:
+            for path in notebooks:
+                report(path, execute(path, out_dir / path.name, plan[path], kernel, cwd or path.parent))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # longest first (by the wall time of the previous executed copy), so that the run does not
+            # end with one long notebook working alone on its share of the cores
+            earlier = Path(earlier) if earlier is not None else out_dir
+            order = sorted(notebooks, key=lambda path: -previous_seconds(earlier / path.name))
+            with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(execute, path, out_dir / path.name, plan[path], kernel,
+                                       cwd or path.parent): path for path in order}
+                for future in as_completed(futures):
+                    try:
+                        outcome = future.result()
+                    except Exception as e:  # noqa: BLE001 -- a worker died: report it, keep the others
+                        outcome = (False, float("nan"), f"{type(e).__name__}: {e}".splitlines()[0])
+                    report(futures[future], outcome)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return [results[path] for path in notebooks]
+
+
+def build_book(root=None, path_output=None, log=print) -> bool:
+    """``jupyter-book build`` of ``root`` (into ``path_output/_build`` if given); True on success."""
+    root = Path(root) if root is not None else book_root()
+    exe = shutil.which("jupyter-book")
+    cmd = [exe] if exe else [sys.executable, "-c", "from jupyter_book.cli.main import main; main()"]
+    cmd += ["build", str(root)] + (["--path-output", str(path_output)] if path_output else [])
+    start = time.time()
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    ok = proc.returncode == 0
+    html = Path(path_output or root) / "_build" / "html" / "index.html"
+    log(f"jupyter-book build: {'ok' if ok else 'FAILED'} in {time.time() - start:.1f} s -> {html}")
+    if not ok:
+        log((proc.stdout + proc.stderr)[-3000:])
+    return ok
+
+
+def executed_dir(profile: str, root=None) -> Path:
+    """Where the runner writes executed copies: ``book/executed/<profile>/`` (the book's pages are the
+    cpu ones; paper-profile copies are kept beside them), smoke copies under ``_build/`` (never committed)."""
+    root = Path(root) if root is not None else book_root()
+    check_profile(profile)
+    return root / "_build" / "executed" / "smoke" if profile == "smoke" else root / "book" / "executed" / profile
+
+
+def parse_overrides(pairs) -> dict:
+    """``-p NAME VALUE`` pairs -> ``{name: value}`` (values by :func:`parse_value`); a name that is not a
+    Python identifier is a ``ValueError``."""
+    overrides = {}
+    for name, value in pairs:
+        if not name.isidentifier():
+            raise ValueError(f"parameter name {name!r} is not a Python identifier")
+        overrides[name] = parse_value(value)
+    return overrides
+
+
+def run_book(profile: str, only=None, overrides=None, no_build: bool = False, notebooks=None, out=None,
+             kernel=None, jobs: int = 2, log=print) -> dict:
+    """Execute the notebooks at ``profile``, refresh the results page, build the book; one line to ``log``
+    per step. Every notebook is attempted, failing or not.
+
+    ``only``: section ids or notebook stems (:func:`select_notebooks`); ``overrides``: papermill
+    parameters (:func:`plan_parameters`); ``notebooks``: the source directory (default ``notebooks/``);
+    ``out``: where the executed copies go (default :func:`executed_dir`). Returns ``{"profile",
+    "out_dir", "executed": {name: {"seconds", "ok", "error"}}, "failed": [name], "seconds" (the whole
+    run's wall time), "built" (None with ``no_build``), "ok" (no notebook failed, no build failed)}``.
+    """
+    check_profile(profile)
+    start = time.time()
+    root = book_root()
+    notebook_dir = Path(notebooks or root / "notebooks")
+    out_dir = Path(out or executed_dir(profile, root))
+    chosen = select_notebooks(notebook_dir, only)
+    log(f"book: {len(chosen)} notebook(s) at profile {profile} -> {out_dir}")
+    results = run_notebooks(chosen, profile, overrides or {}, out_dir, cwd=notebook_dir, kernel=kernel, log=log,
+                            jobs=jobs)
+    failed = [name for name, _, ok, _ in results if not ok]
+    log(f"book: {len(results) - len(failed)} ok, {len(failed)} failed in {time.time() - start:.0f} s"
+        + (f" (failed: {', '.join(failed)})" if failed else ""))
+    built = None
+    if not no_build:
+        write_results_page()
+        built = build_book(root, log=log)
+    return {"profile": profile, "out_dir": out_dir,
+            "executed": {name: {"seconds": seconds, "ok": ok, "error": error} for name, seconds, ok, error in results},
+            "failed": failed, "seconds": round(time.time() - start, 1), "built": built,
+            "ok": not failed and built is not False}
+
+
+def book_cli(args: argparse.Namespace) -> int:
+    """``python -m repairlib book``: :func:`run_book` with the parsed arguments, progress on stdout.
+
+    Exit status 0 when every notebook and the build succeeded, 1 otherwise (all are attempted).
+    """
+    overrides = parse_overrides(args.parameter)
+    summary = run_book(args.profile, only=args.only, overrides=overrides, no_build=args.no_build,
+                       notebooks=getattr(args, "notebooks", None), out=getattr(args, "out", None),
+                       kernel=getattr(args, "kernel", None), jobs=getattr(args, "jobs", 1),
+                       log=functools.partial(print, flush=True))
+    return 0 if summary["ok"] else 1

@@ -1,0 +1,148 @@
+"""Applying REPAIR's per-channel affines ``y = scale * x + shift``: folded into the network's own layers
+(so the result is a plain network of the original architecture), or inserted as nodes.
+
+A conv/linear point is folded into that layer's weight and bias, or, for a bias-free layer followed
+only by an affine BatchNorm, into that BatchNorm's weight and bias (state_dict keys unchanged; exact
+for any scale, unlike a running-statistics fold). Residual-stream points cannot be folded in general
+(an identity shortcut carries the stream); there, and only there (or at a layer module called more than
+once), a :class:`ChannelAffine` node is inserted into an fx GraphModule.
+"""
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from repairlib.plumbing import model_dtype
+from repairlib.points import LAYERS, calls_of, module_of, nodes_named
+from repairlib.spec import trace
+
+
+def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``scale * x + shift`` per channel (dim 1) of ``x: [B, C, *]``; ``scale``, ``shift``: ``[C]``.
+
+    Computed by torch's inference BatchNorm kernel (mean 0, variance 1, eps 0), one read and one write
+    of ``x``: about twice as fast on a CPU as a broadcast ``addcmul``."""
+    if x.dim() < 2:
+        raise ValueError(f"a channel affine needs [B, C, *] values, got shape {tuple(x.shape)}")
+    scale, shift = scale.to(x), shift.to(x)
+    return F.batch_norm(x, torch.zeros_like(scale), torch.ones_like(scale), scale, shift, False, 0.0, 0.0)
+
+
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm):
+    """An eval-mode affine BatchNorm as ``(scale [C], shift [C])``: ``bn(x) = scale * x + shift``."""
+    inv_std = torch.rsqrt(bn.running_var + bn.eps)
+    scale = bn.weight * inv_std
+    return scale, bn.bias - scale * bn.running_mean
+
+
+def absorbable_bn(gm, node, targets=()):
+    """The affine BatchNorm node (with running statistics, applied in eval mode) that is ``node``'s only
+    user, called only there and not one of ``targets`` itself, else None."""
+    users = list(node.users)
+    bn = module_of(gm, users[0]) if len(users) == 1 and users[0].name not in targets else None
+    if (not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.affine or bn.running_var is None
+            or calls_of(gm, users[0].target) != 1):
+        return None
+    return users[0]
+
+
+class ChannelAffine(nn.Module):
+    """``y = scale * x + shift`` per channel (dim 1): ``[B, C, *] -> [B, C, *]``.
+
+    The one correction REPAIR cannot fold into an existing layer (a residual-stream point)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x):
+        return channel_affine(x, self.scale, self.shift)
+
+
+def insert_after(gm, node, module, prefix):
+    """Route every use of ``node`` through ``module`` (added to ``gm`` as ``{prefix}_{node}``)."""
+    name = f"{prefix}_{node.name}"
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_after(node):
+        new = gm.graph.call_module(name, (node,))
+    node.replace_all_uses_with(new, delete_user_cb=lambda user: user is not new)
+
+
+def _view(scale, weight):
+    """``[C]`` -> broadcastable over a weight whose dim 0 is the output channel."""
+    return scale.to(weight).view(-1, *[1] * (weight.dim() - 1))
+
+
+def _fold_into_layer(gm, node, scale, shift) -> bool:
+    """W' = scale W, b' = scale b + shift (a bias is created if the layer has none)."""
+    layer = module_of(gm, node)
+    if not isinstance(layer, LAYERS) or calls_of(gm, node.target) != 1:
+        return False
+    if len(scale) != layer.weight.shape[0]:
+        raise ValueError(f"point {node.name!r}: {len(scale)} channels on dim 1 but the layer has "
+                         f"{layer.weight.shape[0]} outputs (only [B, C, *] layouts are supported)")
+    layer.weight.mul_(_view(scale, layer.weight))
+    if layer.bias is None:
+        layer.bias = nn.Parameter(shift.to(layer.weight))
+    else:
+        layer.bias.mul_(scale.to(layer.bias)).add_(shift.to(layer.bias))
+    return True
+
+
+def _fold_into_bn(gm, node, scale, shift) -> bool:
+    """A bias-free conv/linear whose only user is an affine BatchNorm (eval mode): fold there.
+
+    BN(s x + t) = w (s x + t - m) / sqrt(v + eps) + b, so w' = w s and
+    b' = b + w (t + (s - 1) m) / sqrt(v + eps); running statistics and state_dict keys unchanged.
+    """
+    layer, bn_node = module_of(gm, node), absorbable_bn(gm, node)
+    if (not isinstance(layer, LAYERS) or layer.bias is not None or bn_node is None
+            or calls_of(gm, node.target) != 1):
+        return False
+    bn = module_of(gm, bn_node)
+    if bn.num_features != len(scale):
+        return False
+    s, t = scale.to(bn.weight), shift.to(bn.weight)
+    inv_std = torch.rsqrt(bn.running_var.to(bn.weight) + bn.eps)
+    bn.bias.add_(bn.weight * (t + (s - 1) * bn.running_mean.to(bn.weight)) * inv_std)
+    bn.weight.mul_(s)
+    return True
+
+
+def _affine_module(scale, shift, like: nn.Module) -> ChannelAffine:
+    p = next(like.parameters(), torch.empty(0))
+    return ChannelAffine(scale.to(p.device, model_dtype(like)), shift.to(p.device, model_dtype(like)))
+
+
+@torch.no_grad()
+def insert_affines(model: nn.Module, affines: dict) -> fx.GraphModule:
+    """The unfused corrected network: a copy of ``model`` with a :class:`ChannelAffine` after every point."""
+    gm = trace(copy.deepcopy(model))
+    for node in nodes_named(gm, affines):
+        insert_after(gm, node, _affine_module(*affines[node.name], model), "repair")
+    gm.recompile()
+    return gm
+
+
+@torch.no_grad()
+def fuse_affines(model: nn.Module, affines: dict) -> nn.Module:
+    """A copy of ``model`` with every affine folded into its layer (or the BatchNorm after it).
+
+    Returns a plain copy of the original architecture when every point folds (scope ``"conv"``), else
+    an fx GraphModule with :class:`ChannelAffine` nodes at the residual-stream points only.
+    """
+    net = copy.deepcopy(model)
+    gm = trace(net)  # shares net's layers: folding into gm's modules edits net
+    inserted = False
+    for node in nodes_named(gm, affines):
+        scale, shift = affines[node.name]
+        if not (_fold_into_bn(gm, node, scale, shift) or _fold_into_layer(gm, node, scale, shift)):
+            insert_after(gm, node, _affine_module(scale, shift, model), "repair")
+            inserted = True
+    if inserted:
+        gm.recompile()
+        return gm
+    return net
