@@ -16,7 +16,7 @@ test:
 	$(PYTHON) -m pytest -q -n 2 --durations=15 tests
 
 lint:
-	$(PYTHON) -m ruff check repairlib tests benchmarks
+	$(PYTHON) -m ruff check repairlib tests benchmarks notebooks
 
 clean:
 	rm -rf _build

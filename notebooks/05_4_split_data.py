@@ -1,46 +1,89 @@
-"""notebooks/05_4_split_data.ipynb: paper section 5.4, Figs. 7 and 13 (python _make_notebooks.py)."""
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
 
-from _make_notebooks import code, install_cell, md, parameters_cell, provenance_cell, setup_cell
+# %% [markdown]
+# # 5.4 Merging networks trained on different data
+#
+# **The paper's claim.** Ainsworth et al. (2022) split the CIFAR-100 training set into two disjoint
+# halves, each biased towards half of the classes: the first holds a random 80% of the images of
+# classes 0-49 and 20% of those of classes 50-99, the second the rest. A network trained on either
+# half is better on "its" classes and worse overall than a network trained on all the data or than the
+# ensemble of the two. Section 5.4 repeats the experiment with standard BatchNorm ResNet20s: after
+# alignment and REPAIR, many interpolations between the two networks have a **lower test loss on the
+# full test set than either endpoint**; the best reaches **1.30 at $\alpha = 0.3$**, against **1.73** for
+# the best interpolation of Ainsworth et al. (LayerNorm ResNets, no REPAIR). Fig. 13 adds baselines:
+# the ensemble of the two networks (mixing their logits), a network trained on the full training set,
+# and each endpoint with a *distribution-shift correction*: endpoint A over-predicts the classes it saw
+# most, so their logits are lowered until its predictions on the test set are balanced. This simple
+# correction beats the best REPAIRed interpolation.
+#
+# **What we measure here.** The same experiment and the same baselines. At the `cpu` profile the data
+# set is Fashion-MNIST (10 classes: the halves are biased towards classes 0-4 and 5-9) and the networks
+# are ResNet20s trained for a few epochs on a subset of each half; the paper's CIFAR-100 networks
+# (`paper` profile) are wider and trained for 200 epochs. Compare the shape of the curves, not the
+# values: a loss of 1.30 on 100 classes and a loss on 10 classes are different scales.
 
-OVERRIDES = ("dataset", "model", "epochs", "train_subset", "batch_size", "lr", "seeds", "alphas")
+# %% tags=["hide-cell"]
+# Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.
+import importlib.util
+import subprocess
+import sys
 
+if importlib.util.find_spec("repairlib") is None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "repairlib[book] @ git+https://github.com/repairlib/repair-book"])
 
-def cells():
-    return [
-        md("""
-# 5.4 Merging networks trained on different data
+# %% tags=["parameters"]
+import os
 
-**The paper's claim.** Ainsworth et al. (2022) split the CIFAR-100 training set into two disjoint
-halves, each biased towards half of the classes: the first holds a random 80% of the images of
-classes 0-49 and 20% of those of classes 50-99, the second the rest. A network trained on either
-half is better on "its" classes and worse overall than a network trained on all the data or than the
-ensemble of the two. Section 5.4 repeats the experiment with standard BatchNorm ResNet20s: after
-alignment and REPAIR, many interpolations between the two networks have a **lower test loss on the
-full test set than either endpoint**; the best reaches **1.30 at $\\alpha = 0.3$**, against **1.73** for
-the best interpolation of Ainsworth et al. (LayerNorm ResNets, no REPAIR). Fig. 13 adds baselines:
-the ensemble of the two networks (mixing their logits), a network trained on the full training set,
-and each endpoint with a *distribution-shift correction*: endpoint A over-predicts the classes it saw
-most, so their logits are lowered until its predictions on the test set are balanced. This simple
-correction beats the best REPAIRed interpolation.
+profile = os.environ.get("REPAIR_PROFILE", "cpu")  # "smoke" | "cpu" | "paper"
+# overrides of repairlib.book.settings(profile, ...); None = the profile's value
+dataset = None
+model = None
+epochs = None
+train_subset = None
+batch_size = None
+lr = None
+seeds = None
+alphas = None
 
-**What we measure here.** The same experiment and the same baselines. At the `cpu` profile the data
-set is Fashion-MNIST (10 classes: the halves are biased towards classes 0-4 and 5-9) and the networks
-are ResNet20s trained for a few epochs on a subset of each half; the paper's CIFAR-100 networks
-(`paper` profile) are wider and trained for 200 epochs. Compare the shape of the curves, not the
-values: a loss of 1.30 on 100 classes and a loss on 10 classes are different scales.
-"""),
-        install_cell(),
-        parameters_cell(*OVERRIDES),
-        setup_cell("5.4", *OVERRIDES, imports="import torch\nfrom IPython.display import Markdown\n\nfrom repairlib import baselines\n"),
-        md("""
-## The two halves and the networks
+# %%
+import time
 
-`repairlib.data.biased_split` builds the halves; `zoo.trained(..., split_part=0 or 1)` trains a
-network on one of them (the `train_subset` images drawn from that half). The reference network is
-trained on as many images drawn from the whole training set (both halves together). Per-half test
-accuracies show the bias.
-"""),
-        code("""
+start = time.time()
+
+import torch
+from IPython.display import Markdown
+
+import repairlib
+from repairlib import baselines, book, data, plots, zoo
+
+cfg = book.settings(
+    profile, "5.4", dataset=dataset, model=model, epochs=epochs,
+    train_subset=train_subset, batch_size=batch_size, lr=lr, seeds=seeds,
+    alphas=alphas
+)
+cfg
+
+# %% [markdown]
+# ## The two halves and the networks
+#
+# `repairlib.data.biased_split` builds the halves; `zoo.trained(..., split_part=0 or 1)` trains a
+# network on one of them (the `train_subset` images drawn from that half). The reference network is
+# trained on as many images drawn from the whole training set (both halves together). Per-half test
+# accuracies show the bias.
+
+# %%
 info = data.info(cfg["dataset"])
 classes = info["num_classes"]
 favoured = [baselines.favoured_classes(part, classes) for part in (0, 1)]
@@ -65,21 +108,21 @@ for name, (out, _) in logits.items():
     print(f"{name:>17}: test accuracy {whole['accuracy']:6.1%}  loss {whole['loss']:.3f}   on classes "
           f"{favoured[0][0]}-{favoured[0][-1]}: {groups[0]:6.1%}   on classes {favoured[1][0]}-{favoured[1][-1]}: "
           f"{groups[1]:6.1%}")
-"""),
-        md("""
-## Aligned, REPAIRed interpolation against the baselines (Fig. 7, Fig. 13)
 
-B is aligned to A on training images from the whole training set (the statistics REPAIR needs are
-gathered in the same pass). Along the path we evaluate the aligned interpolation with and without
-REPAIR, and the logit ensemble $(1-\\alpha) f_A(x) + \\alpha f_B(x)$. The distribution-shift
-correction (`repairlib.baselines.balancing_shift`) lowers the logits of the classes an endpoint
-favours by the one amount that makes half of its test predictions fall in them.
-"""),
-        code("""
+# %% [markdown]
+# ## Aligned, REPAIRed interpolation against the baselines (Fig. 7, Fig. 13)
+#
+# B is aligned to A on training images from the whole training set (the statistics REPAIR needs are
+# gathered in the same pass). Along the path we evaluate the aligned interpolation with and without
+# REPAIR, and the logit ensemble $(1-\alpha) f_A(x) + \alpha f_B(x)$. The distribution-shift
+# correction (`repairlib.baselines.balancing_shift`) lowers the logits of the classes an endpoint
+# favours by the one amount that makes half of its test predictions fall in them.
+
+# %%
 alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
 aligned_b = repairlib.permute(model_b, alignment)
 plain = repairlib.barrier(model_a, aligned_b, test, cfg["alphas"])
-repaired = repairlib.barrier(model_a, aligned_b, test, cfg["alphas"], correction="repair", stats_data=train,
+repaired = repairlib.barrier(model_a, aligned_b, test, cfg["alphas"], correct="repair", stats_data=train,
                              stats=alignment.endpoint_stats, endpoints=plain["endpoints"])
 (la, _), (lb, _) = logits["A (half 0)"], logits["B (half 1)"]
 ensemble = [baselines.logit_metrics((1 - a) * la + a * lb, targets) for a in cfg["alphas"]]
@@ -91,8 +134,9 @@ for name, out, f in (("A", la, favoured[0]), ("B", lb, favoured[1])):
     print(f"corrected {name}: logits of classes {f[0]}-{f[-1]} lowered by {shift:.2f}; share of predictions in them "
           f"{corrected[name]['share_before']:.1%} -> {corrected[name]['share']:.1%}")
 reference = baselines.logit_metrics(logits["full training set"][0], targets)
-"""),
-        code("""
+
+
+# %% mystnb={"figure": {"caption": "Test loss (cross-entropy on the full, balanced test set; linear scale) against alpha between network A (alpha = 0, trained on the half biased towards the first classes) and network B (alpha = 1): aligned interpolation with REPAIR (blue) and without (blue dotted), the logit ensemble (orange), a network trained on the full training set (red dashed) and the two endpoints with the distribution-shift correction (green). Paper Figs. 7 and 13 left (CIFAR-100); at the cpu profile Fashion-MNIST.", "name": "fig-5-4-loss"}}
 def flat(value):
     return [value] * len(cfg["alphas"])
 
@@ -114,24 +158,18 @@ def split_figure(key, ylabel, scale=1.0):
 
 
 split_figure("loss", "test loss (full test set)")
-""", caption="Test loss (cross-entropy on the full, balanced test set; linear scale) against alpha "
-             "between network A (alpha = 0, trained on the half biased towards the first classes) and "
-             "network B (alpha = 1): aligned interpolation with REPAIR (blue) and without (blue dotted), "
-             "the logit ensemble (orange), a network trained on the full training set (red dashed) and "
-             "the two endpoints with the distribution-shift correction (green). Paper Figs. 7 and 13 "
-             "left (CIFAR-100); at the cpu profile Fashion-MNIST.", name="fig-5-4-loss"),
-        code("""
-split_figure("accuracy", "test accuracy (%, full test set)", scale=100)
-""", caption="The same networks in test accuracy (%, linear scale) against alpha. Paper Fig. 13 right.",
-             name="fig-5-4-accuracy"),
-        md("""
-## How to read the figures, and the paper's numbers beside ours
 
-In the paper, the blue curve dips below both of its endpoints around $\\alpha = 0.3$ to 0.5 (the two
-networks were merged *constructively*), stays above the ensemble and the full-data network, and the
-green lines (one endpoint, corrected for the shift in class frequencies) lie below its best point.
-"""),
-        code("""
+# %% mystnb={"figure": {"caption": "The same networks in test accuracy (%, linear scale) against alpha. Paper Fig. 13 right.", "name": "fig-5-4-accuracy"}}
+split_figure("accuracy", "test accuracy (%, full test set)", scale=100)
+
+# %% [markdown]
+# ## How to read the figures, and the paper's numbers beside ours
+#
+# In the paper, the blue curve dips below both of its endpoints around $\alpha = 0.3$ to 0.5 (the two
+# networks were merged *constructively*), stays above the ensemble and the full-data network, and the
+# green lines (one endpoint, corrected for the shift in class frequencies) lie below its best point.
+
+# %%
 best_alpha, best_loss = baselines.best(repaired["loss"], cfg["alphas"])
 plain_alpha, plain_loss = baselines.best(plain["loss"], cfg["alphas"])
 ens_alpha, ens_loss = baselines.best([e["loss"] for e in ensemble], cfg["alphas"])
@@ -148,15 +186,15 @@ rows = {"cifar100_split_loss": {"before": f"{plain_loss:.2f} at alpha = {plain_a
                                 "after": f"{best_loss:.2f} at alpha = {best_alpha:g}",
                                 "endpoints": f"{ends['a']['loss']:.2f} / {ends['b']['loss']:.2f}", "note": setting}}
 book.save_results("5.4", profile, cfg, rows, start)
-Markdown(baselines.paper_vs_ours(rows))
-"""),
-        md("""
-## Checks that hold at any scale
+Markdown(book.paper_vs_ours(rows))
 
-The two halves of the training set are disjoint, together hold every training image, and each holds
-`major` (80%) of every class it favours and the rest of every other class.
-"""),
-        code("""
+# %% [markdown]
+# ## Checks that hold at any scale
+#
+# The two halves of the training set are disjoint, together hold every training image, and each holds
+# `major` (80%) of every class it favours and the rest of every other class.
+
+# %%
 # NBVAL_CHECK_OUTPUT
 labels = data.load_tensors(cfg["dataset"], "train")[1]
 parts = [data.biased_split(labels, part, classes, major=cfg["major"]) for part in (0, 1)]
@@ -171,6 +209,6 @@ for part, idx in enumerate(parts):
     print(f"half {part} holds {cfg['major']:.0%} of classes {favoured[part][0]}-{favoured[part][-1]} and "
           f"{1 - cfg['major']:.0%} of the others: {as_wanted}")
     assert as_wanted
-"""),
-        provenance_cell(),
-    ]
+
+# %%
+book.show_provenance(profile, cfg, start)

@@ -1,0 +1,246 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Section 3: variance collapse in interpolated networks
+#
+# Aligning the hidden units of two networks before averaging their weights works well for shallow
+# MLPs, but the barrier grows sharply with depth (Entezari et al., 2021). Section 3 of the paper traces
+# this to the statistics of the hidden units:
+#
+# - **3.1, the symptom.** In the interpolated network the variance of the activations decays layer
+#   after layer (*variance collapse*): by the last layers of a 35-layer MLP the units are almost
+#   constant, and VGG11 and ResNet50 lose more than 10x of their variance (paper Figs. 1 left and 2).
+#   Without alignment it is worse.
+# - **3.2, the cause.** A unit of the first layer of the interpolated network computes exactly
+#   $X_\alpha = (1-\alpha) X_1 + \alpha X_2$, so its variance follows from the endpoints (Eq. 5):
+#
+#   $$\mathrm{Var}(X_\alpha) = (1-\alpha)^2 \mathrm{Var}(X_1) + \alpha^2 \mathrm{Var}(X_2)
+#     + 2\alpha(1-\alpha)\,\mathrm{Cov}(X_1, X_2).$$
+#
+#   With equal standard deviations this is $(0.5 + 0.5\,\mathrm{corr}(X_1, X_2))\,\mathrm{Var}(X_1)$ at
+#   the midpoint. Aligned units are typically correlated about 0.4, hence a 30% loss of variance in the
+#   first layer, which compounds with depth.
+#
+# This page measures both on two pairs of networks, an MLP and a convolutional network, trained from
+# different seeds: the per-layer variance ratio $v_\alpha / \frac{v_1 + v_2}{2}$ (where $v$ sums the
+# variances of a layer's units over training data), and the first-layer calculation of section 3.2
+# against the variance actually measured in the interpolated network. At the `cpu` profile the MLP is
+# the 10-layer MLP and the convolutional network a ResNet20 with BatchNorm, both on Fashion-MNIST; at
+# the `paper` profile, a 35-layer MLP on MNIST and VGG11 on CIFAR-10 (the paper's Fig. 2).
+
+# %% tags=["hide-cell"]
+# Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("repairlib") is None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "repairlib[book] @ git+https://github.com/repairlib/repair-book"])
+
+# %% tags=["parameters"]
+import os
+
+profile = os.environ.get("REPAIR_PROFILE", "cpu")  # "smoke" | "cpu" | "paper"
+# overrides of repairlib.book.settings(profile, ...); None = the profile's value
+mlp = None
+mlp_dataset = None
+mlp_epochs = None
+mlp_train_subset = None
+conv = None
+conv_dataset = None
+conv_epochs = None
+conv_train_subset = None
+conv_batch_size = None
+conv_lr = None
+alpha = None
+seeds = None
+
+# %%
+import time
+
+start = time.time()
+
+import torch
+from matplotlib.figure import Figure
+
+import repairlib
+from repairlib import analysis, book, data, plots
+
+cfg = book.settings(
+    profile, "3", mlp=mlp, mlp_dataset=mlp_dataset, mlp_epochs=mlp_epochs,
+    mlp_train_subset=mlp_train_subset, conv=conv, conv_dataset=conv_dataset,
+    conv_epochs=conv_epochs, conv_train_subset=conv_train_subset,
+    conv_batch_size=conv_batch_size, conv_lr=conv_lr, alpha=alpha, seeds=seeds
+)
+cfg
+
+# %% [markdown]
+# ## Two pairs of independently trained networks
+#
+# `zoo.trained` trains each network once with the paper's recipe and caches it (networks of the same
+# setting are shared with the other pages). Network B of each pair is then aligned to network A by
+# activation matching (`repairlib.align`, section 2.3): the permuted copy computes the same function.
+
+# %%
+FAMILIES = {family: book.describe(cfg[family]) for family in ("mlp", "conv")}
+nets, train, test = {}, {}, {}
+for family, name in FAMILIES.items():
+    dataset = cfg[f"{family}_dataset"]
+    train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
+    test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
+    a, b = book.trained_pair(cfg, family)
+    alignment = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's endpoint statistics
+    nets[family] = {"a": a, "b": b, "b_aligned": repairlib.permute(b, alignment), "alignment": alignment}
+    accuracy = [repairlib.evaluate(m, test[family])["accuracy"] for m in (a, b)]
+    print(f"{name:>10} on {dataset}: test accuracy A {accuracy[0]:.2%}, B {accuracy[1]:.2%}")
+
+# %% [markdown]
+# ## 3.1 The symptom: variance collapses layer by layer
+#
+# For each pair we build the interpolated network $\theta_\alpha$ from B as trained (*unaligned*)
+# and from B aligned to A (*aligned*), and each of them once more with REPAIR (section 4) applied. For
+# every layer we divide the summed variance of the interpolated network's units (preactivations of
+# each conv/linear layer, the classifier excluded) by the average of the endpoints'.
+#
+# REPAIR is called with `fuse=False` here: it then keeps its correction as a separate per-channel
+# affine after each layer, and `repairlib.variance_ratio` measures that corrected value. (By
+# default REPAIR folds the correction into the weights; in a BatchNorm network it folds it into the
+# BatchNorm *after* the conv, so the conv output itself would still look collapsed although the
+# network computes exactly the same function.)
+
+# %%
+alpha = cfg["alpha"]
+stats, variants, ratios, midpoints = {}, {}, {}, {}
+for family, n in nets.items():
+    a, d = n["a"], train[family]
+    for pairing, b in (("unaligned", n["b"]), ("aligned", n["b_aligned"])):
+        s = n["alignment"].endpoint_stats if pairing == "aligned" else repairlib.endpoint_stats(a, b, d)
+        stats[family, pairing] = s  # Var, Cov of every unit of both endpoints; reused below
+        mid = repairlib.interpolate(a, b, alpha)
+        variants[family, pairing] = (mid, b, s)
+        variants[family, f"{pairing} + REPAIR"] = (repairlib.repair(mid, a, b, d, alpha, stats=s, fuse=False), b, s)
+    ratios[family] = {label: list(repairlib.variance_ratio(m, a, b, d, stats=s).values())
+                      for (f, label), (m, b, s) in variants.items() if f == family}
+    midpoints[family] = {label: repairlib.evaluate(m, test[family])["accuracy"]
+                         for (f, label), (m, _, _) in variants.items() if f == family}
+    print(f"{FAMILIES[family]}: variance ratio of the last corrected layer and test accuracy at alpha = {alpha}")
+    for label, r in ratios[family].items():
+        print(f"  {label:>20}: {r[-1]:7.3f}   accuracy {midpoints[family][label]:6.2%}")
+
+# %% mystnb={"figure": {"caption": "Variance collapse in an interpolated MLP (paper Figs. 1 left and 2 left): for each hidden layer, the summed variance of its preactivations over training data in the interpolated network, divided by the endpoints' average (log scale; 1 = no collapse). Lines: interpolation of the unaligned and of the aligned pair, each before and after REPAIR. Scale: the profile and data set in the provenance table at the end of the page.", "name": "variance-collapse-mlp"}}
+STYLES = {"unaligned": {"linestyle": ":", "color": "C3"}, "aligned": {"linestyle": "--", "color": "C0"},
+          "unaligned + REPAIR": {"color": "C1"}, "aligned + REPAIR": {"color": "C2"}}
+plots.layer_ratios(ratios["mlp"], title=f"{FAMILIES['mlp']}, {cfg['mlp_dataset']}, alpha = {alpha}",
+                   styles=STYLES, logy=True)
+
+# %% mystnb={"figure": {"caption": "The same for the convolutional network (paper Fig. 2 middle: VGG11 on CIFAR-10): per conv layer, the summed variance of its output channels (every pixel a sample) in the interpolated network over the endpoints' average, log scale. Unaligned and aligned interpolation, before and after REPAIR.", "name": "variance-collapse-conv"}}
+plots.layer_ratios(ratios["conv"], title=f"{FAMILIES['conv']}, {cfg['conv_dataset']}, alpha = {alpha}",
+                   styles=STYLES, logy=True)
+
+# %% [markdown]
+# **How to read these figures.** Without alignment the variance falls fastest; alignment slows the
+# decay but does not stop it; after REPAIR every layer is back at about its endpoints' variance,
+# aligned or not, because REPAIR sets each unit's statistics directly. (The ratio after REPAIR can sit a
+# little below 1: REPAIR's goal is the average of the endpoints' *standard deviations*, whose square is
+# below the average of their variances when the two differ.) Which of the repaired networks also
+# *works* is another matter: compare the accuracies printed above, where REPAIR without alignment stays
+# below the aligned and REPAIRed midpoint (appendix C takes this up).
+#
+# ## 3.2 The cause: the first layer, computed and measured
+#
+# For the first layer Eq. 5 is exact, so the variance of every unit of $\theta_\alpha$ can be
+# predicted from statistics of the two endpoints alone: $\mathrm{Var}(X_1)$, $\mathrm{Var}(X_2)$ and
+# $\mathrm{Cov}(X_1, X_2)$, which `repairlib.endpoint_stats` measures in one pass (it is also what
+# REPAIR's closed-form variant uses). We compare the prediction with the variance measured in the
+# interpolated network, and look at the correlation of paired units with and without alignment.
+
+# %%
+first_layer = {}
+for (family, pairing), s in stats.items():
+    point = s.points[0]
+    mid, _, _ = variants[family, pairing]
+    _, measured = repairlib.metrics.point_statistics(mid, train[family], [point])[point]
+    first_layer[family, pairing] = f = {
+        "corr": analysis.unit_correlations(s)[point],
+        "predicted": analysis.predicted_variance(s, alpha)[point],
+        "measured": measured,
+        "endpoint_mean": (s.var_a[point] + s.var_b[point]) / 2,
+    }
+    print(f"{FAMILIES[family]:>10}, {pairing:>9}: first-layer units: mean corr(X1, X2) = {f['corr'].mean():.3f};"
+          f" Var(X_a) / mean endpoint Var: measured {(f['measured'] / f['endpoint_mean']).mean():.3f},"
+          f" 0.5 + 0.5 corr = {analysis.equal_std_factor(f['corr'], alpha).mean():.3f}")
+
+
+# %%
+# NBVAL_CHECK_OUTPUT
+def matches_eq5(f):
+    return torch.allclose(f["measured"], f["predicted"], rtol=1e-3, atol=1e-6 * float(f["predicted"].max()))
+
+
+print("first-layer variance matches Eq. 5:", all(matches_eq5(f) for f in first_layer.values()))
+
+# %% mystnb={"figure": {"caption": "Section 3.2 checked unit by unit in the first layer of both interpolated networks (aligned and unaligned pairs). Left: the variance measured in the interpolated network against Eq. 5's prediction from the endpoints (log-log; the dotted diagonal is equality). Right: each unit's variance relative to its endpoints' mean against the correlation of the paired units; the dotted line is the equal-std simplification 0.5 + 0.5 corr. Training data of the page's profile.", "name": "variance-first-layer"}}
+fig = Figure(figsize=(9.5, 3.8), layout="constrained")
+left, right = fig.subplots(1, 2)
+for (family, pairing), f in first_layer.items():
+    label = f"{FAMILIES[family]}, {pairing}"
+    left.scatter(f["predicted"].cpu(), f["measured"].cpu(), s=8, alpha=0.6, label=label)
+    right.scatter(f["corr"].cpu(), (f["measured"] / f["endpoint_mean"]).cpu(), s=8, alpha=0.6, label=label)
+top = max(float(f["measured"].max()) for f in first_layer.values())
+left.plot([0, top], [0, top], ":", color="0.4", linewidth=1)
+left.set(xlabel="Var($X_\\alpha$) predicted by Eq. 5", ylabel="Var($X_\\alpha$) measured",
+         title="every first-layer unit", xscale="log", yscale="log")
+rho = torch.linspace(-0.2, 1, 50)
+right.plot(rho, analysis.equal_std_factor(rho, alpha), ":", color="0.4", label="$0.5 + 0.5\\,\\rho$ (equal stds)")
+right.set(xlabel="correlation $\\rho$ of the paired units", ylabel="Var($X_\\alpha$) / mean endpoint Var",
+          title=f"alpha = {alpha}")
+right.legend(frameon=False, fontsize=8)
+fig
+
+# %% [markdown]
+# The alignment finds partners that are correlated, but far from perfectly; unaligned pairs are
+# essentially uncorrelated, so their midpoint keeps about half of the variance. The relation
+# holds exactly in the first layer. Deeper, Eq. 5 applied to each layer's own endpoint units
+# (treating every layer as if it were the first) overestimates the variance left, because each layer
+# also receives collapsed inputs:
+
+# %%
+for family in nets:
+    predicted = list(analysis.predicted_variance_ratios(stats[family, "aligned"], alpha).values())
+    measured = ratios[family]["aligned"]
+    print(f"{FAMILIES[family]} aligned, layer by layer: Eq. 5 per layer", [round(v, 2) for v in predicted])
+    print(f"{'':>{len(FAMILIES[family])}}                           measured", [round(v, 2) for v in measured])
+
+# %% [markdown]
+# ## The paper's numbers beside ours
+#
+# The paper quotes a typical correlation of about 0.4 for aligned units and therefore a midpoint
+# variance of about 0.7 of the endpoints' in the first layer. Ours, from this run:
+
+# %%
+from IPython.display import Markdown
+
+f = first_layer["mlp", "aligned"]
+corr, kept = float(f["corr"].mean()), float((f["measured"] / f["endpoint_mean"]).mean())
+rows = {"variance_ratio": {"before": f"{kept:.2f} at corr {corr:.2f}",
+                           "note": f"first layer, {FAMILIES['mlp']}, {cfg['mlp_dataset']}, {profile} profile"}}
+book.save_results("3", profile, cfg, rows, start)
+matched = nets["mlp"]["alignment"].matched_correlation()
+print("MLP: mean correlation of matched units per layer, measured where the alignment matches them (Eq. 2):",
+      [round(c, 2) for c in matched.values()])
+Markdown(book.paper_vs_ours(rows))
+
+# %%
+book.show_provenance(profile, cfg, start)
