@@ -32,9 +32,9 @@ def device_name(device=None) -> str:
     """A readable name of the device the experiments run on, e.g. "cuda (NVIDIA H100)" or "cpu (2 cores)"."""
     import torch
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = str(device)
+    from repairlib.plumbing import default_device
+
+    device = str(default_device(device))
     if device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     if device == "cpu":
