@@ -221,3 +221,54 @@ def test_intro_equation_is_typeset_offline(built, browser):
     result = _open(browser, built["html"] / "book" / "intro.html")
     assert result is not None and result["math"] >= 3 and result["typeset"] >= 3
     assert "REPAIR" in result["text"] and "cpu" in result["text"]
+
+
+# Every element of the text column whose content runs past the column's right edge, or that scrolls
+# sideways itself (outermost only): "<tag>.<class> <scrollWidth>><clientWidth> <text>".
+OVERFLOW = r"""
+const done = arguments[arguments.length - 1];
+const measure = async () => {
+  for (let i = 0; i < 100 && document.querySelectorAll(".math").length && !document.querySelectorAll("mjx-container").length; i++)
+    await new Promise(r => setTimeout(r, 50));
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) await MathJax.startup.promise;
+  const box = document.querySelector("article.bd-article") || document.querySelector("main") || document.body;
+  const limit = box.getBoundingClientRect().right + 1;
+  const found = [];
+  const seen = new Set();
+  for (const el of box.querySelectorAll("*")) {
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 || r.height === 0) continue;
+    if ([...seen].some(s => s.contains(el))) continue;
+    const style = getComputedStyle(el);
+    const scrolls = el.scrollWidth > el.clientWidth + 1 && ["auto", "scroll"].includes(style.overflowX);
+    const sticks = r.right > limit;
+    if (scrolls || sticks) {
+      seen.add(el);
+      found.push(`${el.tagName.toLowerCase()}.${el.className}`.slice(0, 60) + ` ${Math.round(el.scrollWidth)}>${Math.round(el.clientWidth)} ` + (el.innerText || "").slice(0, 40).replace(/\n/g, " "));
+    }
+  }
+  done(found);
+};
+measure();
+"""
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_no_page_scrolls_sideways(built, browser, width):
+    """At a desktop and a narrow window nothing in the text column needs a horizontal scrollbar: code,
+    printed outputs and tables wrap, equations shrink to the column. A screenshot of every page is
+    kept in _build/screenshots/<width>/ (the test's artifact)."""
+    browser.set_window_size(width, 1000)
+    pages = sorted(p for p in (built["html"] / "book").rglob("*.html") if _redirect_target(p) is None)
+    problems = []
+    for page in pages:
+        name = page.relative_to(built["html"]).as_posix()
+        browser.get(page.as_uri())
+        overflowing = browser.execute_async_script(OVERFLOW)
+        if overflowing:
+            problems.append(f"{name} at {width} px: {len(overflowing)} elements overflow, e.g. {overflowing[:2]}")
+        shot = SCREENSHOTS / str(width) / name.replace("/", "_").replace(".html", ".png")
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(shot))
+    assert not problems, "\n".join(problems)
