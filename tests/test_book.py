@@ -344,3 +344,26 @@ def test_previous_seconds_orders_by_the_last_executed_copy(tmp_path):
     assert book.previous_seconds(timed) == 12.5
     assert book.previous_seconds(_notebook(tmp_path / "never_run.ipynb", "x = 1")) == float("inf")
     assert book.previous_seconds(tmp_path / "missing.ipynb") == float("inf")
+
+
+def test_smoke_pages_show_a_banner_that_their_numbers_are_not_results(monkeypatch):
+    import IPython
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython, "get_ipython", lambda: type("Shell", (), {"kernel": object()})())
+    monkeypatch.setattr(IPython.display, "display", lambda obj: shown.append(obj.data))
+    book.settings("cpu", "4")
+    assert not shown
+    book.settings("smoke", "4")
+    assert len(shown) == 1 and "not results" in shown[0]
+
+
+def test_a_notebook_run_by_hand_writes_its_results_beside_itself(tmp_path, monkeypatch):
+    monkeypatch.delenv("REPAIR_RESULTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    path = book.save_results("4", "cpu", {}, {})
+    assert path == tmp_path / "repair-results" / "4_cpu.json" and path.exists()
+    assert book.book_results_dir() == book.book_root() / "book" / "results"
+    monkeypatch.setenv("REPAIR_RESULTS", str(tmp_path / "elsewhere"))
+    assert book.save_results("4", "cpu", {}, {}) == tmp_path / "elsewhere" / "4_cpu.json"

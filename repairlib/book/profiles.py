@@ -187,7 +187,25 @@ def settings(profile: str, section: str, **overrides) -> dict:
             f"valid settings: {', '.join(sorted(result))}"
         )
     result.update({k: v for k, v in overrides.items() if v is not None})
+    if profile == "smoke":
+        show_smoke_banner()
     return result
+
+
+SMOKE_BANNER = ("**Smoke profile: the numbers on this page are not results.** The smoke profile runs every code "
+                "path on a few hundred images for one epoch, in seconds; accuracies, barriers and reductions "
+                "(even \"-100%\") mean nothing here. Run the `cpu` profile for the book's results.")
+
+
+def show_smoke_banner() -> None:
+    """Display :data:`SMOKE_BANNER` when running inside a notebook kernel (nothing elsewhere)."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:
+        return
+    if get_ipython() is not None and getattr(get_ipython(), "kernel", None) is not None:
+        display(Markdown(SMOKE_BANNER))
 
 
 def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:

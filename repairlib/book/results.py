@@ -50,8 +50,16 @@ def book_root() -> Path:
     return ROOT if (ROOT / "_config.yml").exists() else Path.cwd()
 
 
+def book_results_dir() -> Path:
+    """``book/results/`` of the book: the records its results page is made from."""
+    return book_root() / "book" / "results"
+
+
 def results_dir() -> Path:
-    return Path(os.environ.get("REPAIR_RESULTS") or book_root() / "book" / "results")
+    """Where a notebook writes its records: ``$REPAIR_RESULTS`` (the book's runner sets it to
+    :func:`book_results_dir`), else ``repair-results/`` in the working directory, so a notebook run
+    by hand never writes into an installed checkout."""
+    return Path(os.environ.get("REPAIR_RESULTS") or Path.cwd() / "repair-results")
 
 
 def save_results(section: str, profile: str, params: dict, rows: dict, start: float | None = None,
@@ -82,7 +90,7 @@ def save_results(section: str, profile: str, params: dict, rows: dict, start: fl
 
 def load_results(directory=None, profiles=("cpu", "paper")) -> list:
     """Every results record of ``profiles`` in ``directory`` (default ``book/results``), by file name."""
-    directory = Path(directory) if directory is not None else results_dir()
+    directory = Path(directory) if directory is not None else book_results_dir()
     records = []
     names = {f"{section}_{profile}.json" for section in SECTIONS for profile in PROFILES}
     for path in sorted(p for p in directory.glob("*.json") if p.name in names):
@@ -188,7 +196,7 @@ def quality_table(directory=None) -> str:
     family and seed pair, the endpoints' and the midpoints' test accuracy (loss in brackets) and REPAIR's
     cut of the aligned barrier at the midpoint and, where the record has it, of Eq. 1's barrier over
     the whole path ("–" for older records); "not measured yet" when the file is missing."""
-    path = (Path(directory) if directory is not None else results_dir()) / QUALITY_FILE
+    path = (Path(directory) if directory is not None else book_results_dir()) / QUALITY_FILE
     if not path.exists():
         return "Not measured yet: run `python benchmarks/quality.py`.\n"
     record = json.loads(path.read_text())

@@ -1,4 +1,9 @@
-"""The runner: papermill over ``notebooks/*.ipynb``, the results page, then ``jupyter-book build``."""
+"""The runner: papermill over ``notebooks/*.ipynb``, the results page, then ``jupyter-book build``.
+
+Each executed copy is written to a hidden temp file beside its final path (``.<stem>.partial.ipynb``)
+and renamed when papermill is done, so a run killed midway leaves the previous complete copy (or
+none) at the final path, never a half-executed notebook.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import time
 from pathlib import Path
 
 from repairlib.book.profiles import NOTEBOOKS, SECTIONS, check_profile
-from repairlib.book.results import book_root, write_results_page
+from repairlib.book.results import book_results_dir, book_root, write_results_page
 
 
 def parse_value(text: str):
@@ -114,19 +119,36 @@ def plan_parameters(notebooks, profile: str, overrides: dict) -> dict:
     return plan
 
 
+def partial_path(out_path) -> Path:
+    """The hidden temp file an executed copy is written to before it is renamed to ``out_path``."""
+    out_path = Path(out_path)
+    return out_path.with_name(f".{out_path.stem}.partial{out_path.suffix}")
+
+
 def execute(path, out_path, parameters: dict, kernel: str, cwd) -> tuple:
-    """Run one notebook with papermill; returns (ok, seconds, error line). The copy is written either way."""
+    """Run one notebook with papermill; returns (ok, seconds, error line).
+
+    papermill writes to :func:`partial_path`, renamed to ``out_path`` once it is done: a copy whose
+    run completed (a cell that raised included, its error shown) replaces the previous one; a run that
+    did not complete (a dead kernel, an unreadable notebook, a kill) leaves the previous copy as it was.
+    """
     import papermill
 
-    start = time.time()
+    start, partial = time.time(), partial_path(out_path)
+    partial.unlink(missing_ok=True)  # left by a killed run
     try:
-        papermill.execute_notebook(str(path), str(out_path), parameters=parameters, kernel_name=kernel,
-                                   cwd=str(cwd), progress_bar=False, log_output=False)
-        return True, time.time() - start, ""
-    except papermill.PapermillExecutionError as e:
-        return False, time.time() - start, f"{e.ename}: {e.evalue}".strip()
+        try:
+            papermill.execute_notebook(str(path), str(partial), parameters=parameters, kernel_name=kernel,
+                                       cwd=str(cwd), progress_bar=False, log_output=False)
+            outcome = True, time.time() - start, ""
+        except papermill.PapermillExecutionError as e:
+            outcome = False, time.time() - start, f"{e.ename}: {e.evalue}".strip()
+        os.replace(partial, out_path)
+        return outcome
     except Exception as e:  # noqa: BLE001 -- a dead kernel or an unreadable notebook: report, run the next
         return False, time.time() - start, f"{type(e).__name__}: {e}".splitlines()[0]
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def previous_seconds(executed_path) -> float:
@@ -159,6 +181,8 @@ def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, k
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
     env = {"TQDM_DISABLE": "1"}  # the kernels inherit it: no progress bars in the executed pages
+    # the book's own runs record their numbers in the book (a plain papermill run writes beside itself)
+    env["REPAIR_RESULTS"] = os.environ.get("REPAIR_RESULTS") or str(book_results_dir())
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     saved = {k: os.environ.get(k) for k in env}
@@ -236,6 +260,17 @@ def parse_overrides(pairs) -> dict:
     return overrides
 
 
+def check_out_dir(out_dir, notebook_dir) -> None:
+    """``ValueError`` before any notebook runs when the executed copies would replace the source
+    notebooks (``--out`` is ``--notebooks``) or cannot be written in ``out_dir``."""
+    from repairlib.zoo import check_writable_dir
+
+    if Path(out_dir).resolve() == Path(notebook_dir).resolve():
+        raise ValueError(f"--out {out_dir} is the notebook directory: the executed copies would replace the "
+                         "source notebooks; choose another directory")
+    check_writable_dir(out_dir, f"--out {out_dir}")
+
+
 def run_book(profile: str, only=None, overrides=None, no_build: bool = False, notebooks=None, out=None,
              kernel=None, jobs: int = 2, log=print) -> dict:
     """Execute the notebooks at ``profile``, refresh the results page, build the book; one line to ``log``
@@ -253,6 +288,8 @@ def run_book(profile: str, only=None, overrides=None, no_build: bool = False, no
     notebook_dir = Path(notebooks or root / "notebooks")
     out_dir = Path(out or executed_dir(profile, root))
     chosen = select_notebooks(notebook_dir, only)
+    check_out_dir(out_dir, notebook_dir)
+    plan_parameters(chosen, profile, overrides or {})  # a bad override: refused before the first line of progress
     log(f"book: {len(chosen)} notebook(s) at profile {profile} -> {out_dir}")
     results = run_notebooks(chosen, profile, overrides or {}, out_dir, cwd=notebook_dir, kernel=kernel, log=log,
                             jobs=jobs)
