@@ -22,6 +22,7 @@ Two additions to the paper's recipe make short and deep runs work:
   examples with the final weights ("precise BN"), so short runs do not leave stale running averages.
 """
 
+import contextlib
 import itertools
 import math
 import os
@@ -33,7 +34,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
 from tqdm.auto import tqdm
 
-from repairlib import data
+from repairlib import data, distributed
 from repairlib.batchnorm import reset_bn
 from repairlib.models import MLP, arch_of
 from repairlib.plumbing import default_device
@@ -157,6 +158,12 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
     ``images_per_second`` (wall clock) and ``images_per_cpu_second`` (CPU time of all of this process's
     threads, less sensitive to other load on a shared machine) count the SGD steps only; ``seconds`` is
     the whole call. The model is left in eval mode on ``device``.
+
+    Under ``torchrun --nproc_per_node=N`` the model trains with ``DistributedDataParallel``: every rank
+    draws the same global batch of the recipe's size (same seed, same order and augmentation) and trains
+    on its 1/N share, so the weights equal a one-process run's to float rounding (on CUDA BatchNorm is
+    synchronised across ranks; on the CPU, where torch has no SyncBatchNorm, each rank normalises its
+    share). Every rank ends with the same weights; write files from :func:`repairlib.distributed.is_main`.
     """
     start = time.perf_counter()
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
@@ -165,7 +172,7 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
         recipe = recipe_for(recipe or arch_of(model), dataset)
     overrides = {"batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing}
     recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
-    device = default_device(device)
+    device = distributed.join(default_device(device))
     torch.manual_seed(seed)
     batches = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                             train_subset=train_subset, indices=indices)
@@ -173,8 +180,9 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
     convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
     model.to(device, memory_format=torch.channels_last if convolutional else torch.preserve_format)
     net = with_hidden_batchnorm(model) if isinstance(model, MLP) and model.trains_with_batchnorm else model
-    stats = _sgd(net, batches, recipe, epochs, amp, convolutional, progress,
-                 desc=f"train {type(model).__name__} {dataset}")
+    with _data_parallel(net, device) as parallel:
+        stats = _sgd(parallel, batches, recipe, epochs, amp, convolutional, progress and distributed.is_main(),
+                     desc=f"train {type(model).__name__} {dataset}")
     calibration = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                                 train_subset=train_subset, indices=indices, augment=False)
     with amp:
@@ -184,6 +192,27 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
         fuse_hidden_batchnorm(net)
     model.to(memory_format=torch.contiguous_format).eval()
     return {**stats, "seconds": time.perf_counter() - start, "recipe": asdict(recipe)}
+
+
+@contextlib.contextmanager
+def _data_parallel(net: nn.Module, device: torch.device):
+    """``net`` itself in one process; under torchrun a ``DistributedDataParallel`` around it that shares
+    its parameters. On CUDA its BatchNorms are swapped for ``SyncBatchNorm`` (sharing their parameters
+    and running statistics) while training, and put back afterwards, so ``net`` keeps its modules."""
+    if distributed.world_size() == 1:
+        yield net
+        return
+    originals = {}
+    if device.type == "cuda":
+        originals = {name: m for name, m in net.named_modules()
+                     if name and isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # replaces the children in place
+    try:
+        yield nn.parallel.DistributedDataParallel(net, device_ids=[device] if device.type == "cuda" else None)
+    finally:
+        for name, module in originals.items():
+            parent, _, child = name.rpartition(".")
+            net.get_submodule(parent).add_module(child, module)
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -209,6 +238,7 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
     for _ in range(epochs):
         epoch_loss = torch.zeros((), device=next(net.parameters()).device)
         for inputs, targets in batches:
+            inputs, targets = distributed.shard(inputs), distributed.shard(targets)
             if channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with amp:
@@ -220,12 +250,13 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
             epoch_loss += loss.detach().float()
             images += len(inputs)
             bar.update(1)
-        train_loss = epoch_loss.item() / max(1, len(batches))
+        train_loss = distributed.mean_over_ranks(epoch_loss.item() / max(1, len(batches)))
         bar.set_postfix(loss=f"{train_loss:.3f}")
         if not math.isfinite(train_loss):
             bar.close()
             raise FloatingPointError(f"training diverged: loss {train_loss} (try a smaller lr)")
     bar.close()
     loop_seconds, cpu_seconds = time.perf_counter() - loop_start, time.process_time() - cpu_start
+    images *= distributed.world_size()  # every rank trained on its share of the same global batches
     return {"images_per_second": images / loop_seconds, "images_per_cpu_second": images / max(cpu_seconds, 1e-9),
             "train_loss": train_loss, "steps": total}

@@ -1,0 +1,47 @@
+"""Data-parallel training: two gloo processes on the CPU train the same weights as one process with the
+same global batch and seed, and rank 0 alone writes."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parent / "scripts" / "fit_once.py"
+
+
+def run(*command, tmp_path, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    return subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+@pytest.mark.slow
+def test_two_processes_train_what_one_does(tmp_path):
+    torchrun = shutil.which("torchrun")
+    assert torchrun, "torchrun comes with torch"
+    one = run(sys.executable, str(SCRIPT), str(tmp_path / "one.pt"), tmp_path=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(torchrun, "--nproc_per_node=2", "--master_port=29531", str(SCRIPT), str(tmp_path / "two.pt"),
+              tmp_path=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("one", "two"))
+    for key, value in a["state"].items():
+        torch.testing.assert_close(b["state"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-4)
+    assert a["rows"] == 2 * 4 * 100 and b["rows"] == a["rows"] // 2  # each rank trained on half of every batch
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["one.pt", "two.pt"]
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused(monkeypatch):
+    from repairlib import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    assert torch.equal(distributed.shard(torch.arange(6)), torch.tensor([2, 3]))
+    assert not distributed.is_main()
+    with pytest.raises(ValueError, match="divisible by 3"):
+        distributed.shard(torch.arange(10))
