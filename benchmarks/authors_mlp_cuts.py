@@ -7,7 +7,9 @@ The authors' release (github.com/KellerJordan/REPAIR) saves the outcome of its
 MLPs of several widths on four data sets, the endpoints ``v1``/``v2``, the aligned midpoint ``permute``
 and the aligned + REPAIR midpoint ``permute_correct``, each as (train acc %, train loss, test acc %,
 test loss). This script computes REPAIR's cut from them exactly as ``benchmarks/quality.py`` does for
-ours (midpoint barrier, test set), so our MLP cuts can be set beside theirs. No network is run.
+ours (midpoint barrier, test set), so our MLP cuts can be set beside theirs. No network is run. The
+file is read with ``weights_only=True`` (numbers and containers only): a file that holds anything else
+is refused, never unpickled.
 """
 
 import argparse
@@ -44,12 +46,35 @@ def settings(saved: dict) -> list:
     return sorted(rows, key=lambda r: (r[0], r[1]))
 
 
+def load_record(path) -> dict:
+    """The authors' saved dict, read with ``torch.load(weights_only=True)`` (numpy scalars allowed);
+    ``SystemExit`` with one line naming the file when it is missing or holds anything else."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    safe = [np.dtype, type(np.dtype(np.float64)), core.multiarray.scalar]
+    try:
+        with torch.serialization.safe_globals(safe):
+            record = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SystemExit(f"error: no file at {path}") from None
+    except Exception as err:  # noqa: BLE001 -- pickle garbage, unsafe globals: refuse, never retry unsafely
+        details = (line.split("WeightsUnpickler error:")[-1].strip() for line in str(err).splitlines())
+        detail = next((d.split(". Please use")[0] for d in details if d.startswith(("Unsupported", "Trying"))),
+                      type(err).__name__)
+        raise SystemExit(f"error: {path} is not the authors' record of numbers ({detail.strip()}); it is read "
+                         "with weights_only=True and never unpickled") from None
+    if not isinstance(record, dict):
+        raise SystemExit(f"error: {path} holds a {type(record).__name__}, not the authors' dict of settings")
+    return record
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("path")
     p.add_argument("--dataset", default=None, help="only this data set (e.g. fashionmnist)")
     args = p.parse_args()
-    rows = settings(torch.load(args.path, map_location="cpu", weights_only=False))
+    rows = settings(load_record(args.path))
     print("| data set | width | endpoints | aligned | REPAIR | aligned barrier | cut (acc / loss) |")
     print("|---|---|---|---|---|---|---|")
     for dataset, width, c in rows:

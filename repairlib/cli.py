@@ -1,14 +1,20 @@
 """Command line: ``python -m repairlib {train,merge,book} ...``.
 
 Each subcommand's handler returns its result (a dict); only :func:`main` prints. Every failure the
-user can cause (bad names, missing data, corrupt checkpoints) is reported as one line on stderr with
-exit status 2, never a traceback.
+user can cause (bad names, missing or corrupt data, corrupt or non-finite checkpoints, an ``--out``
+that is unwritable or would replace an input) is reported as one line on stderr with exit status 2,
+never a traceback, and is found before the work starts wherever it can be. ``--json`` prints valid
+JSON: NaN and Inf become ``null``.
 """
 
 import argparse
+import contextlib
+import io
 import json
+import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,7 +48,7 @@ def _add_train(sub):
 
 def train_command(args) -> dict:
     """``train``: train one network, save it to ``--out``; its test metrics."""
-    from repairlib import zoo
+    from repairlib import distributed, zoo
 
     config = {"arch": args.arch}
     config.update({k: getattr(args, k) for k in ("depth", "width", "norm") if getattr(args, k) is not None})
@@ -50,13 +56,13 @@ def train_command(args) -> dict:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-    out = Path(args.out)
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a directory; give a file name such as {out / 'model.pt'}")
+    out = zoo.check_save_path(args.out, what="--out")
     desc = zoo.training_description(config, args.dataset, epochs=args.epochs, seed=args.seed,
                                     train_subset=args.train_subset)  # bad arch/width/data set: fail before work
     model, meta = zoo.train_model(desc, root=args.data_root, device=args.device)
-    zoo.save(model, out, desc["config"], meta)
+    if distributed.is_main():  # under torchrun every rank holds the same weights; one writes them
+        zoo.save(model, out, desc["config"], meta)
+    distributed.barrier()
     keys = ("test_accuracy", "test_loss", "train_loss", "seconds", "images_per_second", "epochs", "seed")
     return {**{k: meta[k] for k in keys}, "dataset": meta["dataset"], "out": str(out)}
 
@@ -76,20 +82,68 @@ def _add_merge(sub):
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="merge checkpoints holding NaN or Inf weights anyway; only with --align none --correct "
+                        "none (plain interpolation): alignment and REPAIR need finite weights, and "
+                        "repairlib.merge refuses them")
     p.set_defaults(func=merge_command)
 
 
-def _check_runs(model, data, what: str, dataset: str):
-    """A clear error when the network cannot take the data set's inputs (channels, classes)."""
+def _check_runs(model, data, path: str, dataset: str):
+    """A clear error when the network cannot take the data set's inputs (channels, size, classes)."""
     from repairlib.plumbing import first_inputs
 
     x = first_inputs(data)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_stderr():
             model.eval()(x[:2])
     except RuntimeError as e:
-        raise ValueError(f"{what} cannot run on {dataset} inputs of shape {tuple(x.shape[1:])}: "
-                         f"{str(e).splitlines()[0]}") from e
+        raise ValueError(f"the network in {path} cannot run on {dataset} images of shape {tuple(x.shape[1:])} "
+                         f"({str(e).splitlines()[0]}); pass the --dataset it was trained on") from e
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Hold back what the block writes to stderr (torch.fx prints the traceback of a failing traced
+    module there): written out after a block that succeeds, dropped after one that raises, whose
+    error is then the one line the user sees."""
+    held = io.StringIO()
+    with contextlib.redirect_stderr(held):
+        yield
+    sys.stderr.write(held.getvalue())
+
+
+def _load_pair(args, device):
+    """The two checkpoints of ``merge``, same architecture, finite unless ``--allow-nonfinite``."""
+    from repairlib import zoo
+    from repairlib.plumbing import check_same_architecture
+
+    nonfinite = "warn" if args.allow_nonfinite else "error"
+    try:
+        model_a, model_b = (zoo.load(p, device=device, nonfinite=nonfinite) for p in (args.a, args.b))
+    except zoo.NonFiniteError as e:
+        raise ValueError(f"{e}; merge refuses non-finite networks (pass --allow-nonfinite with --align none "
+                         "--correct none to interpolate them anyway)") from e
+    try:
+        check_same_architecture(model_a, model_b)
+    except ValueError as e:
+        raise ValueError(f"{args.a} and {args.b}: {e}") from e
+    return model_a, model_b
+
+
+def _check_merge_args(args) -> None:
+    """The ``merge`` options that can be checked before any file is read."""
+    from repairlib import zoo
+    from repairlib.plumbing import check_alpha
+
+    if args.stats_examples < 1:
+        raise ValueError(f"--stats-examples must be positive, got {args.stats_examples}")
+    check_alpha(args.alpha)
+    if args.allow_nonfinite and (args.align, args.correct) != ("none", "none"):
+        raise ValueError(f"--allow-nonfinite works only with --align none --correct none (got --align {args.align} "
+                         f"--correct {args.correct}): alignment and REPAIR need finite weights")
+    if args.out:
+        zoo.check_save_path(args.out, inputs=(args.a, args.b), what="--out")
 
 
 def check_savable(merged, model):
@@ -108,22 +162,24 @@ def merge_command(args) -> dict:
     from repairlib import data as datasets
     from repairlib import zoo
     from repairlib.evaluation import evaluate
+    from repairlib.interpolation import interpolate
     from repairlib.pipeline import merge
-    from repairlib.plumbing import check_alpha, check_same_architecture, default_device
+    from repairlib.plumbing import default_device
 
-    if args.stats_examples < 1:
-        raise ValueError(f"--stats-examples must be positive, got {args.stats_examples}")
-    check_alpha(args.alpha)
+    _check_merge_args(args)
     device = default_device(args.device)
-    model_a, model_b = zoo.load(args.a).to(device), zoo.load(args.b).to(device)
-    check_same_architecture(model_a, model_b)
+    model_a, model_b = _load_pair(args, device)
     train = datasets.loader(args.dataset, "train", subset=args.stats_examples, root=args.data_root,
                             device=device)
     test = datasets.loader(args.dataset, "test", root=args.data_root, device=device)
     _check_runs(model_a, test, args.a, args.dataset)
     start = time.perf_counter()
-    merged = merge(model_a, model_b, train, args.alpha, align=args.align, correct=args.correct, scope=args.scope)
+    with _quiet_stderr():
+        merged = (interpolate(model_a, model_b, args.alpha) if args.allow_nonfinite else
+                  merge(model_a, model_b, train, args.alpha, align=args.align, correct=args.correct, scope=args.scope))
     seconds = {"merge": time.perf_counter() - start}
+    if args.out:
+        check_savable(merged, model_a)  # before the evaluation: an unsavable result is known now
     start = time.perf_counter()
     scores = {name: evaluate(m, test) for name, m in (("a", model_a), ("b", model_b), ("merged", merged))}
     seconds["evaluate"] = time.perf_counter() - start
@@ -133,7 +189,6 @@ def merge_command(args) -> dict:
         result.update({f"{name}_accuracy": score["accuracy"], f"{name}_loss": score["loss"]})
     result.update({f"seconds_{k}": round(v, 3) for k, v in seconds.items()})
     if args.out:
-        check_savable(merged, model_a)
         zoo.save(merged, args.out, zoo.load_checkpoint(args.a)["config"],
                  meta={k: v for k, v in result.items() if not k.startswith("seconds")})
         result["out"] = args.out
@@ -154,14 +209,36 @@ def _add_book(sub):
     p.add_argument("--jobs", type=int, default=2, metavar="N",
                    help="notebooks run side by side, each with cores/N torch threads (default 2; 1 runs them "
                         "one after another)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--devices", default=None, metavar="cuda:0,cuda:1,...",
+                       help="run notebooks side by side, one GPU each")
+    where.add_argument("--cluster", default=None, choices=["slurm", "local"],
+                       help="submit each notebook as a submitit job (Slurm, or local processes)")
+    p.add_argument("--cluster-option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="a submitit executor parameter, e.g. slurm_partition gpu or gpus_per_node 1")
+    p.add_argument("--cluster-folder", default="_build/jobs", metavar="DIR", help="submitit's job logs")
     p.set_defaults(func=book_command)
 
 
 def book_command(args) -> int:
-    """``book``: run the notebooks and build the book (its runner reports progress as it goes)."""
-    from repairlib.book import book_cli
+    """``book``: run the notebooks (here, one GPU each, or as cluster jobs) and build the book; progress
+    lines on stdout as it goes. Exit status 0 when every notebook and the build succeeded, else 1."""
+    import functools
 
-    return book_cli(args)
+    from repairlib.book import cluster, runner
+
+    execute_notebooks = None
+    if args.devices:
+        execute_notebooks = functools.partial(cluster.run_on_devices, devices=cluster.parse_devices(args.devices))
+    elif args.cluster:
+        options = runner.parse_overrides(args.cluster_option)
+        execute_notebooks = functools.partial(cluster.submit_notebooks, folder=Path(args.cluster_folder).resolve(),
+                                              cluster=args.cluster, options=options)
+    summary = runner.run_book(args.profile, only=args.only, overrides=runner.parse_overrides(args.parameter),
+                              no_build=args.no_build, notebooks=args.notebooks, out=args.out, kernel=args.kernel,
+                              jobs=args.jobs, log=functools.partial(print, flush=True),
+                              execute_notebooks=execute_notebooks)
+    return 0 if summary["ok"] else 1
 
 
 # ---------------------------------------------------------------- entry point
@@ -174,22 +251,52 @@ def parser():
     return p
 
 
+def json_safe(value):
+    """``value`` with every NaN or Inf float (also inside lists and dicts) replaced by None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def emit(result: dict, as_json: bool) -> None:
-    """Print a result dict: one JSON line with --json, else aligned key: value lines."""
+    """Print a result dict: one line of valid JSON with --json (NaN/Inf as null), else aligned key: value lines."""
     if as_json:
-        print(json.dumps(result, sort_keys=True))
+        print(json.dumps(json_safe(result), sort_keys=True, allow_nan=False))
     else:
         for key, value in result.items():
             print(f"{key:>24}: {value}")
 
 
+def _one_line(err: Exception) -> str:
+    """An error as one line: a KeyError's message, an OSError's file and reason, else its first line."""
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    elif isinstance(err, OSError) and err.filename and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Warnings printed as one ``warning: ...`` line each on stderr, without the source line."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)
+        yield
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        result = args.func(args)
-    except (UserError, ValueError, FileNotFoundError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
+        with _one_line_warnings():
+            result = args.func(args)
+    except (UserError, ValueError, OSError, KeyError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
     if isinstance(result, dict):
         emit(result, getattr(args, "json", False))

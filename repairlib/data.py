@@ -4,9 +4,11 @@ torchvision's dataset classes read the files; small data sets are then held as u
 ``[N, C, H, W]``, moved to the device once, and augmented and normalised in whole batches there.
 ImageNet goes through torchvision ``ImageFolder`` and a ``DataLoader``.
 
-Where a data set is looked for, in order: the ``root`` argument, ``$REPAIR_DATA``, the Debian
-package ``dataset-fashion-mnist`` (Fashion-MNIST only), then a torchvision download (set
-``REPAIR_DOWNLOAD=0`` to skip it). A data set found nowhere raises :class:`DatasetNotFoundError`.
+Where a data set is looked for: an explicit ``root`` argument alone (then a torchvision download into
+it); without one, ``$REPAIR_DATA``, the Debian package ``dataset-fashion-mnist`` (Fashion-MNIST only),
+then a torchvision download into the cache (set ``REPAIR_DOWNLOAD=0`` to skip downloads). A data set
+found nowhere raises :class:`DatasetNotFoundError` naming the places tried; a truncated or corrupt
+``.gz`` file raises :class:`DatasetCorruptError` naming it, and leaves no temporary file behind.
 """
 
 import copy
@@ -14,6 +16,7 @@ import gzip
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -43,6 +46,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """A data set is in none of the places looked at and cannot be downloaded."""
 
 
+class DatasetCorruptError(ValueError):
+    """A data set file is there but cannot be read (a truncated or corrupt ``.gz``)."""
+
+
 def canonical_name(name: str) -> str:
     """'FashionMNIST', 'fashion-mnist', 'fashion_mnist' -> 'fashion_mnist'; unknown -> ValueError."""
     key = str(name).lower().replace("-", "").replace("_", "")
@@ -69,9 +76,27 @@ def _cache_dir() -> Path:
 
 
 def _roots(root) -> list:
-    """Where to look, in order: the explicit root, then $REPAIR_DATA."""
-    env = os.environ.get("REPAIR_DATA")
-    return [Path(r).expanduser() for r in (root, env) if r]
+    """Where to look: an explicit root alone, else $REPAIR_DATA (if set)."""
+    chosen = root if root else os.environ.get("REPAIR_DATA")
+    return [Path(chosen).expanduser()] if chosen else []
+
+
+def _gunzip(gz: Path, out: Path) -> None:
+    """Decompress ``gz`` to ``out`` through a temp file beside it, renamed when complete; the temp file
+    is removed on any failure. A truncated or corrupt ``gz`` is a :class:`DatasetCorruptError`."""
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with gzip.open(gz, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise DatasetCorruptError(f"{gz} is truncated or not a gzip file ({type(err).__name__}: {err}); "
+                                  "delete it and copy or download it again") from err
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _gunzip_idx(source_dir: Path, raw_dir: Path, cls) -> None:
@@ -85,10 +110,7 @@ def _gunzip_idx(source_dir: Path, raw_dir: Path, cls) -> None:
         if out.exists() or not gz.exists():
             continue
         raw_dir.mkdir(parents=True, exist_ok=True)
-        with gzip.open(gz, "rb") as src, tempfile.NamedTemporaryFile(dir=raw_dir, delete=False) as tmp:
-            shutil.copyfileobj(src, tmp)
-        os.chmod(tmp.name, 0o644)
-        os.replace(tmp.name, out)
+        _gunzip(gz, out)
 
 
 def _torchvision_dataset(name: str, split: str, root: Path, download: bool = False):
@@ -108,25 +130,29 @@ def _torchvision_dataset(name: str, split: str, root: Path, download: bool = Fal
     return cls(str(root), train=train, download=download)
 
 
-def _not_found(name: str, split: str, tried: list, download_note: str) -> DatasetNotFoundError:
-    hint = "apt-get install dataset-fashion-mnist, " if name == "fashion_mnist" else ""
+def _not_found(name: str, split: str, tried: list, download_note: str, root=None) -> DatasetNotFoundError:
+    """The error for a data set found nowhere; ``root``: the explicit data root, which was searched alone."""
+    hint = "apt-get install dataset-fashion-mnist, " if name == "fashion_mnist" and not root else ""
     how = ("download ILSVRC2012 from image-net.org and arrange it as" if name == "imagenet"
            else "run once with internet (torchvision downloads it), or put the official files at")
+    where = (f" in the data root {root} (an explicit root is searched alone; omit it to use $REPAIR_DATA or "
+             "the system copy)" if root else "")
     return DatasetNotFoundError(
-        f"data set {name!r} ({split}) not found; tried: {', '.join(map(str, tried)) or 'no root given'}"
+        f"data set {name!r} ({split}) not found{where}; tried: {', '.join(map(str, tried)) or 'no root given'}"
         f"{download_note}. To get it: {hint}{how} {_INFO[name][5]} and pass root=<root> or set REPAIR_DATA."
     )
 
 
 def _open(name: str, split: str, root):
-    """Find the data set (root -> $REPAIR_DATA -> system copy -> download) and open it with torchvision."""
+    """Find the data set (an explicit root alone, else $REPAIR_DATA -> system copy; then a download)
+    and open it with torchvision."""
     tried = []
     for r in _roots(root):
         try:
             return _torchvision_dataset(name, split, r)
         except RuntimeError:
             tried.append(r)
-    if name == "fashion_mnist" and SYSTEM_FASHION_MNIST.is_dir():
+    if not root and name == "fashion_mnist" and SYSTEM_FASHION_MNIST.is_dir():
         staging = _cache_dir()
         _gunzip_idx(SYSTEM_FASHION_MNIST, staging / "FashionMNIST" / "raw", torchvision.datasets.FashionMNIST)
         try:
@@ -134,12 +160,12 @@ def _open(name: str, split: str, root):
         except RuntimeError:
             tried.append(SYSTEM_FASHION_MNIST)
     if os.environ.get("REPAIR_DOWNLOAD", "1") == "0":
-        raise _not_found(name, split, tried, " (download disabled by REPAIR_DOWNLOAD=0)")
+        raise _not_found(name, split, tried, " (download disabled by REPAIR_DOWNLOAD=0)", root)
     target = (_roots(root) or [_cache_dir()])[0]
     try:
         return _torchvision_dataset(name, split, target, download=True)
     except Exception as err:  # no network, server down, bad checksum: all mean "not available here"
-        raise _not_found(name, split, tried, f"; download into {target} failed ({err!r})") from err
+        raise _not_found(name, split, tried, f"; download into {target} failed ({err!r})", root) from err
 
 
 def _memo_key(name: str, split: str, root) -> tuple:
@@ -315,7 +341,7 @@ def _image_folder(split: str, root, augment) -> torchvision.datasets.ImageFolder
     candidates = [p for r in _roots(root) for p in (r / "imagenet" / folder, r / folder)]
     path = next((p for p in candidates if p.is_dir()), None)
     if path is None:
-        raise _not_found("imagenet", split, candidates, "")
+        raise _not_found("imagenet", split, candidates, "", root)
     crop = ([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] if split == "train" and augment
             else [T.Resize(256), T.CenterCrop(224)])
     normalise = T.Normalize(*_INFO["imagenet"][3:5])

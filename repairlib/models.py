@@ -3,7 +3,9 @@ torchvision's ImageNet ResNets.
 
 Every model maps images ``[B, C, H, W]`` (28 or 32 px) to logits ``[B, num_classes]``, keeps channels on
 dim 1, and has no data-dependent Python control flow, so ``torch.fx.symbolic_trace`` sees every layer.
-``build({"arch": ..., **kwargs})`` constructs a model from a plain dict (the form stored in checkpoints).
+``build({"arch": ..., **kwargs})`` constructs a model from a plain dict (the form stored in checkpoints),
+after :func:`check_size` has bounded it: an MLP's depth at most ``MAX_MLP_DEPTH`` and at most
+``MAX_PARAMETERS`` (2e9) parameters, counted on the ``meta`` device before any memory is allocated.
 """
 
 import inspect
@@ -284,10 +286,41 @@ def canonical_config(config: dict) -> dict:
     return {"arch": arch, **bound.arguments}
 
 
-def build(config: dict) -> nn.Module:
-    """Construct the model a config dict describes: ``{"arch": "resnet20", "width": 4, "norm": "ln"}``."""
-    config = canonical_config(config)
+MAX_PARAMETERS = 2_000_000_000  # 8 GB of float32 weights, 5x the paper's largest network (ResNet50 x4)
+MAX_MLP_DEPTH = 1000  # hidden layers (the paper goes to 50)
+
+
+def _construct(config: dict) -> nn.Module:
     return ARCHS[config["arch"]](**{k: v for k, v in config.items() if k != "arch"})
+
+
+def parameter_count(config: dict) -> int:
+    """Parameters of the model ``config`` describes, counted on the ``meta`` device (no memory used)."""
+    config = canonical_config(config)
+    with torch.device("meta"):
+        return sum(p.numel() for p in _construct(config).parameters())
+
+
+def check_size(config: dict) -> dict:
+    """``config`` made canonical, or ``ValueError`` when an MLP is deeper than :data:`MAX_MLP_DEPTH` or
+    the model would have more than :data:`MAX_PARAMETERS` parameters; nothing is allocated."""
+    config = canonical_config(config)
+    depth = config.get("depth")
+    if config["arch"] == "mlp" and isinstance(depth, int) and depth > MAX_MLP_DEPTH:
+        raise ValueError(f"mlp depth={depth} is above the limit of {MAX_MLP_DEPTH} hidden layers "
+                         "(repairlib.models.MAX_MLP_DEPTH)")
+    count = parameter_count(config)
+    if count > MAX_PARAMETERS:
+        shown = ", ".join(f"{k}={config[k]}" for k in ("depth", "width") if k in config)
+        raise ValueError(f"{config['arch']} with {shown} would have {count:.1e} parameters, above the limit of "
+                         f"{MAX_PARAMETERS:.0e} (repairlib.models.MAX_PARAMETERS); choose a smaller width or depth")
+    return config
+
+
+def build(config: dict) -> nn.Module:
+    """Construct the model a config dict describes: ``{"arch": "resnet20", "width": 4, "norm": "ln"}``
+    (bounded by :func:`check_size` first)."""
+    return _construct(check_size(config))
 
 
 def arch_of(model: nn.Module) -> str:

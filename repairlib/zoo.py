@@ -4,7 +4,10 @@
 description (architecture and its arguments, data set, subset, split part, recipe, seed, epochs and
 ``TRAIN_CODE_VERSION``) hashes to the same key, and trains and caches it otherwise. A checkpoint is
 one file ``{"format", "config", "state_dict", "meta"}``, so :func:`load` rebuilds the network from the
-file alone. Writes are atomic; a corrupt or partial file is never loaded.
+file alone. Writes are atomic; a corrupt or partial file is never loaded, a cached file whose stored
+config or training description differs from the request is retrained (with a warning), and the
+hidden temp files a killed save leaves (``.<name>*.pt.tmp``) are removed by the next save or load of
+that checkpoint once they are ``STALE_TMP_SECONDS`` old.
 """
 
 import contextlib
@@ -13,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -25,9 +29,9 @@ except ImportError:  # Windows: no lock; notebooks run side by side may train a 
 import torch
 from torch import nn
 
-from repairlib import data
+from repairlib import data, distributed
 from repairlib.evaluation import evaluate
-from repairlib.models import build, canonical_config
+from repairlib.models import build, canonical_config, check_size
 from repairlib.plumbing import default_device
 from repairlib.train import Recipe, fit, recipe_for
 
@@ -35,6 +39,7 @@ from repairlib.train import Recipe, fit, recipe_for
 TRAIN_CODE_VERSION = 2
 FORMAT = "repairlib-checkpoint-1"
 KEYS = ("format", "config", "state_dict", "meta")
+STALE_TMP_SECONDS = 60  # a temp file this old beside a checkpoint is left over from a killed save
 
 
 def resolve_cache_dir(path=None) -> Path:
@@ -69,7 +74,7 @@ def training_description(config, dataset, *, epochs, seed=0, train_subset=None, 
     if split_part not in (None, 0, 1):
         raise ValueError(f"split_part must be None, 0 or 1, got {split_part!r}")
     dataset = data.canonical_name(dataset)
-    config = model_config(config, dataset)
+    config = check_size(model_config(config, dataset))
     recipe = recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr)
     return {"config": config, "dataset": dataset, "epochs": epochs, "seed": seed, "train_subset": train_subset,
             "split_part": split_part, "recipe": asdict(recipe), "train_code_version": TRAIN_CODE_VERSION}
@@ -120,10 +125,33 @@ def train_model(description: dict, *, root=None, device=None, progress=True, tes
     return model, meta
 
 
+def remove_stale_temp_files(path) -> list:
+    """Remove the hidden temp files (``.<name>*.pt.tmp``) that a save killed before its rename left
+    beside checkpoint ``path``, if older than ``STALE_TMP_SECONDS`` (a younger one may be a save in
+    progress in another process); returns the paths removed."""
+    path, removed = Path(path), []
+    if not path.parent.is_dir():
+        return removed
+    for tmp in path.parent.glob(f".{_glob_literal(path.name)}*.pt.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # removed meanwhile by another process, or not ours to remove
+            pass
+    return removed
+
+
+def _glob_literal(name: str) -> str:
+    """``name`` with glob's special characters ``*?[`` taken literally."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
 def _atomic_torch_save(obj, path: Path) -> None:
     """``torch.save`` to a temp file beside ``path``, fsync, then ``os.replace``: readers see the old
     file or the complete new one, never a partial one; no temp file survives an error."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}", suffix=".pt.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -143,6 +171,37 @@ def _plain(meta: dict) -> dict:
     return json.loads(json.dumps(meta, default=str))
 
 
+def check_writable_dir(directory, what: str) -> None:
+    """``ValueError`` unless files can be written in ``directory``: a probe file is created and removed
+    in it, or (where it does not exist yet) in its nearest existing ancestor, which must be a directory.
+    Run before the work, so that a run fails at once, not when it saves. ``what`` names the option."""
+    directory = Path(directory).expanduser().absolute()
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{what}: cannot write in {directory}: {existing} is a file, not a directory")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".repairlib-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{what}: cannot write in {directory} ({err.strerror or type(err).__name__}); "
+                         "choose a writable place") from err
+
+
+def check_save_path(path, inputs=(), what: str = "checkpoint path") -> Path:
+    """``path`` as a checkpoint destination, checked before any work: not a directory, not one of the
+    ``inputs`` files (same file after resolving links), in a writable directory; else ``ValueError``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory; give a file name such as {path / 'model.pt'}")
+    for source in map(Path, inputs):
+        same = path.exists() and source.exists() and os.path.samefile(path, source)
+        if same or path.resolve() == source.resolve():
+            raise ValueError(f"{what} {path} is the input {source}: writing it would replace that input; "
+                             "choose another file name")
+    check_writable_dir(path.parent, f"{what} {path}")
+    return path
+
+
 def save(model: nn.Module, path, config: dict, meta=None) -> Path:
     """Write ``model`` (built from ``config``) and ``meta`` to ``path`` atomically; returns the path."""
     path = Path(path)
@@ -154,16 +213,28 @@ def save(model: nn.Module, path, config: dict, meta=None) -> Path:
     return path
 
 
+def _load_error(err: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed, without torch's advice to retry with
+    ``weights_only=False`` or to allowlist a global (either would run whatever code the file holds)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines or "Weights only load failed" not in lines[0]:
+        return lines[0] if lines else type(err).__name__
+    details = (line.split("WeightsUnpickler error:")[-1].strip() for line in lines)
+    detail = next((d for d in details if d.startswith(("Unsupported", "Trying to load"))), "an unreadable pickle")
+    return (f"{detail.split('. Please use')[0].rstrip('.')}: it holds something other than tensors and plain "
+            "values, and repairlib never unpickles objects (weights_only=True), as that could run code")
+
+
 def load_checkpoint(path) -> dict:
     """The checkpoint dict in ``path``, checked; ``ValueError`` if it is not a repairlib checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    remove_stale_temp_files(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle garbage, foreign format: all mean "not ours"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path} is not a valid repairlib checkpoint: cannot be read ({reason})") from err
+        raise ValueError(f"{path} is not a valid repairlib checkpoint: cannot be read ({_load_error(err)})") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a valid repairlib checkpoint: no {FORMAT!r} marker")
     missing = [k for k in KEYS if k not in ckpt]
@@ -172,17 +243,53 @@ def load_checkpoint(path) -> dict:
     return ckpt
 
 
-def load(path, expect_arch=None, device=None) -> nn.Module:
+class NonFiniteWarning(UserWarning):
+    """A loaded checkpoint holds NaN or Inf weights."""
+
+
+class NonFiniteError(ValueError):
+    """A checkpoint loaded with ``nonfinite="error"`` holds NaN or Inf weights."""
+
+
+def first_nonfinite(state_dict: dict):
+    """``(name, count)`` of the first floating tensor holding NaN or Inf values (count: how many), or None."""
+    for name, t in state_dict.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                return name, bad
+    return None
+
+
+NONFINITE = ("warn", "error", "ignore")
+
+
+def load(path, expect_arch=None, device=None, nonfinite="warn") -> nn.Module:
     """Rebuild the network saved in ``path`` (eval mode, on ``device`` or the CPU).
 
     ``expect_arch`` ("resnet20", ...) raises ``ValueError`` for a checkpoint of another architecture.
+    Its config is bounded (:func:`repairlib.models.check_size`) before anything is allocated. NaN or Inf
+    weights: ``nonfinite="warn"`` (a :class:`NonFiniteWarning` naming the file and the first such
+    tensor), ``"error"`` (:class:`NonFiniteError`, a ``ValueError``) or ``"ignore"``.
     """
-    ckpt = load_checkpoint(path)
+    return _rebuild(load_checkpoint(path), path, expect_arch, device, nonfinite)
+
+
+def _rebuild(ckpt: dict, path, expect_arch=None, device=None, nonfinite="warn") -> nn.Module:
+    """The network of a checkpoint dict read from ``path`` (see :func:`load`)."""
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"nonfinite must be one of {', '.join(map(repr, NONFINITE))}, got {nonfinite!r}")
     arch = ckpt["config"].get("arch")
     if expect_arch is not None and arch != expect_arch:
         raise ValueError(f"{path} holds a {arch!r} network, expected {expect_arch!r}")
     try:
-        model = build(ckpt["config"])
+        config = check_size(ckpt["config"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid repairlib checkpoint: its config is refused "
+                         f"({str(err).strip().splitlines()[0]})") from err
+    _report_nonfinite(path, ckpt["state_dict"], nonfinite)
+    try:
+        model = build(config)
         model.load_state_dict(ckpt["state_dict"])
     except (ValueError, RuntimeError, TypeError) as err:
         reason = str(err).strip().splitlines()[0]
@@ -190,31 +297,80 @@ def load(path, expect_arch=None, device=None) -> nn.Module:
     return model.to(device or "cpu").eval()
 
 
+def _report_nonfinite(path, state_dict: dict, nonfinite: str) -> None:
+    found = first_nonfinite(state_dict) if nonfinite != "ignore" else None
+    if found is None:
+        return
+    message = f"{path} has NaN or Inf weights: {found[1]} value(s) in tensor {found[0]!r}"
+    if nonfinite == "error":
+        raise NonFiniteError(message)
+    warnings.warn(message, NonFiniteWarning, stacklevel=4)
+
+
 def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None, device=None,
             cache_dir=None, batch_size=None, lr=None) -> nn.Module:
     """The network ``config`` trained on ``dataset`` for ``epochs`` with ``seed`` (eval mode, on ``device``).
 
     Loaded from the cache when its training description was trained before; otherwise trained now and
-    cached. A corrupt cache file is reported with a warning and replaced. ``batch_size`` and ``lr``
+    cached. A corrupt cache file, or a valid one whose stored config, training description or key
+    differs from the request (:func:`load_cached`), is reported with a warning and replaced. ``batch_size`` and ``lr``
     override the Table 1 recipe (e.g. for small subsets) and are part of the cache key.
     """
     desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
                                 split_part=split_part, batch_size=batch_size, lr=lr)
     path, device = checkpoint_path(desc, cache_dir), default_device(device)
+    if distributed.world_size() > 1:
+        return _trained_by_every_rank(desc, path, root, device)
     if path.exists():
         try:
-            return load(path, device=device)
+            return load_cached(path, desc, device)
         except ValueError as err:
             warnings.warn(f"retraining: {err}", stacklevel=2)
     with training_lock(path):
         if path.exists():  # another process trained it while this one waited for the lock
             try:
-                return load(path, device=device)
+                return load_cached(path, desc, device)
             except ValueError:
                 pass
         model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
         save(model, path, desc["config"], meta)
     return model
+
+
+def _trained_by_every_rank(desc: dict, path: Path, root, device) -> nn.Module:
+    """:func:`trained` under torchrun: every rank loads the cached network, or all train it together
+    (data parallel, :func:`repairlib.train.fit`) and rank 0 alone writes it, holding the training lock
+    against other jobs. The ranks decide together, after a barrier, so none trains alone."""
+    device = distributed.join(device)
+    distributed.barrier()
+    if path.exists():
+        try:
+            return load_cached(path, desc, device)
+        except ValueError as err:
+            warnings.warn(f"retraining: {err}", stacklevel=3)
+    distributed.barrier()  # every rank has looked before rank 0 may replace the file
+    with training_lock(path) if distributed.is_main() else contextlib.nullcontext():
+        model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
+        if distributed.is_main():
+            save(model, path, desc["config"], meta)
+    distributed.barrier()
+    return model
+
+
+def load_cached(path, description: dict, device=None) -> nn.Module:
+    """The network cached at ``path`` for ``description``; ``ValueError`` when the file is not a valid
+    checkpoint or its stored config, training description or key differ from the request (a file
+    copied or renamed into the cache), so that the caller retrains instead of returning another network."""
+    ckpt = load_checkpoint(path)
+    key, meta = cache_key(description), ckpt["meta"]
+    stored = {"config": _plain(ckpt["config"]), "training key": cache_key(meta.get("training")),
+              "key": meta.get("key")}
+    wanted = {"config": _plain(description["config"]), "training key": key, "key": key}
+    for field, value in stored.items():
+        if value != wanted[field]:
+            raise ValueError(f"{path} does not hold the requested network: its stored {field} is {value!r}, "
+                             f"the request's is {wanted[field]!r}")
+    return _rebuild(ckpt, path, device=device)
 
 
 @contextlib.contextmanager

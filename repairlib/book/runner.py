@@ -7,9 +7,8 @@ none) at the final path, never a half-executed notebook.
 
 from __future__ import annotations
 
-import argparse
 import ast
-import functools
+import contextlib
 import json
 import os
 import shutil
@@ -180,13 +179,6 @@ def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, k
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kernel = kernel or kernel_name()
-    env = {"TQDM_DISABLE": "1"}  # the kernels inherit it: no progress bars in the executed pages
-    # the book's own runs record their numbers in the book (a plain papermill run writes beside itself)
-    env["REPAIR_RESULTS"] = os.environ.get("REPAIR_RESULTS") or str(book_results_dir())
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     results = {}
 
     def report(path, outcome):
@@ -195,7 +187,7 @@ def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, k
         log(f"[{len(results)}/{len(notebooks)}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
             + (f"  ({error})" if error else ""))
 
-    try:
+    with kernel_environment(jobs):
         if jobs == 1:
             for path in notebooks:
                 report(path, execute(path, out_dir / path.name, plan[path], kernel, cwd or path.parent))
@@ -216,13 +208,27 @@ def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, k
                     except Exception as e:  # noqa: BLE001 -- a worker died: report it, keep the others
                         outcome = (False, float("nan"), f"{type(e).__name__}: {e}".splitlines()[0])
                     report(futures[future], outcome)
+    return [results[path] for path in notebooks]
+
+
+@contextlib.contextmanager
+def kernel_environment(jobs: int = 1):
+    """The environment the runner's kernels inherit, restored afterwards: no progress bars
+    (``TQDM_DISABLE``), results recorded in the book (``REPAIR_RESULTS``, unless set), and with
+    ``jobs`` kernels side by side ``cores // jobs`` threads each (``OMP_NUM_THREADS``, unless set)."""
+    env = {"TQDM_DISABLE": "1", "REPAIR_RESULTS": os.environ.get("REPAIR_RESULTS") or str(book_results_dir())}
+    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return [results[path] for path in notebooks]
 
 
 def build_book(root=None, path_output=None, log=print) -> bool:
@@ -272,7 +278,7 @@ def check_out_dir(out_dir, notebook_dir) -> None:
 
 
 def run_book(profile: str, only=None, overrides=None, no_build: bool = False, notebooks=None, out=None,
-             kernel=None, jobs: int = 2, log=print) -> dict:
+             kernel=None, jobs: int = 2, log=print, execute_notebooks=None) -> dict:
     """Execute the notebooks at ``profile``, refresh the results page, build the book; one line to ``log``
     per step. Every notebook is attempted, failing or not.
 
@@ -281,6 +287,9 @@ def run_book(profile: str, only=None, overrides=None, no_build: bool = False, no
     ``out``: where the executed copies go (default :func:`executed_dir`). Returns ``{"profile",
     "out_dir", "executed": {name: {"seconds", "ok", "error"}}, "failed": [name], "seconds" (the whole
     run's wall time), "built" (None with ``no_build``), "ok" (no notebook failed, no build failed)}``.
+    ``execute_notebooks(notebooks, profile, overrides, out_dir, cwd=, kernel=, log=)`` runs them
+    elsewhere (:mod:`repairlib.book.cluster`: one GPU each, or submitit jobs); default
+    :func:`run_notebooks` with ``jobs`` side by side.
     """
     check_profile(profile)
     start = time.time()
@@ -291,8 +300,13 @@ def run_book(profile: str, only=None, overrides=None, no_build: bool = False, no
     check_out_dir(out_dir, notebook_dir)
     plan_parameters(chosen, profile, overrides or {})  # a bad override: refused before the first line of progress
     log(f"book: {len(chosen)} notebook(s) at profile {profile} -> {out_dir}")
-    results = run_notebooks(chosen, profile, overrides or {}, out_dir, cwd=notebook_dir, kernel=kernel, log=log,
-                            jobs=jobs)
+    if execute_notebooks is None:
+        results = run_notebooks(chosen, profile, overrides or {}, out_dir, cwd=notebook_dir, kernel=kernel,
+                                log=log, jobs=jobs)
+    else:
+        with kernel_environment():
+            results = execute_notebooks(chosen, profile, overrides or {}, out_dir, cwd=notebook_dir, kernel=kernel,
+                                        log=log)
     failed = [name for name, _, ok, _ in results if not ok]
     log(f"book: {len(results) - len(failed)} ok, {len(failed)} failed in {time.time() - start:.0f} s"
         + (f" (failed: {', '.join(failed)})" if failed else ""))
@@ -304,16 +318,3 @@ def run_book(profile: str, only=None, overrides=None, no_build: bool = False, no
             "executed": {name: {"seconds": seconds, "ok": ok, "error": error} for name, seconds, ok, error in results},
             "failed": failed, "seconds": round(time.time() - start, 1), "built": built,
             "ok": not failed and built is not False}
-
-
-def book_cli(args: argparse.Namespace) -> int:
-    """``python -m repairlib book``: :func:`run_book` with the parsed arguments, progress on stdout.
-
-    Exit status 0 when every notebook and the build succeeded, 1 otherwise (all are attempted).
-    """
-    overrides = parse_overrides(args.parameter)
-    summary = run_book(args.profile, only=args.only, overrides=overrides, no_build=args.no_build,
-                       notebooks=getattr(args, "notebooks", None), out=getattr(args, "out", None),
-                       kernel=getattr(args, "kernel", None), jobs=getattr(args, "jobs", 1),
-                       log=functools.partial(print, flush=True))
-    return 0 if summary["ok"] else 1
