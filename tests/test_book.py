@@ -287,7 +287,7 @@ def test_package_names_and_import_direction():
     import ast
 
     assert book.provenance.__name__ == "repairlib.book.provenance"  # the module, not hidden by a function
-    assert book.book_cli is book.runner.book_cli and set(book.__all__) <= set(dir(book))
+    assert book.run_book is book.runner.run_book and set(book.__all__) <= set(dir(book))
     allowed = {"profiles": set(), "provenance": {"profiles"}, "results": {"profiles", "provenance"},
                "runner": {"profiles", "provenance", "results"}}
     for name, may_import in allowed.items():

@@ -45,3 +45,19 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(monkeypatch):
     assert not distributed.is_main()
     with pytest.raises(ValueError, match="divisible by 3"):
         distributed.shard(torch.arange(10))
+
+
+@pytest.mark.slow
+def test_the_zoo_under_torchrun_trains_once_and_rank_0_writes(tmp_path, monkeypatch):
+    from repairlib import zoo
+
+    script = Path(__file__).parent / "scripts" / "zoo_once.py"
+    two = run(shutil.which("torchrun"), "--nproc_per_node=2", "--master_port=29533", str(script),
+              str(tmp_path / "zoo"), tmp_path=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert sorted(line for line in two.stdout.splitlines() if line.startswith("rank")) == [
+        "rank 0 sees 1 checkpoint(s)", "rank 1 sees 1 checkpoint(s)"]
+    assert not list((tmp_path / "zoo").rglob("*.tmp")) and not list((tmp_path / "zoo").rglob("*.lock"))
+    monkeypatch.setattr(zoo, "train_model", lambda *a, **k: pytest.fail("trained again: not cached"))
+    zoo.trained({"arch": "mlp", "depth": 2, "width": 32, "init": "he"}, "fashion_mnist", epochs=1, seed=0,
+                train_subset=400, batch_size=100, lr=0.05, device="cpu", cache_dir=tmp_path / "zoo")
