@@ -239,7 +239,9 @@ def write_results_page(page=None, directory=None) -> bool:
     new = _replace_block(text, RESULTS_BEGIN, RESULTS_END, results_table(directory), page)
     if QUALITY_BEGIN in new:
         new = _replace_block(new, QUALITY_BEGIN, QUALITY_END, quality_table(directory), page)
-    if new != text:
-        page.write_text(new)
+    if new != text:  # written beside the page, then renamed: a killed run leaves the old page whole
+        tmp = page.with_name(f".{page.name}.tmp")
+        tmp.write_text(new)
+        os.replace(tmp, page)
     return new != text
 
