@@ -128,6 +128,10 @@ def test_runner_injects_profile_and_overrides(run):
     nb = nbformat.read(str(run["out"] / "b_good.ipynb"), as_version=4)
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert len(injected) == 1 and 'profile = "smoke"' in injected[0].source
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    # the injected cell sits above the parameters cell: rerun by a reader, the parameters cell counts
+    assert tags.index(["injected-parameters"]) + 1 == next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert injected[0].source.startswith(book.runner.INJECTED_NOTE)
     text = _text(nb)
     # papermill's value overrides the parameters cell; an override not given stays None
     assert f"profile=smoke widths=[1, 2] epochs=None cwd={run['src']}" in text

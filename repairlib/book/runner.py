@@ -142,12 +142,38 @@ def execute(path, out_path, parameters: dict, kernel: str, cwd) -> tuple:
             outcome = True, time.time() - start, ""
         except papermill.PapermillExecutionError as e:
             outcome = False, time.time() - start, f"{e.ename}: {e.evalue}".strip()
+        place_injected_parameters_first(partial)
         os.replace(partial, out_path)
         return outcome
     except Exception as e:  # noqa: BLE001 -- a dead kernel or an unreadable notebook: report, run the next
         return False, time.time() - start, f"{type(e).__name__}: {e}".splitlines()[0]
     finally:
         partial.unlink(missing_ok=True)
+
+
+INJECTED_NOTE = ("# papermill's values for this run (above the parameters cell, so that when you run this "
+                 "notebook yourself,\n# in Colab or Jupyter, the parameters cell below is the one that counts)\n")
+
+
+def place_injected_parameters_first(path) -> bool:
+    """Move papermill's injected-parameters cell of the executed copy ``path`` from after the cell
+    tagged ``parameters`` to just before it, with a note. The outputs are those of the injected values
+    (they ran as they did); a reader who opens the copy in Colab and edits ``parameters`` gets those
+    edits. True if the copy was changed."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    params = next((i for i, t in enumerate(tags) if "parameters" in t), None)
+    injected = next((i for i, t in enumerate(tags) if "injected-parameters" in t), None)
+    if params is None or injected is None or injected < params:
+        return False
+    cell = nb.cells.pop(injected)
+    if not cell.source.startswith(INJECTED_NOTE):
+        cell.source = INJECTED_NOTE + cell.source
+    nb.cells.insert(params, cell)
+    nbformat.write(nb, str(path))
+    return True
 
 
 def previous_seconds(executed_path) -> float:
