@@ -2,7 +2,8 @@
 
 Every function builds a fresh ``matplotlib.figure.Figure`` (not registered with pyplot, so a notebook
 shows it exactly once, as the cell's value, and nothing needs ``plt.show``), labels its axes, adds a
-legend when there is more than one series, and returns it. Values may be lists, NumPy arrays or
+legend below the axes (outside the data) when there is more than one series, puts ticks at whole
+numbers where the axis counts layers or depths, and returns it. Values may be lists, NumPy arrays or
 torch tensors. ``styles`` maps a series label to extra ``Axes.plot`` keywords, e.g.
 ``{"before REPAIR": {"linestyle": "--"}}``.
 """
@@ -16,6 +17,7 @@ import sys
 import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules and not os.environ.get("DISPLAY"):
     matplotlib.use("Agg")  # no display: render off-screen (a notebook keeps its inline backend)
@@ -71,8 +73,9 @@ def _finish(fig, ax, xlabel, ylabel, title, n_series):
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    if n_series > 1:
-        ax.legend(frameon=False)
+    if n_series > 1:  # below the axes, never over the data
+        fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncols=min(n_series, 2),
+                   frameon=False)
     ax.grid(alpha=0.3)
     return fig
 
@@ -106,6 +109,8 @@ def barrier_vs(xs, series: dict, xlabel: str, ylabel: str, log2: bool = False, t
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.minorticks_off()
+    elif np.all(xs == np.round(xs)):  # depths, layer counts: a tick at each measured whole number
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
     ax.axhline(0.0, color="0.5", linewidth=0.8)
     return _finish(fig, ax, xlabel, ylabel, title, len(series))
 
@@ -125,6 +130,7 @@ def layer_ratios(series: dict, title: str | None = None, ylabel: str | None = No
         ax.plot(np.arange(1, len(ratios) + 1), ratios, marker="o", markersize=3, label=label,
                 **(styles or {}).get(label, {}))
     ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     if logy:
         ax.set_yscale("log")
     ylabel = ylabel or r"variance ratio $v_\alpha \,/\, \frac{v_1 + v_2}{2}$"

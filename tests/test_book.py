@@ -310,7 +310,13 @@ def test_curve_and_barrier_plots_label_and_validate():
                       "test accuracy", "MLP")
     ax = fig.axes[0]
     assert isinstance(fig, Figure) and ax.get_ylabel() == "test accuracy" and ax.get_title() == "MLP"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["before", "after"]
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["before", "after"]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # the legend lies below the axes, outside the data
+    assert legend.get_window_extent(renderer).y1 <= ax.get_window_extent(renderer).y0
     with pytest.raises(ValueError, match="'after' has 2 values for 3"):
         plots.curve([0, 0.5, 1], {"after": [1, 2]}, "loss")
     fig = plots.barrier_vs([1, 2, 4, 8], {"BN": [0.4, 0.3, 0.2, 0.1]}, "width", "barrier", log2=True)
@@ -318,6 +324,8 @@ def test_curve_and_barrier_plots_label_and_validate():
         "1", "2", "4", "8"]
     with pytest.raises(ValueError, match="positive"):
         plots.barrier_vs([0, 1], {"x": [1, 2]}, "width", "barrier", log2=True)
+    fig = plots.barrier_vs([11, 13, 16, 19], {"VGG": [0.5, 0.6, 0.7, 0.8]}, "depth", "barrier")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["11", "13", "16", "19"]  # no 12.5
 
 
 def test_layer_channel_and_filter_plots(tmp_path):
