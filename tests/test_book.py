@@ -273,6 +273,21 @@ def test_committed_results_page_is_up_to_date():
     assert generated == book.results_table(ROOT / "book" / "results").strip(), stale
     quality = text.split(book.QUALITY_BEGIN)[1].split(book.QUALITY_END)[0].strip()
     assert quality == book.quality_table(ROOT / "book" / "results").strip(), stale
+    intro = (ROOT / "book" / "intro.md").read_text()
+    index = intro.split(book.results.FIGURES_BEGIN)[1].split(book.results.FIGURES_END)[0].strip()
+    assert index == book.results.figure_index().strip(), stale.replace("results.md", "intro.md")
+
+
+def test_figure_index_reads_the_captions(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Section 4: REPAIR")])
+    cell = nbformat.v4.new_code_cell("fig")
+    cell.metadata["mystnb"] = {"figure": {"caption": "Midpoints (paper Figs. 1 left and 3 right)."}}
+    nb.cells.append(cell)
+    nbformat.write(nb, str(tmp_path / "04_repair.ipynb"))
+    rows = book.results.figure_index(tmp_path).splitlines()[2:]
+    assert len(rows) == book.results.PAPER_FIGURES
+    assert rows[0] == "| Fig. 1 | [Section 4: REPAIR](executed/cpu/04_repair.ipynb) |"
+    assert rows[2].startswith("| Fig. 3 | [Section 4") and rows[1] == "| Fig. 2 | not reproduced yet |"
 
 
 def test_provenance_fields():
