@@ -6,6 +6,10 @@ Reproduces Jordan et al., "REPAIR: REnormalizing Permuted Activations for Interp
     import repairlib
     merged = repairlib.merge(model_a, model_b, train_batches)          # align + interpolate + REPAIR
 
+N networks (model soups, federated rounds) are aligned to the first one, averaged and REPAIRed in one call::
+
+    merged = repairlib.merge_many([model_1, model_2, model_3], train_batches, weights=[0.5, 0.3, 0.2])
+
 and each step is a function of its own::
 
     perms = repairlib.align(model_a, model_b, train_batches, stats_scope="conv")
@@ -13,7 +17,7 @@ and each step is a function of its own::
     merged = repairlib.repair(repairlib.interpolate(model_a, model_b2, 0.5), model_a, model_b2,
                               train_batches, alpha=0.5, stats=perms.endpoint_stats)
 
-Modules, in import order (each imports only those before it): plumbing, data, models, batchnorm,
+Modules, in import order (each imports only those before it): plumbing, distributed, data, models, batchnorm,
 evaluation, train, zoo, spec, stats, points, endpoints, alignment, interpolation, fusion, correction,
 metrics, pipeline, analysis, baselines, plots, book, cli.
 """
@@ -28,11 +32,11 @@ from repairlib.endpoints import endpoint_stats
 from repairlib.evaluation import evaluate
 from repairlib.interpolation import interpolate
 from repairlib.metrics import barrier, variance_ratio
-from repairlib.pipeline import merge
+from repairlib.pipeline import merge, merge_many
 from repairlib.spec import PermutationSpec, permutation_spec
 from repairlib.zoo import load, save
 
 __all__ = [
     "PermutationSpec", "align", "barrier", "endpoint_stats", "evaluate", "interpolate", "load", "loader", "merge",
-    "permutation_spec", "permute", "repair", "reset_bn", "save", "variance_ratio",
+    "merge_many", "permutation_spec", "permute", "repair", "reset_bn", "save", "variance_ratio",
 ]

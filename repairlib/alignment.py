@@ -6,6 +6,11 @@
   is solved with ``scipy.optimize.linear_sum_assignment``.
 - Weight matching (Ainsworth et al. 2022): data-free; maximise the summed inner product of paired
   weights by coordinate descent over the groups, one assignment problem per step.
+
+For N networks (:func:`repairlib.pipeline.align_many`, :func:`repairlib.merge_many`),
+:func:`reference_correlations` gathers every network's correlations with the first one in ONE pass of
+all N, and :func:`permuted_state` / :func:`identity_permutations` / :func:`point_order` carry one
+alignment per network.
 """
 
 import copy
@@ -14,19 +19,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from repairlib.endpoints import EndpointStats, endpoint_stats
+from repairlib.endpoints import EndpointStats, endpoint_stats, measure_pairs
 from repairlib.plumbing import (
-    as_input,
-    batches,
     check_same_architecture,
-    eval_mode,
     first_inputs,
-    model_device,
     reusable,
 )
 from repairlib.points import correction_points
 from repairlib.spec import PermutationSpec, permutation_spec
-from repairlib.stats import Moments, capture, scratch_pass
 
 
 class Alignment(dict):
@@ -115,7 +115,6 @@ def solve_assignment(score: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(cols, dtype=torch.long)
 
 
-@torch.no_grad()
 def activation_correlations(model_a, model_b, data, spec: PermutationSpec, points=(), point_cross="full") -> tuple:
     """One pass over ``data``: each group's ``[size, size]`` correlation matrix (Eq. 2).
 
@@ -123,7 +122,26 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     correlation matrices, i.e. maximises the summed correlation over all places it is observed.
     ``points``: further graph nodes whose (A, B) moments are gathered in the same pass, with cross
     moments ``point_cross`` ("full", "diag" or None; a point that is also a probe keeps "full").
-    Returns ``(group -> correlation, point -> Moments)``.
+    Returns ``(group -> correlation, point -> Moments)``. (:func:`reference_correlations` with two
+    networks.)
+    """
+    corr, moments = reference_correlations([model_a, model_b], data, spec, points, point_cross)
+    return corr[1], moments[(0, 1)]
+
+
+@torch.no_grad()
+def reference_correlations(models: list, data, spec: PermutationSpec, points=(), point_cross="full",
+                           all_pairs: bool = False, points_alone: bool = False) -> tuple:
+    """ONE pass over ``data`` for N networks: each network's correlations with ``models[0]`` (Eq. 2).
+
+    Every batch runs through all N networks; for each ``i >= 1`` the cross moments of (X_0, X_i) are
+    accumulated at every probe (summed over a group's probes, as in :func:`activation_correlations`)
+    and at ``points`` (cross moments ``point_cross``; a point that is also a probe keeps "full").
+    ``all_pairs=True`` also gathers every pair (X_i, X_j), ``1 <= i < j``, at ``points`` (cross
+    ``point_cross``): what the closed form's Var(sum_i w_i X_i) needs. ``points_alone=True`` instead
+    measures every network on its own at the (non-probe) ``points``, under keys ``(i,)``: N moment
+    streams there rather than 2 (N - 1), when no cross moment is needed. Returns ``(i -> {group ->
+    [size, size] correlation}, pair -> {point -> Moments})``.
     """
     probe_group = {p: g for g, grp in spec.groups.items() for p in grp.probes}
     for g, grp in spec.groups.items():
@@ -132,20 +150,25 @@ def activation_correlations(model_a, model_b, data, spec: PermutationSpec, point
     probes = list(probe_group)
     watched = probes + [p for p in points if p not in probe_group]
     sizes = [spec.groups[probe_group[p]].size if p in probe_group else None for p in watched]
-    cap_a, cap_b = capture(model_a, watched, channels=sizes), capture(model_b, watched, channels=sizes)
-    moments = {p: Moments(cross="full" if p in probe_group else point_cross) for p in watched}
-    dev_a, dev_b = model_device(model_a), model_device(model_b)
-    with eval_mode(model_a, model_b), scratch_pass():
-        for x, _ in batches(data, chunk=True):  # pooled moments: the chunking does not change them
-            outs_a, outs_b = cap_a(as_input(x, model_a)), cap_b(as_input(x, model_b))
-            for p, ra, rb in zip(watched, outs_a, outs_b):  # [N, C, L] samples
-                moments[p].update(ra, rb if dev_b == dev_a else rb.to(dev_a))
+    cross = {p: "full" if p in probe_group else point_cross for p in watched}
+    pairs = {(0, i): cross for i in range(1, len(models))}
+    if points_alone:
+        alone = [p for p in points if p not in probe_group]
+        pairs = {(0, i): {p: c for p, c in cross.items() if p not in alone} for i in range(1, len(models))}
+        pairs.update({(i,): dict.fromkeys(alone) for i in range(len(models))})
+    if all_pairs:
+        pairs.update({(i, j): {p: cross[p] for p in points} for i in range(1, len(models))
+                      for j in range(i + 1, len(models))})
+    moments = measure_pairs(models, reusable(data), watched, pairs, channels=sizes)
     corr = {}
-    for p in probes:
-        g = probe_group[p]
-        c = moments[p].corr_xy()
-        corr[g] = c if g not in corr else corr[g] + c
-    return {g: corr[g] for g in spec.groups}, {p: moments[p] for p in points}
+    for i in range(1, len(models)):
+        summed = {}
+        for p in probes:  # pooled moments: the chunking of the batches does not change them
+            g = probe_group[p]
+            c = moments[(0, i)][p].corr_xy()
+            summed[g] = c if g not in summed else summed[g] + c
+        corr[i] = {g: summed[g] for g in spec.groups}
+    return corr, {pair: {p: m[p] for p in points if p in m} for pair, m in moments.items()}
 
 
 def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter=100, seed=0) -> dict:
@@ -203,7 +226,15 @@ def permute(model: nn.Module, perms: dict, spec: PermutationSpec = None) -> nn.M
     spec = spec if spec is not None else getattr(perms, "spec", None)
     if spec is None:
         raise ValueError("permute needs the spec the permutations refer to: pass spec=...")
-    state = dict(model.state_dict())
+    state = permuted_state(model.state_dict(), perms, spec)
+    out = copy.deepcopy(model)
+    out.load_state_dict(state)
+    return out
+
+
+def permuted_state(state: dict, perms: dict, spec: PermutationSpec) -> dict:
+    """A new state dict: ``state`` with every entry of each group of ``perms`` reordered (see :func:`permute`)."""
+    state = dict(state)
     for g, perm in perms.items():
         if g not in spec.groups:
             raise ValueError(f"unknown permutation group {g!r}; the spec has {sorted(spec.groups)[:5]}...")
@@ -213,12 +244,34 @@ def permute(model: nn.Module, perms: dict, spec: PermutationSpec = None) -> nn.M
             raise ValueError(f"permutation for group {g!r} is not a permutation of {size} units")
         for key, axis, inner in spec.groups[g].entries:
             state[key] = permute_axis(state[key], axis, inner, perm)
-    out = copy.deepcopy(model)
-    out.load_state_dict(state)
-    return out
+    return state
+
+
+def identity_permutations(spec: PermutationSpec) -> dict:
+    """The identity permutation of every group of ``spec`` (the reference network's alignment)."""
+    return {g: torch.arange(grp.size) for g, grp in spec.groups.items()}
+
+
+def point_order(perms: dict, spec: PermutationSpec):
+    """``point -> LongTensor [C] or None``: the channel order that ``perms`` gives the values at a graph
+    node (None for a node whose channels no group permutes)."""
+    def order(point):
+        g = spec.node_groups.get(point)
+        return None if g is None else torch.as_tensor(perms[g], dtype=torch.long)
+    return order
 
 
 def random_permutations(spec: PermutationSpec, seed=0) -> dict:
     """A random permutation for every group of ``spec`` (for tests and demonstrations)."""
     gen = torch.Generator().manual_seed(seed)
     return {g: torch.randperm(grp.size, generator=gen) for g, grp in spec.groups.items()}
+
+
+class Alignments(list):
+    """N networks' alignments to one common unit order: one :class:`Alignment` per network (the
+    first, the reference's, is the identity), ``.spec``, and ``.stats``, the
+    :class:`repairlib.endpoints.NetworkStats` of the aligned networks when they were gathered."""
+
+    def __init__(self, alignments, spec, stats=None):
+        super().__init__(alignments)
+        self.spec, self.stats = spec, stats

@@ -69,10 +69,11 @@ def train_command(args) -> dict:
 
 # ---------------------------------------------------------------- merge
 def _add_merge(sub):
-    p = sub.add_parser("merge", help="align, interpolate and correct two checkpoints")
-    p.add_argument("a")
-    p.add_argument("b")
-    p.add_argument("--alpha", type=float, default=0.5)
+    p = sub.add_parser("merge", help="align, interpolate and correct two or more checkpoints")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="two or more (A.pt B.pt [C.pt ...])")
+    p.add_argument("--alpha", type=float, default=None, help="two checkpoints: (1 - alpha) A + alpha B (0.5)")
+    p.add_argument("--weights", type=float, nargs="+", default=None, metavar="W",
+                   help="one weight per checkpoint (normalised to sum 1; default equal)")
     p.add_argument("--align", default="activation", choices=ALIGNMENTS)
     p.add_argument("--correct", default="repair", choices=CORRECTIONS)
     p.add_argument("--scope", default="conv", choices=SCOPES)
@@ -113,22 +114,28 @@ def _quiet_stderr():
     sys.stderr.write(held.getvalue())
 
 
-def _load_pair(args, device):
-    """The two checkpoints of ``merge``, same architecture, finite unless ``--allow-nonfinite``."""
+def _load_all(args, device) -> list:
+    """The checkpoints of ``merge``, one architecture, finite unless ``--allow-nonfinite``."""
     from repairlib import zoo
     from repairlib.plumbing import check_same_architecture
 
     nonfinite = "warn" if args.allow_nonfinite else "error"
     try:
-        model_a, model_b = (zoo.load(p, device=device, nonfinite=nonfinite) for p in (args.a, args.b))
+        models = [zoo.load(p, device=device, nonfinite=nonfinite) for p in args.checkpoints]
     except zoo.NonFiniteError as e:
         raise ValueError(f"{e}; merge refuses non-finite networks (pass --allow-nonfinite with --align none "
                          "--correct none to interpolate them anyway)") from e
-    try:
-        check_same_architecture(model_a, model_b)
-    except ValueError as e:
-        raise ValueError(f"{args.a} and {args.b}: {e}") from e
-    return model_a, model_b
+    for path, model in zip(args.checkpoints[1:], models[1:]):
+        try:
+            check_same_architecture(models[0], model)
+        except ValueError as e:
+            raise ValueError(f"{args.checkpoints[0]} and {path}: {e}") from e
+    return models
+
+
+def _names(n: int) -> list:
+    """Result keys of the input networks: a, b, c, ... (then m27, m28, ...)."""
+    return [chr(ord("a") + i) if i < 26 else f"m{i + 1}" for i in range(n)]
 
 
 def _check_merge_args(args) -> None:
@@ -138,12 +145,20 @@ def _check_merge_args(args) -> None:
 
     if args.stats_examples < 1:
         raise ValueError(f"--stats-examples must be positive, got {args.stats_examples}")
-    check_alpha(args.alpha)
+    if len(args.checkpoints) < 2:
+        raise ValueError(f"merge needs two or more checkpoints, got {len(args.checkpoints)}")
+    if args.alpha is not None:
+        check_alpha(args.alpha)
+        if args.weights is not None or len(args.checkpoints) > 2:
+            raise ValueError("--alpha is for two checkpoints without --weights; give --weights W1 W2 ... instead")
+    if args.weights is not None and len(args.weights) != len(args.checkpoints):
+        raise ValueError(f"--weights needs one weight per checkpoint: {len(args.checkpoints)} checkpoints, "
+                         f"{len(args.weights)} weights")
     if args.allow_nonfinite and (args.align, args.correct) != ("none", "none"):
         raise ValueError(f"--allow-nonfinite works only with --align none --correct none (got --align {args.align} "
                          f"--correct {args.correct}): alignment and REPAIR need finite weights")
     if args.out:
-        zoo.check_save_path(args.out, inputs=(args.a, args.b), what="--out")
+        zoo.check_save_path(args.out, inputs=args.checkpoints, what="--out")
 
 
 def check_savable(merged, model):
@@ -157,39 +172,47 @@ def check_savable(merged, model):
 
 
 def merge_command(args) -> dict:
-    """``merge``: load two checkpoints, :func:`repairlib.merge` them, evaluate A, B and the result on the
-    test split (and save it to ``--out``)."""
+    """``merge``: load the checkpoints, :func:`repairlib.merge` two of them (or :func:`repairlib.merge_many`
+    N, with ``--weights``), evaluate every input and the result on the test split (and save it to ``--out``)."""
     from repairlib import data as datasets
     from repairlib import zoo
     from repairlib.evaluation import evaluate
-    from repairlib.interpolation import interpolate
-    from repairlib.pipeline import merge
+    from repairlib.interpolation import average, check_weights
+    from repairlib.pipeline import merge, merge_many
     from repairlib.plumbing import default_device
 
     _check_merge_args(args)
     device = default_device(args.device)
-    model_a, model_b = _load_pair(args, device)
+    models = _load_all(args, device)
+    weights = check_weights(args.weights, len(models)) if args.weights is not None or len(models) > 2 else None
     train = datasets.loader(args.dataset, "train", subset=args.stats_examples, root=args.data_root,
                             device=device)
     test = datasets.loader(args.dataset, "test", root=args.data_root, device=device)
-    _check_runs(model_a, test, args.a, args.dataset)
+    _check_runs(models[0], test, args.checkpoints[0], args.dataset)
+    alpha = 0.5 if args.alpha is None else args.alpha
+    options = {"align": args.align, "correct": args.correct, "scope": args.scope}
     start = time.perf_counter()
     with _quiet_stderr():
-        merged = (interpolate(model_a, model_b, args.alpha) if args.allow_nonfinite else
-                  merge(model_a, model_b, train, args.alpha, align=args.align, correct=args.correct, scope=args.scope))
+        if args.allow_nonfinite:  # plain interpolation (--align none --correct none)
+            merged = average(models, weights if weights is not None else [1 - alpha, alpha])
+        elif weights is None:
+            merged = merge(*models, train, alpha, **options)
+        else:
+            merged = merge_many(models, train, weights=weights, **options)
     seconds = {"merge": time.perf_counter() - start}
     if args.out:
-        check_savable(merged, model_a)  # before the evaluation: an unsavable result is known now
+        check_savable(merged, models[0])  # before the evaluation: an unsavable result is known now
     start = time.perf_counter()
-    scores = {name: evaluate(m, test) for name, m in (("a", model_a), ("b", model_b), ("merged", merged))}
+    named = [*zip(_names(len(models)), models), ("merged", merged)]
+    scores = {name: evaluate(m, test) for name, m in named}
     seconds["evaluate"] = time.perf_counter() - start
-    result = {"alpha": args.alpha, "align": args.align, "correct": args.correct, "scope": args.scope,
-              "dataset": args.dataset, "stats_examples": args.stats_examples}
+    result = {**({"alpha": alpha} if weights is None else {"weights": [float(w) for w in weights]}),
+              **options, "dataset": args.dataset, "stats_examples": args.stats_examples}
     for name, score in scores.items():
         result.update({f"{name}_accuracy": score["accuracy"], f"{name}_loss": score["loss"]})
     result.update({f"seconds_{k}": round(v, 3) for k, v in seconds.items()})
     if args.out:
-        zoo.save(merged, args.out, zoo.load_checkpoint(args.a)["config"],
+        zoo.save(merged, args.out, zoo.load_checkpoint(args.checkpoints[0])["config"],
                  meta={k: v for k, v in result.items() if not k.startswith("seconds")})
         result["out"] = args.out
     return result

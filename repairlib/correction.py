@@ -10,13 +10,18 @@ so that its statistics on the data meet the goals (Eqs. 3, 4)::
 The closed form (4.1) computes the affines from the endpoint statistics alone (Eq. 5); the exact
 variant (4.2) measures the interpolated network in one renormalising pass. The affines are then
 folded into the weights (:mod:`repairlib.fusion`).
+
+For N aligned networks averaged with weights w_i (:func:`repair_many`) the goals are the weighted
+means ``E[y] = sum_i w_i E[X_i]``, ``std(y) = sum_i w_i std(X_i)`` (:meth:`NetworkStats.targets`).
+``variant="rescale"`` corrects only the standard deviation (:func:`rescale_affines`): every channel
+keeps the mean it has in the interpolated network.
 """
 
 import torch
 from torch import fx, nn
 
 from repairlib.batchnorm import reset_bn
-from repairlib.endpoints import EndpointStats, endpoint_stats
+from repairlib.endpoints import EndpointStats, NetworkStats, endpoint_stats, network_stats, network_stats_of
 from repairlib.fusion import (
     absorbable_bn,
     bn_affine,
@@ -25,6 +30,7 @@ from repairlib.fusion import (
     insert_affines,
     insert_after,
 )
+from repairlib.interpolation import check_weights
 from repairlib.plumbing import (
     as_input,
     batches,
@@ -39,9 +45,10 @@ from repairlib.points import SCOPES, nodes_named
 from repairlib.spec import trace
 from repairlib.stats import Moments, scratch_pass
 
-CORRECTIONS = ("repair", "closed_form", "reset_bn", "none")  # the one vocabulary: merge, barrier, the CLI
+CORRECTIONS = ("repair", "rescale", "closed_form", "reset_bn", "none")  # the one vocabulary: merge, barrier, the CLI
 REL_EPS = 1e-3  # relative epsilon of goal_scale: dead channels are scaled at most 1000x, never NaN
-VARIANTS = ("exact", "closed_form")
+VARIANTS = ("exact", "closed_form", "rescale")
+VARIANT_OF = {"repair": "exact", "rescale": "rescale", "closed_form": "closed_form"}  # correction -> variant
 
 
 def goal_scale(goal_std: torch.Tensor, var: torch.Tensor, floor: torch.Tensor = None) -> torch.Tensor:
@@ -62,12 +69,26 @@ def closed_form_affines(stats: EndpointStats, alpha: float) -> dict:
     Var(X_alpha) = (1-a)^2 Var(X_a) + a^2 Var(X_b) + 2a(1-a) Cov(X_a, X_b)   (Eq. 5)
     scale = std goal / std(X_alpha) (see :func:`goal_scale`); shift such that E = the mean goal, assuming
     E[X_alpha] = (1-a) E[X_a] + a E[X_b] (exact in the first layer, approximate deeper).
+    :func:`weighted_closed_form_affines` of the two networks, weights ``(1 - a, a)``.
     """
-    affines, cov = {}, stats.covariances()
-    for p, (mean, std) in stats.targets(alpha).items():
-        var = ((1 - alpha) ** 2 * stats.var_a[p] + alpha ** 2 * stats.var_b[p]
-               + 2 * alpha * (1 - alpha) * cov[p]).clamp_min(0)
-        scale = goal_scale(std, var)
+    return weighted_closed_form_affines(network_stats_of(stats), (1 - alpha, alpha))
+
+
+def weighted_closed_form_affines(stats: NetworkStats, weights) -> dict:
+    """Section 4.1 for N networks averaged with ``weights``: ``point -> (scale [C], shift [C])``, no pass.
+
+    Var(sum_i w_i X_i) = sum_i w_i^2 Var(X_i) + 2 sum_{i<j} w_i w_j Cov(X_i, X_j)   (Eq. 5, N networks)
+    scale = std goal / std(sum_i w_i X_i) (:func:`goal_scale`); shift = mean goal - scale * mean goal,
+    assuming E[sum_i w_i X_i] = the mean goal (exact in the first layer, approximate deeper).
+    """
+    affines, cov, w = {}, stats.covariances(), [float(x) for x in weights]
+    for p, (mean, std) in stats.targets(w).items():
+        var = w[0] ** 2 * stats.variances[0][p]
+        for i in range(1, len(w)):
+            var = var + w[i] ** 2 * stats.variances[i][p]
+        for (i, j), pair_cov in cov.items():
+            var = var + 2 * w[i] * w[j] * pair_cov[p]
+        scale = goal_scale(std, var.clamp_min(0))
         affines[p] = (scale, mean - scale * mean)
     return affines
 
@@ -75,18 +96,20 @@ def closed_form_affines(stats: EndpointStats, alpha: float) -> dict:
 class _Renormalise(nn.Module):
     """BatchNorm in train mode with fixed affine goals (appendix B.2's ResetLayer), that also pools
     the raw statistics of its input. ``[B, C, *] -> [B, C, *]``, each channel's batch statistics set
-    to ``(mean, std)`` (float64 ``[C]`` goals); with ``then=(scale, shift)`` (a following eval BatchNorm
-    absorbed into this node) that affine is applied too, in the same pass over ``x``."""
+    to ``(mean, std)`` (float64 ``[C]`` goals; ``mean=None`` keeps each batch's own mean, the rescale
+    variant: ``y = scale (x - E_batch x) + E_batch x``); with ``then=(scale, shift)`` (a following eval
+    BatchNorm absorbed into this node) that affine is applied too, in the same pass over ``x``."""
 
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, then=None):
+    def __init__(self, mean, std: torch.Tensor, then=None):
         super().__init__()
-        self.mean, self.std = mean.double(), std.double()
+        self.mean, self.std = None if mean is None else mean.double(), std.double()
         self.floor = scale_floor(self.std)  # computed once for every batch
         self.then = None if then is None else tuple(t.detach().double() for t in then)
         self.moments = Moments()
 
     def _to(self, device):
-        self.mean, self.std, self.floor = (t.to(device) for t in (self.mean, self.std, self.floor))
+        self.std, self.floor = self.std.to(device), self.floor.to(device)
+        self.mean = None if self.mean is None else self.mean.to(device)
         self.then = None if self.then is None else tuple(t.to(device) for t in self.then)
 
     def forward(self, x):
@@ -94,7 +117,7 @@ class _Renormalise(nn.Module):
         if self.std.device != batch_var.device:
             self._to(batch_var.device)
         scale = goal_scale(self.std, batch_var, self.floor)
-        shift = self.mean - scale * batch_mean
+        shift = (batch_mean if self.mean is None else self.mean) - scale * batch_mean
         if self.then is not None:
             scale, shift = self.then[0] * scale, torch.addcmul(self.then[1], self.then[0], shift)
         return channel_affine(x, scale, shift)
@@ -111,7 +134,6 @@ def _graph_of(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
-@torch.no_grad()
 def exact_affines(model: nn.Module, data, targets: dict) -> dict:
     """Section 4.2: ``point -> (scale [C], shift [C])`` from ONE pass of the interpolated net.
 
@@ -120,6 +142,43 @@ def exact_affines(model: nn.Module, data, targets: dict) -> dict:
     then scale = std goal / std(X) (:func:`goal_scale`), shift = mean goal - scale E[X]. A BatchNorm
     right after a point is applied by the renormalising node itself (one pass over the values, not two).
     ``model`` is not modified (the pass runs on a graph of its own sharing the weights).
+    """
+    means, variances = renormalising_pass(model, data, targets)
+    affines = {}
+    for p, (mean, std) in targets.items():
+        scale = goal_scale(std.to(variances[p]), variances[p])
+        affines[p] = (scale, mean.to(scale) - scale * means[p])
+    return affines
+
+
+def rescale_affines(model: nn.Module, data, targets: dict) -> dict:
+    """REPAIR's exact variant for the standard deviation only: ``point -> (scale [C], shift [C])``, one pass.
+
+    ``targets``: ``point -> (mean, std)`` goals, of which only ``std`` is used. During the pass every
+    channel is rescaled about its own batch mean to the goal std, ``y = s_batch (x - E_batch x) +
+    E_batch x`` with ``s_batch = std goal / std_batch(x)``, so deeper points see corrected inputs; then::
+
+        scale = std goal / std(X),   shift = (1 - scale) E[X]        i.e.  y = scale (X - E[X]) + E[X]
+
+    with E[X], std(X) pooled over the pass: std(y) = the std goal and E[y] = E[X], the mean the channel
+    has in the interpolated network with the earlier channels rescaled (in the first layer: exactly the
+    interpolated network's mean).
+    """
+    means, variances = renormalising_pass(model, data, {p: (None, std) for p, (_, std) in targets.items()})
+    affines = {}
+    for p, (_, std) in targets.items():
+        scale = goal_scale(std.to(variances[p]), variances[p])
+        affines[p] = (scale, (1 - scale) * means[p])
+    return affines
+
+
+@torch.no_grad()
+def renormalising_pass(model: nn.Module, data, targets: dict) -> tuple:
+    """The one pass of the exact variants: ``(point -> E[X] [C], point -> Var(X) [C])``, float64.
+
+    ``targets``: ``point -> (mean or None, std)``; every point's output is renormalised per batch to
+    them (:class:`_Renormalise`; ``None`` keeps the batch mean), in eval mode, while the raw pooled
+    statistics of its input X are accumulated. ``model`` is not modified.
     """
     gm = _graph_of(model)
     renorms = {}
@@ -139,11 +198,7 @@ def exact_affines(model: nn.Module, data, targets: dict) -> dict:
     variances = {p: r.moments.var_x for p, r in renorms.items()}
     check_finite_stats(means, "interpolated network's means")
     check_finite_stats(variances, "interpolated network's variances")
-    affines = {}
-    for p, (mean, std) in targets.items():
-        scale = goal_scale(std.to(variances[p]), variances[p])
-        affines[p] = (scale, mean.to(scale) - scale * means[p])
-    return affines
+    return means, variances
 
 
 def repair(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, alpha: float, variant: str = "exact",
@@ -172,23 +227,66 @@ def repair(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, alpha
         stats = endpoint_stats(model_a, model_b, data, scope)
     elif stats.scope != scope:
         raise ValueError(f"stats were measured for scope {stats.scope!r}, not {scope!r}")
+    return renormalised(model, data, network_stats_of(stats), (1 - alpha, alpha), variant, fuse)
+
+
+def repair_many(model: nn.Module, models: list, data, weights=None, variant: str = "exact", scope: str = "conv",
+                stats: NetworkStats = None, fuse: bool = True) -> nn.Module:
+    """REPAIR the average ``model`` = sum_i w_i theta_i of the aligned ``models`` (N >= 1 networks).
+
+    The goals generalise Eqs. 3, 4: ``E[y] = sum_i w_i E[X_i]``, ``std(y) = sum_i w_i std(X_i)``
+    (:meth:`NetworkStats.targets`). ``weights``: non-negative, normalised to sum 1 (default uniform);
+    ``variant``, ``scope``, ``fuse`` as in :func:`repair` (with two networks and weights ``(1 - alpha,
+    alpha)`` this is :func:`repair`). ``stats``: :func:`network_stats` of ``models``, else measured here
+    in one pass of all of them. Returns a new network; no input is modified.
+    """
+    check_choice("variant", variant, VARIANTS)
+    check_choice("scope", scope, SCOPES)
+    weights = check_weights(weights, len(models))
+    check_networks(model=model, **{f"models[{i}]": m for i, m in enumerate(models)})
+    data = None if data is None else reusable(data)
+    if stats is None:
+        stats = network_stats(models, data, scope, cov=variant == "closed_form")
+    elif stats.scope != scope:
+        raise ValueError(f"stats were measured for scope {stats.scope!r}, not {scope!r}")
+    return renormalised(model, data, stats, weights, variant, fuse)
+
+
+def renormalised(model: nn.Module, data, stats: NetworkStats, weights, variant: str, fuse: bool = True) -> nn.Module:
+    """``model`` with every point's channels corrected to the goals of ``stats`` at ``weights``: the
+    affines of ``variant`` (:func:`exact_affines`, :func:`rescale_affines` or
+    :func:`weighted_closed_form_affines`), fused into the weights (``fuse``) or inserted after the points."""
     if variant == "exact":
-        affines = exact_affines(model, data, stats.targets(alpha))
+        affines = exact_affines(model, data, stats.targets(weights))
+    elif variant == "rescale":
+        affines = rescale_affines(model, data, stats.targets(weights))
     else:
-        affines = closed_form_affines(stats, alpha)
+        affines = weighted_closed_form_affines(stats, weights)
     return fuse_affines(model, affines) if fuse else insert_affines(model, affines)
 
 
 def corrected(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, alpha: float, correct: str,
               scope: str = "conv", stats: EndpointStats = None) -> nn.Module:
     """The interpolated ``model`` (= theta_alpha of ``model_a`` and the aligned ``model_b``) after the
-    correction ``correct``: ``"repair"`` (exact REPAIR), ``"closed_form"`` (its closed form),
-    ``"reset_bn"`` (BatchNorm statistics reset, in place) or ``"none"`` (``model`` as it is).
-    ``stats``: REPAIR's endpoint statistics, if already measured."""
+    correction ``correct``: ``"repair"`` (exact REPAIR), ``"rescale"`` (exact REPAIR of the standard
+    deviation only, :func:`rescale_affines`), ``"closed_form"`` (REPAIR's closed form), ``"reset_bn"``
+    (BatchNorm statistics reset, in place) or ``"none"`` (``model`` as it is). ``stats``: REPAIR's
+    endpoint statistics, if already measured. (:func:`corrected_many` with weights ``(1 - alpha, alpha)``.)"""
+    check_choice("correct", correct, CORRECTIONS)
+    if correct in VARIANT_OF:
+        alpha = check_alpha(alpha)
+    stats = None if stats is None else network_stats_of(stats)
+    return corrected_many(model, [model_a, model_b], data, (1 - alpha, alpha), correct, scope, stats)
+
+
+def corrected_many(model: nn.Module, models: list, data, weights, correct: str, scope: str = "conv",
+                   stats: NetworkStats = None) -> nn.Module:
+    """The average ``model`` = sum_i w_i theta_i of the aligned ``models`` after the correction
+    ``correct`` (one of :data:`CORRECTIONS`, as in :func:`corrected`); ``stats``: their
+    :class:`NetworkStats`, if already measured."""
     check_choice("correct", correct, CORRECTIONS)
     if correct == "reset_bn":
         return reset_bn(model, data)
-    if correct in ("repair", "closed_form"):
-        variant = "exact" if correct == "repair" else "closed_form"
-        return repair(model, model_a, model_b, data, alpha, variant, scope, stats=stats)
+    if correct in VARIANT_OF:
+        return repair_many(model, models, data, weights, VARIANT_OF[correct], scope, stats=stats)
     return model

@@ -14,6 +14,7 @@ from repairlib.plumbing import (
     check_networks,
     eval_mode,
     first_inputs,
+    model_device,
     reusable,
 )
 from repairlib.points import SCOPES, correction_points
@@ -97,3 +98,156 @@ def endpoint_stats(model_a: nn.Module, model_b: nn.Module, data, scope: str = "c
     for field in ("mean_a", "var_a", "mean_b", "var_b", "cov_ab"):
         check_finite_stats(getattr(stats, field), f"endpoint statistics ({field})")
     return stats
+
+
+# ---------------------------------------------------------------- N networks
+@dataclass
+class NetworkStats:
+    """Per-channel statistics of every correction point in N aligned networks (:class:`EndpointStats`
+    for any number of networks; :func:`network_stats_of` turns one into the other).
+
+    ``means[i]`` and ``variances[i]`` map a point name to network i's float64 ``[C]`` means and population
+    variances; ``cov[(i, j)]`` (``i < j``, every pair) maps it to ``Cov(X_i, X_j)`` of corresponding
+    channels, ``[C]``, or ``cov`` is None when it was not measured (only the closed form needs it).
+    """
+
+    scope: str
+    means: list
+    variances: list
+    cov: dict = None
+
+    @property
+    def points(self) -> list:
+        return list(self.means[0])
+
+    def covariances(self) -> dict:
+        """``cov``, or a clear error when these statistics were gathered without it."""
+        if self.cov is None:
+            raise ValueError("these statistics have no Cov(X_i, X_j) (the closed form and Eq. 5 need it): "
+                             "gather them with align(..., stats_cov=True), align_many(..., stats_cov=True), "
+                             "endpoint_stats() or network_stats(..., cov=True)")
+        return self.cov
+
+    def targets(self, weights) -> dict:
+        """``point -> (mean [C], std [C])`` goals for the average ``sum_i w_i theta_i`` (Eqs. 3, 4 for N
+        networks; ``weights`` sum to 1)::
+
+            E[y]   = sum_i w_i E[X_i]
+            std(y) = sum_i w_i std(X_i)        (clamped at 0 for negative weights)
+
+        With weights ``(1 - alpha, alpha)`` these are :meth:`EndpointStats.targets` bit for bit.
+        """
+        weights = [float(w) for w in weights]
+        if len(weights) != len(self.means):
+            raise ValueError(f"{len(weights)} weights for the statistics of {len(self.means)} networks")
+        goals = {}
+        for p in self.points:
+            mean, std = weights[0] * self.means[0][p], weights[0] * self.variances[0][p].sqrt()
+            for w, means, variances in zip(weights[1:], self.means[1:], self.variances[1:]):
+                mean, std = mean + w * means[p], std + w * variances[p].sqrt()
+            goals[p] = (mean, std.clamp_min(0))
+        return goals
+
+
+def network_stats_of(stats: EndpointStats) -> NetworkStats:
+    """Two endpoints' statistics as :class:`NetworkStats` of the networks ``[a, b]`` (the same tensors)."""
+    cov = None if stats.cov_ab is None else {(0, 1): stats.cov_ab}
+    return NetworkStats(stats.scope, [stats.mean_a, stats.mean_b], [stats.var_a, stats.var_b], cov)
+
+
+@torch.no_grad()
+def measure_pairs(models: list, data, names: list, pairs: dict, channels=None) -> dict:
+    """ONE pass over ``data``, every model run on every batch: ``{pair: {name: Moments}}``.
+
+    ``pairs`` maps ``(i, j)`` (``i < j``) to ``{name: cross}`` (the cross moment of ``X_i`` and ``X_j``:
+    ``"full"``, ``"diag"`` or None), or ``(i,)`` to ``{name: None}`` (network i alone). ``names``: the
+    graph nodes every model captures (:func:`repairlib.stats.capture`, with ``channels``). Network j's
+    values are dropped once its last pair has seen them, so at most the models still paired are held.
+    """
+    data = reusable(data)
+    channels = True if channels is None else channels
+    probes = [capture(m, names, channels=channels) for m in models]
+    moments = {pair: {n: Moments(cross=c) for n, c in watched.items()} for pair, watched in pairs.items()}
+    index = {n: k for k, n in enumerate(names)}
+    last_use = {i: max(pair[-1] for pair in pairs if i in pair) for i in range(len(models))}
+    devices = [model_device(m) for m in models]
+    with eval_mode(*models), scratch_pass():
+        for x, _ in batches(data, chunk=True):
+            outs = {}
+            for j, (probe, model) in enumerate(zip(probes, models)):
+                if j not in last_use:
+                    continue
+                outs[j] = probe(as_input(x, model))  # [name] of [N, C, L] samples
+                for pair, pair_moments in moments.items():
+                    if pair[-1] == j:
+                        _update_pair(pair_moments, [outs[i] for i in pair], pair, index, devices)
+                for i in [i for i in outs if last_use[i] == j]:
+                    del outs[i]
+    return moments
+
+
+def _update_pair(pair_moments: dict, values: list, pair: tuple, index: dict, devices: list) -> None:
+    """Add one batch of the pair's values (``[model][name]``) to its moments, on the first model's device."""
+    for n, m in pair_moments.items():
+        xs = [v[index[n]] for v in values]
+        m.update(*(x if devices[i] == devices[pair[0]] else x.to(devices[pair[0]]) for i, x in zip(pair, xs)))
+
+
+def network_stats(models: list, data, scope: str = "conv", cov: bool = False) -> NetworkStats:
+    """Statistics of every correction point of N (already aligned) networks, from ONE pass over ``data``;
+    ``cov=True`` also measures ``Cov(X_i, X_j)`` of every pair (for the closed form)."""
+    check_choice("scope", scope, SCOPES)
+    if len(models) < 1:
+        raise ValueError("network_stats needs at least one network")
+    check_networks(**{f"models[{i}]": m for i, m in enumerate(models)})
+    data = reusable(data)
+    points = correction_points(models[0], scope, first_inputs(data) if scope == "all" else None)
+    n = len(models)
+    if cov and n > 1:
+        pairs = {(i, j): dict.fromkeys(points, "diag") for i in range(n) for j in range(i + 1, n)}
+    else:
+        pairs = {(i,): dict.fromkeys(points) for i in range(n)}
+    moments = measure_pairs(models, data, points, pairs)
+    stats = stats_from_pairs(moments, n, scope, points)
+    for i in range(n):
+        check_finite_stats(stats.means[i], f"network {i}'s means")
+        check_finite_stats(stats.variances[i], f"network {i}'s variances")
+    return stats
+
+
+def stats_from_pairs(moments: dict, n: int, scope: str, points: list, orders=None) -> NetworkStats:
+    """:class:`NetworkStats` from :func:`measure_pairs` moments that see every network at ``points``.
+
+    ``orders``: ``None`` (the networks as measured), or per network a function ``point -> LongTensor
+    [C] or None`` that gives the channel order after alignment (channel c is measured channel
+    ``order[c]``). ``cov`` comes from the pairs with cross moments at every point (``[C, C]`` ones are
+    read at ``(order_i[c], order_j[c])``, diagonal ones only without ``orders``); None when some pair
+    of networks has none.
+    """
+    means, variances, cov = [{} for _ in range(n)], [{} for _ in range(n)], {}
+    order = (lambda i, p, size: _order(orders, i, p, size))
+    for pair, pair_moments in moments.items():
+        for p in points:
+            m = pair_moments.get(p)
+            if m is None:
+                continue
+            for k, i in enumerate(pair):
+                if p not in means[i]:
+                    mean, var = (m.mean_x, m.var_x) if k == 0 else (m.mean_y, m.var_y)
+                    perm = order(i, p, len(mean)).to(mean.device)
+                    means[i][p], variances[i][p] = mean[perm], var[perm]
+            if len(pair) == 2 and m.cross is not None:
+                i, j = pair
+                size = len(m.mean_x)
+                oi, oj = order(i, p, size).to(m.mean_x.device), order(j, p, size).to(m.mean_x.device)
+                if m.cross == "diag" and orders is not None:
+                    raise ValueError("a diagonal cross moment cannot be reordered: measure aligned networks")
+                cov.setdefault(pair, {})[p] = m.cov_xy[oi, oj] if m.cross == "full" else m.cov_xy
+    complete = (all(len(cov.get((i, j), {})) == len(points) for i in range(n) for j in range(i + 1, n))
+                and n > 1)
+    return NetworkStats(scope, means, variances, cov if complete else None)
+
+
+def _order(orders, i, p, size) -> torch.Tensor:
+    perm = None if orders is None else orders[i](p)
+    return torch.arange(size) if perm is None else perm

@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+import repairlib
 from repairlib import cli, data, models, zoo
 from repairlib.cli import check_savable
 from repairlib.correction import repair
@@ -59,6 +60,26 @@ def test_merge_prints_one_json_line_and_writes_a_loadable_checkpoint(capsys, tmp
     assert result["a_accuracy"] == evaluate(zoo.load(checkpoints[0]), fashion)["accuracy"]
     merged = zoo.load(out_path)
     assert evaluate(merged, fashion)["loss"] == pytest.approx(result["merged_loss"], rel=1e-6)
+
+
+def test_merge_of_three_checkpoints_with_weights_is_merge_many(capsys, tmp_path, checkpoints, fashion):
+    torch.manual_seed(2)
+    third = str(zoo.save(models.build(CONFIG), tmp_path / "m2.pt", CONFIG))
+    rc, out, err = run(capsys, *checkpoints, third, "--dataset", "fashion_mnist", "--stats-examples", "300",
+                       "--weights", "2", "1", "1", "--device", "cpu", "--out", str(tmp_path / "merged.pt"), "--json")
+    assert rc == 0, err
+    result = json.loads(out)
+    assert result["weights"] == [0.5, 0.25, 0.25] and "alpha" not in result
+    assert {f"{n}_accuracy" for n in "abc"} <= result.keys()
+    train = data.loader("fashion_mnist", "train", subset=300, device="cpu")
+    expected = repairlib.merge_many([zoo.load(p) for p in (*checkpoints, third)], train, weights=[2, 1, 1])
+    assert evaluate(zoo.load(tmp_path / "merged.pt"), fashion)["loss"] == pytest.approx(
+        evaluate(expected, fashion)["loss"], rel=1e-6)
+    for argv, expected_error in (((checkpoints[0],), "two or more checkpoints"),
+                                 ((*checkpoints, third, "--alpha", "0.3"), "--alpha is for two checkpoints"),
+                                 ((*checkpoints, "--weights", "1"), "one weight per checkpoint")):
+        rc, out, err = run(capsys, *argv, "--dataset", "fashion_mnist")
+        assert rc == 2 and expected_error in err and len(err.strip().splitlines()) == 1
 
 
 def test_merge_without_json_prints_key_value_lines(capsys, checkpoints):
