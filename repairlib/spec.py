@@ -1,20 +1,28 @@
 """Find a network's permutation symmetries automatically from its torch.fx graph (paper section 2.2).
 
-Every tensor flowing through the network has a *channel space*: the meaning of its dimension 1
-(the channels of an ``[N, C, H, W]`` map, the features of an ``[N, F]`` vector). A layer such as a
-convolution or a linear layer starts a new space; element-wise layers, pooling and normalisation
-keep it; an addition joins the spaces of its operands (so a whole residual stream is one space).
+Every axis of every tensor flowing through the network has a *space*: the channels of an
+``[N, C, H, W]`` map (axis 1), the features of an ``[N, T, D]`` token tensor (axis 2, the axis a
+Linear or LayerNorm acts on), or a space that cannot be permuted (batch, spatial and token axes).
+A layer such as a convolution or a linear layer starts a new space on the axis it writes;
+element-wise layers, pooling and normalisation keep it; an addition joins the spaces of its
+operands axis by axis (so a whole residual stream is one space); views, transposes and permutes
+carry the spaces along with their axes. Every (parameter or buffer, axis) is bound to the space it
+indexes, so a module or parameter used at several call sites (weight tying) gives one space.
 Spaces that reach the network's input or output, or go through an op whose channels cannot be
-freely reordered (concatenation, grouped convolutions), are fixed. Every other space is one
+freely reordered (concatenation, grouped convolutions, a channel shuffle, splitting channels into
+heads), are fixed; :meth:`PermutationSpec.summary` says which and why. Every other space is one
 *group*: a permutation of its units, applied to every ``(state_dict key, axis)`` that indexes it,
 leaves the network's function unchanged.
 
-No per-architecture code: the same analysis covers MLPs, VGGs, CIFAR ResNets, torchvision
-ResNets, and networks nobody listed. An op the analysis does not know raises ``ValueError``
-naming the graph node; a hand-written :class:`PermutationSpec` can then be passed instead.
+No per-architecture code. What the analysis finds is *verified* on the example input: a random
+permutation of each group, applied to a copy of the network with perturbed weights, must keep
+its output (:func:`verify_spec`). An op the analysis does not know, and a group that fails the
+check, raise ``ValueError`` naming the graph nodes; a hand-written :class:`PermutationSpec` can
+then be passed instead.
 """
 
 import copy
+import math
 import operator
 from dataclasses import dataclass, field
 
@@ -24,6 +32,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from repairlib.plumbing import as_input
 
+HAND_WRITTEN = "Pass a hand-written spec=PermutationSpec(...) instead."
+
 
 @dataclass
 class Group:
@@ -31,27 +41,35 @@ class Group:
 
     ``entries`` holds ``(state_dict key, axis, inner)``: the key's ``axis`` has ``size * inner``
     entries, viewed as ``[size, inner]`` (``inner > 1`` where a conv map was flattened into a
-    linear layer, ``inner = H * W``). ``probes`` names the graph nodes (or submodules) whose outputs
-    carry these units; activation matching correlates them there. ``residual`` is true for a
-    space shared by several layers through additions (a residual stream).
+    linear layer, ``inner = H * W``). ``probes`` names the graph nodes whose outputs carry these
+    units on dim 1 (``[N, C, *]`` or ``[N, C * inner]``) and feed a conv or linear layer; activation
+    matching correlates them there. A group whose units only ever sit on the last axis of
+    ``[N, T, D]`` tensors has no probe (weight matching still aligns it). ``residual`` is true for
+    a space shared by several layers through additions (a residual stream). ``nodes`` names the
+    graph nodes whose weights or outputs carry the group (for messages).
     """
 
     size: int
     entries: list = field(default_factory=list)
     probes: list = field(default_factory=list)
     residual: bool = False
+    nodes: list = field(default_factory=list)
 
 
 @dataclass
 class PermutationSpec:
     """The permutation groups of a network: ``groups`` maps a group name to a :class:`Group`.
 
-    ``node_groups`` maps a graph node name to the group of its output channels (absent for
-    fixed spaces), which lets statistics measured at any node be permuted along with the network.
+    ``node_groups`` maps a graph node name to the group of its dim-1 channels (absent for fixed
+    spaces and for channels stored on another axis), which lets statistics measured at any node
+    (``[N, C, *]``, channels on dim 1) be permuted along with the network. ``notes`` says, per graph
+    node, why channels there were kept fixed (a channel shuffle, a concatenation, ...) or cannot
+    be measured.
     """
 
     groups: dict
     node_groups: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
 
     def axes_of(self):
         """Map each state_dict key to its permuted axes: ``key -> [(axis, group name, inner)]``."""
@@ -61,6 +79,16 @@ class PermutationSpec:
                 out.setdefault(key, []).append((axis, name, inner))
         return out
 
+    def summary(self) -> str:
+        """One line per group (size, entries, probes) and one per note: a readable account."""
+        lines = [f"{len(self.groups)} permutation groups"]
+        for name, g in self.groups.items():
+            probes = f"{len(g.probes)} probes" if g.probes else "no probe (weight matching only)"
+            lines.append(f"  {name}: {g.size} units, {len(g.entries)} entries, {probes}"
+                         + (", residual" if g.residual else ""))
+        lines += [f"  fixed or unmeasured: {note}" for note in self.notes]
+        return "\n".join(lines)
+
 
 def trace(model: nn.Module) -> fx.GraphModule:
     """``torch.fx.symbolic_trace`` with an error that says what to do when tracing fails."""
@@ -69,49 +97,94 @@ def trace(model: nn.Module) -> fx.GraphModule:
     try:
         return fx.symbolic_trace(model)
     except Exception as e:  # fx raises many types; report them uniformly
-        raise ValueError(
-            f"torch.fx cannot trace {type(model).__name__}: {e}. "
-            "Pass a hand-written spec=PermutationSpec(...) instead."
-        ) from e
+        raise ValueError(f"torch.fx cannot trace {type(model).__name__}: {e}. {HAND_WRITTEN}") from e
 
 
 # ---------------------------------------------------------------- op tables
-_PASSTHROUGH_MODULES = (
+_F = nn.functional
+_ELEMENTWISE_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.SELU, nn.CELU,
-    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Identity, nn.Softmax, nn.LogSoftmax,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Softsign, nn.Tanhshrink,
+)
+_POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.ZeroPad2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
 _NORM_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
                  nn.InstanceNorm3d, nn.SyncBatchNorm)
-_F = nn.functional
-_PASSTHROUGH_FUNCTIONS = {
-    torch.relu, _F.relu, torch.relu_, _F.relu6, _F.leaky_relu, _F.gelu, _F.silu, torch.sigmoid,
-    _F.sigmoid, torch.tanh, _F.tanh, _F.elu, _F.hardswish, _F.mish, _F.softplus, _F.dropout,
-    _F.dropout2d, _F.max_pool1d, _F.max_pool2d, _F.avg_pool1d, _F.avg_pool2d,
-    _F.adaptive_avg_pool1d, _F.adaptive_avg_pool2d, _F.adaptive_max_pool2d, torch.clone,
+_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSE_MODULES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_RESHAPE_MODULES = (nn.Flatten, nn.Unflatten)
+
+
+def _stochastic_depth_functions():
+    """torchvision's ``stochastic_depth`` (a traced leaf): identity in eval mode, and in training a
+    per-example (``"row"``) or global (``"batch"``) mask, which no channel permutation changes."""
+    try:
+        from torchvision.ops import stochastic_depth
+    except ImportError:  # torchvision is a dependency, but the analysis does not need it
+        return set()
+    return {stochastic_depth}
+
+
+# Element-wise in every axis they keep (also softmax and normalize: equivariant in the axis they act on).
+_ELEMENTWISE_FUNCTIONS = {
+    torch.relu, _F.relu, torch.relu_, _F.relu_, _F.relu6, _F.leaky_relu, _F.gelu, _F.silu, torch.sigmoid,
+    _F.sigmoid, torch.tanh, _F.tanh, _F.elu, _F.selu, _F.celu, _F.hardswish, _F.hardsigmoid, _F.hardtanh,
+    _F.mish, _F.softplus, _F.logsigmoid, _F.softsign, _F.dropout, _F.dropout1d, _F.dropout2d, _F.dropout3d,
+    _F.alpha_dropout, torch.clone, torch.exp, torch.log, torch.sqrt, torch.rsqrt, torch.abs, torch.neg,
+    torch.square, torch.erf, torch.clamp, torch.clip, torch.softmax, _F.softmax, torch.log_softmax,
+    _F.log_softmax, _F.normalize, operator.neg, operator.pos, torch.sign, torch.sin, torch.cos,
+} | _stochastic_depth_functions()
+_ELEMENTWISE_METHODS = {
+    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone", "float", "double", "half",
+    "bfloat16", "to", "type", "type_as", "detach", "exp", "log", "sqrt", "rsqrt", "abs", "neg", "square", "erf",
+    "clamp", "clamp_", "clamp_min", "clamp_max", "clip", "softmax", "log_softmax", "sign", "sin", "cos",
+    "gelu", "silu", "cpu", "cuda",
 }
-_PASSTHROUGH_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "float", "to",
-                        "detach", "type_as"}
-_JOIN_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.mul,
-                   operator.imul, operator.truediv, torch.add, torch.sub, torch.mul, torch.div}
-_JOIN_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-_FLATTEN_FUNCTIONS = {torch.flatten}
-_RESHAPE_METHODS = {"flatten", "view", "reshape"}
-_MEAN_METHODS = {"mean", "sum", "amax"}
-_NON_TENSOR_METHODS = {"size", "dim"}
+_JOIN_FUNCTIONS = {
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul, operator.truediv,
+    operator.itruediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.true_divide, torch.rsub,
+    torch.pow, torch.maximum, torch.minimum, torch.where, torch.addcmul, torch.addcdiv, torch.lerp,
+}
+_JOIN_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "addcmul", "addcmul_",
+                 "addcdiv", "maximum", "minimum", "masked_fill", "masked_fill_", "lerp", "where"}
+_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.unflatten}
+_RESHAPE_METHODS = {"flatten", "view", "reshape", "view_as", "reshape_as", "squeeze", "unsqueeze", "unflatten"}
+_REORDER_FUNCTIONS = {torch.permute, torch.transpose, torch.movedim, torch.swapaxes, torch.swapdims}
+_REORDER_METHODS = {"permute", "transpose", "movedim", "swapaxes", "swapdims"}
+_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp}
+_REDUCE_METHODS = {"mean", "sum", "amax", "amin", "std", "var", "logsumexp"}
+_POOL_FUNCTIONS = {
+    _F.max_pool1d, _F.max_pool2d, _F.max_pool3d, _F.avg_pool1d, _F.avg_pool2d, _F.avg_pool3d,
+    _F.adaptive_avg_pool1d, _F.adaptive_avg_pool2d, _F.adaptive_avg_pool3d, _F.adaptive_max_pool1d,
+    _F.adaptive_max_pool2d, _F.adaptive_max_pool3d, _F.interpolate,
+}
+_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
+_SPLIT_FUNCTIONS = {torch.chunk: "chunk", torch.split: "split", torch.unbind: "unbind",
+                    torch.tensor_split: "tensor_split"}
+_SPLIT_METHODS = {"chunk", "split", "unbind", "tensor_split"}
+_MATMUL_FUNCTIONS = {operator.matmul, torch.matmul, torch.bmm}
+_MATMUL_METHODS = {"matmul", "bmm"}
+_CONV_FUNCTIONS = {_F.conv1d, _F.conv2d, _F.conv3d}
+_SHAPE_QUERIES = {"size", "dim", "numel", "ndimension"}
+# torchvision's Swin Transformer traces its attention and patch merging as leaf functions (torch.fx.wrap).
+_TORCHVISION_LEAVES = {"shifted_window_attention": "window_attention", "_patch_merging_pad": "patch_merging_pad",
+                       "_get_relative_position_bias": "position_bias"}
 
 
 class _Spaces:
-    """Union-find over channel spaces, with a flag for spaces that must stay fixed."""
+    """Union-find over spaces: each has a size (units), and some are fixed (never permuted)."""
 
     def __init__(self):
-        self.parent, self.fixed = [], set()
+        self.parent, self.size, self.fixed = [], [], set()
 
-    def new(self, fixed=False):
+    def new(self, size, fixed=False):
         self.parent.append(len(self.parent))
+        self.size.append(size)
         if fixed:
             self.fixed.add(len(self.parent) - 1)
         return len(self.parent) - 1
@@ -123,12 +196,15 @@ class _Spaces:
         return s
 
     def union(self, a, b):
+        """Join two spaces; ``False`` if both are free but of different sizes (then both are fixed)."""
         ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[rb] = ra
-            if rb in self.fixed:
-                self.fixed.add(ra)
-        return ra
+        if ra == rb:
+            return True
+        consistent = self.size[ra] == self.size[rb] or self.is_fixed(ra) or self.is_fixed(rb)
+        self.parent[rb] = ra
+        if rb in self.fixed or not consistent:
+            self.fixed.add(ra)
+        return consistent
 
     def fix(self, s):
         self.fixed.add(self.find(s))
@@ -137,65 +213,144 @@ class _Spaces:
         return self.find(s) in self.fixed
 
 
-class _Analysis:
-    """Walks the traced graph once and records, per node, ``(space, inner)`` of its output."""
+def _shape_of(meta):
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") and hasattr(meta, "dtype") else None
 
-    def __init__(self, gm: fx.GraphModule):
+
+def _dims(arg, rank):
+    """An int or a sequence of ints (negative allowed) -> a tuple of axes in ``range(rank)``."""
+    seq = (arg,) if isinstance(arg, int) else tuple(arg)
+    return tuple(d % rank if rank else 0 for d in seq)
+
+
+class _Analysis:
+    """Walks the traced graph once and records, per node, the space of every axis of its output.
+
+    A *pair* ``(space, inner)`` describes one axis: its ``size * inner`` entries are ``size`` units of
+    ``space``, each repeated over ``inner`` consecutive entries (a flattened ``[C, H, W]`` map has
+    ``(channels, H * W)``). A node's *value* is a tuple of pairs, one per axis (a list of values for
+    ops returning several tensors).
+    """
+
+    def __init__(self, gm: fx.GraphModule, state: dict):
         self.gm = gm
         self.modules = dict(gm.named_modules())
+        self.state = state  # state_dict(keep_vars=True) of the traced model
+        self.alias = _aliases(state)  # key -> first key of the same tensor (tied weights)
         self.spaces = _Spaces()
-        self.out = {}  # node -> (space, inner) for tensor outputs of rank >= 2
-        self.entries = []  # (key, axis, inner, space)
-        self.producers = {}  # space -> [module names that start it]
+        self.out = {}  # node -> value
+        self.bound = {}  # (key, axis) -> pair: which units index that axis
+        self.sites = {}  # (key, axis) -> graph node names that use it
+        self.producers = {}  # space -> [layer names that start it]
         self.consumer_inputs = []  # nodes feeding a conv/linear (activation probes)
+        self.notes = {}  # space -> [why it was fixed]
+        self.node = None
 
-    # -- helpers
-    def shape(self, node):
-        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-        return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+    # -- spaces, pairs and values
+    def fresh(self, length):
+        return self.spaces.new(length, fixed=True), 1
 
-    def fail(self, node, why="unsupported op"):
-        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
-        raise ValueError(
-            f"permutation_spec cannot handle graph node {node.name!r} ({node.op} {target}): {why}. "
-            "Pass a hand-written spec=PermutationSpec(...) instead."
-        )
+    def free(self, size):
+        return self.spaces.new(size), 1
+
+    def fixed_value(self, shape):
+        return tuple(self.fresh(d) for d in shape)
+
+    def size(self, pair):
+        return self.spaces.size[self.spaces.find(pair[0])]
+
+    def is_free(self, pair):
+        return not self.spaces.is_fixed(pair[0]) and self.size(pair) > 1
+
+    def fix(self, pair, why):
+        """Keep ``pair``'s units fixed, recording why (shown by :meth:`PermutationSpec.summary`)."""
+        if why is not None and self.is_free(pair):
+            self.notes.setdefault(self.spaces.find(pair[0]), []).append(f"node {self.node.name!r}: {why}")
+        self.spaces.fix(pair[0])
+
+    def unify(self, a, b, what="joins"):
+        """The two axes carry the same units: one space (fixed where they cannot agree)."""
+        if a[1] != b[1]:
+            why = f"{what} axes of {self.size(a)} x {a[1]} and {self.size(b)} x {b[1]} entries"
+            self.fix(a, why)
+            self.fix(b, why)
+            return
+        sizes = (self.size(a), self.size(b))
+        free = self.is_free(a) or self.is_free(b)
+        if not self.spaces.union(a[0], b[0]) and free:
+            self.notes.setdefault(self.spaces.find(a[0]), []).append(
+                f"node {self.node.name!r}: {what} {sizes[0]} units with {sizes[1]} units")
+
+    def value(self, arg):
+        return self.out.get(arg) if isinstance(arg, fx.Node) else None
 
     def tensor_args(self, node):
-        return [a for a in node.all_input_nodes if a in self.out]
+        return [a for a in node.all_input_nodes if isinstance(self.out.get(a), tuple)]
 
-    def same(self, node, src):
-        self.out[node] = self.out[src]
+    def shape(self, node):
+        return _shape_of(node.meta.get("tensor_meta")) if isinstance(node, fx.Node) else None
 
-    def entry(self, key, axis, space, inner=1):
-        self.entries.append((key, axis, inner, space))
+    def arg(self, node, index, name, default=None):
+        if len(node.args) > index:
+            return node.args[index]
+        return node.kwargs.get(name, default)
 
-    def new_layer_space(self, node, name):
-        s = self.spaces.new()
-        self.producers.setdefault(s, []).append(name)
-        return s
+    # -- parameters and buffers
+    def canonical(self, key):
+        return self.alias.get(key, key)
+
+    def param_axis(self, key, axis):
+        """The pair that indexes ``key``'s ``axis`` (a new free space when nothing bound it yet)."""
+        key = self.canonical(key)
+        if key not in self.state or not self.state[key].is_floating_point():
+            raise ValueError(f"permutation_spec: graph node {self.node.name!r} uses {key!r}, which is not a "
+                             f"float state_dict tensor. {HAND_WRITTEN}")
+        length = self.state[key].shape[axis]
+        self.sites.setdefault((key, axis), []).append(self.node.name)
+        if (key, axis) not in self.bound:
+            self.bound[(key, axis)] = self.free(length)
+        return self.bound[(key, axis)]
+
+    def bind(self, key, axis, pair):
+        """``key``'s ``axis`` is indexed by ``pair``'s units (for the state_dict entries of the group)."""
+        canon = self.canonical(key)
+        tensor = self.state.get(canon)
+        if tensor is None or not tensor.is_floating_point():
+            self.fix(pair, f"indexes {key!r}, which is not a state_dict tensor")
+            return
+        if tensor.shape[axis] != self.size(pair) * pair[1]:
+            self.fix(pair, f"{key!r} axis {axis} has {tensor.shape[axis]} entries, the input "
+                           f"{self.size(pair)} x {pair[1]}")
+            return
+        self.sites.setdefault((canon, axis), []).append(self.node.name)
+        if (canon, axis) in self.bound:
+            self.unify(self.bound[(canon, axis)], pair, f"uses {key!r} again and joins")
+        else:
+            self.bound[(canon, axis)] = pair
+
+    def bind_module(self, name, attr, axis, pair):
+        if getattr(self.modules[name], attr, None) is not None and f"{name}.{attr}" in self.state:
+            self.bind(f"{name}.{attr}", axis, pair)
+
+    # -- messages
+    def fail(self, node, why="unsupported op"):
+        raise ValueError(f"permutation_spec cannot handle graph node {node.name!r} ({_describe(self.gm, node)}): "
+                         f"{why}. {HAND_WRITTEN}")
 
     # -- dispatch
     def run(self):
         for node in self.gm.graph.nodes:
-            shape = self.shape(node)
+            self.node = node
+            meta = node.meta.get("tensor_meta")
             if node.op == "placeholder":
-                if shape is not None and len(shape) >= 2:
-                    self.out[node] = (self.spaces.new(fixed=True), 1)
+                if _shape_of(meta) is not None:
+                    self.out[node] = self.fixed_value(_shape_of(meta))
             elif node.op == "get_attr":
-                pass  # parameters used functionally are handled by the op that uses them
+                self.get_attr(node, _shape_of(meta))
             elif node.op == "output":
-                for a in node.all_input_nodes:
-                    if a in self.out:
-                        self.spaces.fix(self.out[a][0])
-            elif shape is None or len(shape) < 2:
-                if node.op == "call_method" and node.target in _NON_TENSOR_METHODS:
-                    continue
-                if node.op == "call_function" and node.target in (getattr, operator.getitem):
-                    continue
-                # a tensor op that collapses the channel axis: its inputs' channels are fixed
-                for a in self.tensor_args(node):
-                    self.spaces.fix(self.out[a][0])
+                self.fix_all(node, None)  # the network's outputs keep their order
+            elif _shape_of(meta) is None and not isinstance(meta, (tuple, list)):
+                self.non_tensor(node)
             elif node.op == "call_module":
                 self.module(node, self.modules[node.target])
             elif node.op in ("call_function", "call_method"):
@@ -203,172 +358,705 @@ class _Analysis:
             else:
                 self.fail(node)
 
+    def fix_all(self, node, why):
+        for a in node.all_input_nodes:
+            values = self.out.get(a)
+            for value in values if isinstance(values, list) else [values]:
+                for pair in value or ():
+                    self.fix(pair, why)
+
+    def non_tensor(self, node):
+        """A node whose result is no tensor: shape queries are harmless; anything else that reads a
+        tensor (``.item()``, ``.tolist()``) may depend on the order of its units, so they are fixed."""
+        if node.op == "call_method" and node.target in _SHAPE_QUERIES:
+            return
+        if node.op == "call_function" and node.target in (getattr, operator.getitem):
+            return
+        self.fix_all(node, "read by an op that returns no tensor")
+
+    def get_attr(self, node, shape):
+        if shape is None:
+            return
+        key = node.target
+        if self.canonical(key) in self.state and self.state[self.canonical(key)].is_floating_point():
+            self.out[node] = tuple(self.param_axis(key, a) for a in range(len(shape)))
+        else:  # a constant that no permutation can reorder
+            self.out[node] = self.fixed_value(shape)
+
     def module(self, node, mod):
         name = node.target
         args = self.tensor_args(node)
         if not args:
             self.fail(node, "no tensor input")
         src = args[0]
-        s_in, inner_in = self.out[src]
-        if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            groups = getattr(mod, "groups", 1)
+        v = self.out[src]
+        if isinstance(mod, nn.Linear):
             self.consumer_inputs.append(src)
-            out_ch = mod.weight.shape[0]
-            if groups == 1:
-                s = self.new_layer_space(node, name)
-                self.entry(f"{name}.weight", 0, s)
-                self.entry(f"{name}.weight", 1, s_in, inner_in)
-                if mod.bias is not None:
-                    self.entry(f"{name}.bias", 0, s)
-                self.out[node] = (s, 1)
-            elif groups == out_ch == mod.in_channels:  # depthwise: keeps the channel space
-                self.entry(f"{name}.weight", 0, s_in)
-                if mod.bias is not None:
-                    self.entry(f"{name}.bias", 0, s_in)
-                self.out[node] = (s_in, 1)
-            else:  # grouped conv: channels may only move within groups; keep them fixed
-                self.spaces.fix(s_in)
-                self.out[node] = (self.spaces.new(fixed=True), 1)
+            self.bind_module(name, "weight", 1, v[-1])
+            out_c = self.param_axis(f"{name}.weight", 0)
+            self.bind_module(name, "bias", 0, out_c)
+            self.producers.setdefault(self.spaces.find(out_c[0]), []).append(name)
+            self.out[node] = v[:-1] + (out_c,)
+        elif isinstance(mod, _CONV_MODULES + _CONV_TRANSPOSE_MODULES):
+            self.conv_module(node, name, mod, src)
         elif isinstance(mod, _NORM_MODULES):
             for attr in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(mod, attr, None) is not None:
-                    self.entry(f"{name}.{attr}", 0, s_in, inner_in)
-            self.same(node, src)
+                self.bind_module(name, attr, 0, v[1])
+            self.out[node] = v
         elif isinstance(mod, nn.GroupNorm):
-            if mod.num_groups not in (1, mod.num_channels):
-                self.spaces.fix(s_in)  # statistics are pooled within fixed channel groups
-            elif mod.affine:
-                self.entry(f"{name}.weight", 0, s_in, inner_in)
-                self.entry(f"{name}.bias", 0, s_in, inner_in)
-            self.same(node, src)
+            self.group_norm(mod.num_groups, v, [f"{name}.{a}" for a in ("weight", "bias") if f"{name}.{a}" in self.state])
+            self.out[node] = v
         elif isinstance(mod, nn.LayerNorm):
-            rank = len(self.shape(src))
-            if len(mod.normalized_shape) == rank - 1 and mod.elementwise_affine:  # covers the channels
-                self.entry(f"{name}.weight", 0, s_in, inner_in)
-                if mod.bias is not None:
-                    self.entry(f"{name}.bias", 0, s_in, inner_in)
-            self.same(node, src)
+            k = len(mod.normalized_shape)
+            for attr in ("weight", "bias"):
+                for j in range(k):
+                    self.bind_module(name, attr, j, v[len(v) - k + j])
+            self.out[node] = v
         elif isinstance(mod, nn.PReLU):
             if mod.num_parameters > 1:
-                self.entry(f"{name}.weight", 0, s_in, inner_in)
-            self.same(node, src)
-        elif isinstance(mod, nn.Flatten):
-            self.flatten(node, src, mod.start_dim)
-        elif isinstance(mod, _PASSTHROUGH_MODULES):
-            self.same(node, src)
+                self.bind_module(name, "weight", 0, v[1])
+            self.out[node] = v
+        elif isinstance(mod, nn.MultiheadAttention):
+            self.attention_module(node, name, mod)
+        elif isinstance(mod, _RESHAPE_MODULES):
+            self.out[node] = self.reshape(v, self.shape(src), self.shape(node))
+        elif isinstance(mod, _POOL_MODULES):
+            self.pool(node, v)
+        elif isinstance(mod, _ELEMENTWISE_MODULES):
+            self.elementwise(node, src)
         else:
             self.fail(node, f"unknown module type {type(mod).__name__}")
 
-    def flatten(self, node, src, start_dim):
-        in_shape, out_shape = self.shape(src), self.shape(node)
-        s, inner = self.out[src]
-        if start_dim != 1 or len(out_shape) != 2:
-            self.fail(node, "only flattening everything after the batch axis is supported")
-        spatial = 1
-        for d in in_shape[2:]:
-            spatial *= d
-        self.out[node] = (s, inner * spatial)
+    def conv_module(self, node, name, mod, src):
+        """Conv (or transposed conv) on dim 1: groups=1 starts a new space; depthwise keeps the input's
+        (``out = m * in`` channels: each input unit owns ``m`` consecutive outputs); other groupings fix."""
+        v = self.out[src]
+        self.consumer_inputs.append(src)
+        transposed = isinstance(mod, _CONV_TRANSPOSE_MODULES)
+        out_channels = self.shape(node)[1]
+        if mod.groups == 1:
+            self.bind_module(name, "weight", 0 if transposed else 1, v[1])
+            out_c = self.param_axis(f"{name}.weight", 1 if transposed else 0)
+            self.producers.setdefault(self.spaces.find(out_c[0]), []).append(name)
+        elif not transposed and mod.groups == mod.in_channels and out_channels % mod.groups == 0:
+            out_c = (v[1][0], v[1][1] * (out_channels // mod.groups))
+            self.bind_module(name, "weight", 0, out_c)
+        else:
+            self.fix(v[1], f"grouped convolution ({mod.groups} groups): channels may only move within a "
+                           "group, so they are kept fixed")
+            out_c = self.fresh(out_channels)
+        self.bind_module(name, "bias", 0, out_c)
+        self.out[node] = (v[0], out_c) + self.fixed_value(self.shape(node)[2:])
+
+    def group_norm(self, num_groups, v, keys):
+        if num_groups not in (1, self.size(v[1]) * v[1][1]):
+            self.fix(v[1], f"GroupNorm with {num_groups} groups pools statistics within fixed channel groups")
+            return
+        for key in keys:
+            self.bind(key, 0, v[1])
+
+    def attention_module(self, node, name, mod):
+        """``nn.MultiheadAttention``: the embedding axis of query, key and value joins ``in_proj``'s
+        input axis and the output is ``out_proj``'s space; the heads inside stay fixed."""
+        q, k, val = (self.arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
+        if not all(isinstance(self.value(t), tuple) for t in (q, k, val)):
+            self.fail(node, "query, key and value must be tensors")
+        if mod.in_proj_weight is None:
+            self.fail(node, "separate q/k/v projection weights (kdim/vdim) are not supported")
+        for t in (q, k, val):
+            self.bind(f"{name}.in_proj_weight", 1, self.value(t)[-1])
+        out_c = self.param_axis(f"{name}.out_proj.weight", 0)
+        self.bind_module(f"{name}.out_proj", "bias", 0, out_c)
+        self.producers.setdefault(self.spaces.find(out_c[0]), []).append(f"{name}.out_proj")
+        attn = self.value(q)[:-1] + (out_c,)
+        metas = node.meta.get("tensor_meta")
+        second = _shape_of(metas[1]) if isinstance(metas, (tuple, list)) and len(metas) > 1 else None
+        self.out[node] = [attn, self.fixed_value(second) if second is not None else None]
+
+    def pool(self, node, v):
+        """Pooling, resizing and padding: batch and channel axes kept, the others are new, fixed."""
+        shape = self.shape(node)
+        self.out[node] = v[:2] + self.fixed_value(shape[2:])
+        for pair in v[2:]:
+            self.fix(pair, "pooled, resized or padded")
+
+    def elementwise(self, node, src):
+        if self.shape(node) != self.shape(src):
+            self.fail(node, f"an element-wise op changed the shape {self.shape(src)} -> {self.shape(node)}")
+        self.out[node] = self.out[src]
 
     def function(self, node):
-        t = node.target
+        t, fn, method = node.target, node.op == "call_function", node.op == "call_method"
         args = self.tensor_args(node)
-        is_fn, is_method = node.op == "call_function", node.op == "call_method"
-        if (is_fn and t in _PASSTHROUGH_FUNCTIONS) or (is_method and t in _PASSTHROUGH_METHODS):
-            self.same(node, args[0])
-        elif (is_fn and t in _JOIN_FUNCTIONS) or (is_method and t in _JOIN_METHODS):
+        tuple_source = node.args and isinstance(self.value(node.args[0]), list)
+        if fn and t is operator.getitem and tuple_source:
+            self.out[node] = self.out[node.args[0]][node.args[1]]
+        elif not args and fn and t is operator.getitem:
+            self.fail(node, "indexes a value the analysis does not track")
+        elif not args:
+            self.out[node] = self.fixed_value(self.shape(node))  # a new tensor (torch.zeros, arange, ...)
+        elif (fn and t in _ELEMENTWISE_FUNCTIONS) or (method and t in _ELEMENTWISE_METHODS):
+            self.elementwise(node, node.args[0] if isinstance(node.args[0], fx.Node) else args[0])
+        elif (fn and t in _JOIN_FUNCTIONS) or (method and t in _JOIN_METHODS):
             self.join(node, args)
-        elif (is_fn and t in _FLATTEN_FUNCTIONS) or (is_method and t in _RESHAPE_METHODS):
-            start = 1 if t in ("view", "reshape") else (node.args[1] if len(node.args) > 1 else
-                                                          node.kwargs.get("start_dim", 0))
-            self.flatten(node, args[0], start)
-        elif (is_fn and t in (torch.mean, torch.sum, torch.amax)) or (is_method and t in _MEAN_METHODS):
-            dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-            dims = (dims,) if isinstance(dims, int) else dims
-            if dims is None or any(d in (0, 1, -len(self.shape(args[0]))) for d in dims):
-                self.fail(node, "reduction over the batch or channel axis")
-            self.same(node, args[0])
-        elif is_fn and t is torch.cat:
-            for a in args:
-                self.spaces.fix(self.out[a][0])
-            self.out[node] = (self.spaces.new(fixed=True), 1)
+        elif (fn and t in _RESHAPE_FUNCTIONS) or (method and t in _RESHAPE_METHODS):
+            self.out[node] = self.reshape(self.out[node.args[0]], self.shape(node.args[0]), self.shape(node))
+        elif (fn and t in _REORDER_FUNCTIONS) or (method and t in _REORDER_METHODS):
+            self.reorder(node)
+        elif (fn and t in _REDUCE_FUNCTIONS) or (method and t in _REDUCE_METHODS):
+            self.reduce(node)
+        elif fn and t in _POOL_FUNCTIONS:
+            self.pool(node, self.out[node.args[0]])
+        elif fn and t is _F.pad:
+            self.pad(node)
+        elif fn and t is operator.getitem:
+            self.getitem(node)
+        elif (fn and t in (torch.Tensor.expand, torch.broadcast_to)) or (method and t in ("expand", "expand_as")):
+            self.expand(node)
+        elif fn and t in _CAT_FUNCTIONS or fn and t is torch.stack:
+            self.cat(node, stack=t is torch.stack)
+        elif (fn and t in _SPLIT_FUNCTIONS) or (method and t in _SPLIT_METHODS):
+            self.split(node, _SPLIT_FUNCTIONS.get(t, t))
+        elif (fn and t in _MATMUL_FUNCTIONS) or (method and t in _MATMUL_METHODS):
+            self.matmul(node, self.out[node.args[0]], self.out[node.args[1]])
+        elif fn and t is _F.linear:
+            self.linear_function(node)
+        elif fn and t in _CONV_FUNCTIONS:
+            self.conv_function(node)
+        elif fn and t in (_F.batch_norm, _F.instance_norm):
+            v = self.out[node.args[0]]
+            for i, name in enumerate(("running_mean", "running_var", "weight", "bias"), start=1):
+                self.unify_operand(node, i, name, v[1])
+            self.out[node] = v
+        elif fn and t is _F.layer_norm:
+            self.layer_norm_function(node)
+        elif fn and t is _F.group_norm:
+            self.group_norm_function(node)
+        elif fn and t is _F.scaled_dot_product_attention:
+            self.attention_function(node)
+        elif fn and t is torch.roll:
+            self.roll(node)
+        elif fn and getattr(t, "__module__", "").startswith("torchvision") and t.__name__ in _TORCHVISION_LEAVES:
+            getattr(self, _TORCHVISION_LEAVES[t.__name__])(node)
         else:
             self.fail(node)
 
+    def unify_operand(self, node, index, name, pair):
+        """Operand ``name`` of ``node`` (a per-channel tensor, or None) indexes ``pair``'s units."""
+        operand = self.value(self.arg(node, index, name))
+        if operand is not None:
+            if len(operand) != 1:
+                self.fail(node, f"{name} is not a per-channel vector")
+            self.unify(operand[0], pair)
+
     def join(self, node, args):
-        """Element-wise binary op: tensors of the node's own shape share its space."""
+        """Element-wise op with broadcasting: aligned from the right, axes of the output's length (>1)
+        share one space; broadcast axes (length 1) are constant along the output's axis."""
         out_shape = self.shape(node)
-        space = None
+        rank = len(out_shape)
+        result = [None] * rank
         for a in args:
-            if self.shape(a) == out_shape or self.shape(a)[1] == out_shape[1] and self.shape(a)[1] > 1:
-                space = self.out[a][0] if space is None else self.spaces.union(space, self.out[a][0])
-        if space is None:
-            self.fail(node, "no operand has the output's shape")
-        for a in node.all_input_nodes:
-            if a.op == "get_attr":
-                self.attr_operand(node, a, space)
-        self.out[node] = (space, self.out[args[0]][1])
+            v, shape = self.out[a], self.shape(a)
+            if len(shape) > rank:
+                self.fail(node, f"operand {a.name!r} has more axes than the result")
+            for i, (pair, length) in enumerate(zip(v, shape)):
+                j = rank - len(shape) + i
+                if length != out_shape[j] or length == 1:
+                    continue
+                if result[j] is None:
+                    result[j] = pair
+                else:
+                    self.unify(result[j], pair)
+        self.out[node] = tuple(p if p is not None else self.fresh(d) for p, d in zip(result, out_shape))
 
-    def attr_operand(self, node, attr, space):
-        """A parameter used in an element-wise op: a scalar, or one value per channel."""
-        value = operator.attrgetter(attr.target)(self.gm)
-        if value.numel() == 1:
-            return
+    def reshape(self, v, in_shape, out_shape):
+        """A view that keeps the elements' order: axes merge (the outer one's units survive, with the
+        merged axes as ``inner``) or split (the first part keeps the units where it is ``units x k``)."""
+        result = [self.fresh(1) if d == 1 else None for d in out_shape]
+        for pair, d in zip(v, in_shape):
+            if d == 1:
+                self.spaces.fix(pair[0])  # one unit: nothing to permute
+        for ins, outs in _reshape_chunks(in_shape, out_shape):
+            if len(ins) == 1 and len(outs) == 1:
+                result[outs[0]] = v[ins[0]]
+            elif len(outs) == 1:
+                for i in ins[1:]:
+                    self.fix(v[i], f"merged into an inner position of axis {outs[0]}")
+                first = v[ins[0]]
+                result[outs[0]] = (first[0], first[1] * math.prod(in_shape[i] for i in ins[1:]))
+            elif len(ins) == 1 and self.is_free(v[ins[0]]) and out_shape[outs[0]] % self.size(v[ins[0]]) == 0:
+                s = v[ins[0]][0]
+                result[outs[0]] = (s, out_shape[outs[0]] // self.size(v[ins[0]]))
+                for j in outs[1:]:
+                    result[j] = self.fresh(out_shape[j])
+            else:
+                for i in ins:
+                    self.fix(v[i], f"split into axes of {[out_shape[j] for j in outs]} (e.g. a channel shuffle "
+                                   "or attention heads): those units are kept fixed")
+                for j in outs:
+                    result[j] = self.fresh(out_shape[j])
+        return tuple(result)
+
+    def reorder(self, node):
+        v, t = self.out[node.args[0]], node.target
+        rank = len(v)
+        rest = [a for a in node.args[1:]]
+        if t == "permute" or t is torch.permute:
+            dims = rest[0] if len(rest) == 1 and not isinstance(rest[0], int) else rest
+            dims = _dims(dims if dims else node.kwargs.get("dims"), rank)
+            order = list(dims)
+        elif t in ("movedim",) or t is torch.movedim:
+            src, dst = (rest + [node.kwargs.get(k) for k in ("source", "destination")][len(rest):])[:2]
+            src, dst = _dims(src, rank), _dims(dst, rank)
+            order = [None] * rank
+            for s, d in zip(src, dst):
+                order[d] = s
+            remaining = iter(i for i in range(rank) if i not in src)
+            order = [o if o is not None else next(remaining) for o in order]
+        else:  # transpose / swapaxes / swapdims
+            a, b = _dims(rest[:2], rank)
+            order = list(range(rank))
+            order[a], order[b] = b, a
+        self.out[node] = tuple(v[i] for i in order)
+
+    def reduce(self, node):
+        v = self.out[node.args[0]]
+        dims = self.arg(node, 1, "dim")
+        keep = self.arg(node, 2, "keepdim", False)
+        if isinstance(dims, fx.Node) or not isinstance(keep, bool):
+            self.fail(node, "reduction over axes the analysis cannot read")
+        dims = range(len(v)) if dims is None else _dims(dims, len(v))  # any symmetric reduction is invariant
+        self.out[node] = tuple(self.fresh(1) if i in dims else p for i, p in enumerate(v) if keep or i not in dims)
+        if len(self.out[node]) != len(self.shape(node)):
+            self.fail(node, "the reduced shape does not match")
+
+    def pad(self, node):
+        v = self.out[node.args[0]]
+        k = len(self.arg(node, 1, "pad")) // 2
+        for pair in v[len(v) - k:]:
+            self.fix(pair, "padded")
+        self.out[node] = v[:len(v) - k] + self.fixed_value(self.shape(node)[len(v) - k:])
+
+    def roll(self, node):
+        v = self.out[node.args[0]]
+        dims = self.arg(node, 2, "dims")
+        if dims is None:
+            self.fail(node, "roll over the flattened tensor")
+        for d in _dims(dims, len(v)):
+            self.fix(v[d], "rolled")
+        self.out[node] = v
+
+    def getitem(self, node):
+        """Basic indexing: ints drop an axis, full slices keep it, partial slices fix its units."""
+        v, index = self.out[node.args[0]], node.args[1]
+        index = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, fx.Node) or not (i is None or i is Ellipsis or isinstance(i, (int, slice)))
+               for i in index):
+            self.fail(node, "indexing with tensors (advanced indexing)")
+        used = sum(i is not None and i is not Ellipsis for i in index)
+        if Ellipsis in index:
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (len(v) - used) + index[at + 1:]
+        index = index + (slice(None),) * (len(v) - sum(i is not None for i in index))
+        out_shape, result, axis = self.shape(node), [], 0
+        for i in index:
+            if i is None:
+                result.append(self.fresh(1))
+                continue
+            pair, length = v[axis], self.shape(node.args[0])[axis]
+            axis += 1
+            if isinstance(i, int):
+                self.fix(pair, f"one entry of axis {axis - 1} is selected")
+            elif i == slice(None) or len(range(*i.indices(length))) == length and (i.step or 1) == 1:
+                result.append(pair)
+            else:
+                self.fix(pair, f"a slice of axis {axis - 1} is selected")
+                result.append(self.fresh(len(range(*i.indices(length)))))
+        if len(result) != len(out_shape):
+            self.fail(node, "indexing the analysis cannot follow")
+        self.out[node] = tuple(result)
+
+    def expand(self, node):
+        v, in_shape, out_shape = self.out[node.args[0]], self.shape(node.args[0]), self.shape(node)
+        lead = len(out_shape) - len(in_shape)
+        kept = [p if d == out_shape[lead + i] else self.fresh(out_shape[lead + i])
+                for i, (p, d) in enumerate(zip(v, in_shape))]
+        self.out[node] = self.fixed_value(out_shape[:lead]) + tuple(kept)
+
+    def cat(self, node, stack):
+        tensors = self.arg(node, 0, "tensors")
+        values = [self.value(t) for t in tensors]
+        if any(not isinstance(t, tuple) for t in values):
+            self.fail(node, "concatenates values the analysis does not track")
         rank = len(self.shape(node))
-        shape = (1,) * (rank - value.dim()) + tuple(value.shape)
-        if shape[1] == value.numel() and value.dim() >= rank - 1:
-            self.entry(attr.target, value.dim() - (rank - 1), space, self.out[node.all_input_nodes[0]][1])
+        dim = _dims(self.arg(node, 1, "dim", 0), rank)[0]
+        result = list(values[0]) if not stack else list(values[0][:dim]) + [None] + list(values[0][dim:])
+        for v in values:
+            parts = list(v) if not stack else list(v[:dim]) + [None] + list(v[dim:])
+            for j, pair in enumerate(parts):
+                if j == dim and not stack:
+                    self.fix(pair, f"concatenated along axis {dim}: those units are kept fixed")
+                elif j != dim:
+                    self.unify(result[j], pair)
+        result[dim] = self.fresh(self.shape(node)[dim])
+        self.out[node] = tuple(result)
+
+    def split(self, node, kind):
+        v = self.out[node.args[0]]
+        dim = _dims(self.arg(node, 1 if kind == "unbind" else 2, "dim", 0), len(v))[0]
+        self.fix(v[dim], f"{kind} along axis {dim}: those units are kept fixed")
+        metas = node.meta.get("tensor_meta")
+        parts = []
+        for meta in metas:
+            shape = _shape_of(meta)
+            if kind == "unbind":
+                parts.append(v[:dim] + v[dim + 1:])
+            else:
+                parts.append(v[:dim] + (self.fresh(shape[dim]),) + v[dim + 1:])
+        self.out[node] = parts
+
+    def matmul(self, node, a, b):
+        """``a [..., n, k] @ b [..., k, m]``: the contracted axes share a space, batch axes broadcast."""
+        if len(a) < 2 or len(b) < 2:
+            self.fail(node, "matrix products of vectors")
+        self.unify(a[-1], b[-2], "contracts")
+        out_shape = self.shape(node)
+        batch = []
+        for j, length in enumerate(out_shape[:-2]):
+            found = None
+            for v, shape in ((a, self.shape(node.args[0])), (b, self.shape(node.args[1]))):
+                i = j - (len(out_shape) - len(shape))
+                if i >= 0 and shape[i] == length and length > 1:
+                    found = v[i] if found is None else (self.unify(found, v[i]) or found)
+            batch.append(found if found is not None else self.fresh(length))
+        self.out[node] = tuple(batch) + (a[-2], b[-1])
+
+    def weight_name(self, node, index, name):
+        w = self.arg(node, index, name)
+        if not (isinstance(w, fx.Node) and w.op == "get_attr"):
+            return None
+        return w.target.rsplit(".", 1)[0]
+
+    def linear_function(self, node):
+        x, w = self.out[node.args[0]], self.value(self.arg(node, 1, "weight"))
+        self.consumer_inputs.append(node.args[0])
+        self.unify(x[-1], w[1], "feeds")
+        self.unify_operand(node, 2, "bias", w[0])
+        producer = self.weight_name(node, 1, "weight")
+        if producer is not None:
+            self.producers.setdefault(self.spaces.find(w[0][0]), []).append(producer)
+        self.out[node] = x[:-1] + (w[0],)
+
+    def conv_function(self, node):
+        x, w = self.out[node.args[0]], self.value(self.arg(node, 1, "weight"))
+        groups = self.arg(node, 6, "groups", 1)
+        self.consumer_inputs.append(node.args[0])
+        out_shape = self.shape(node)
+        if groups == 1:
+            self.unify(x[1], w[1], "feeds")
+            out_c = w[0]
+            producer = self.weight_name(node, 1, "weight")
+            if producer is not None:
+                self.producers.setdefault(self.spaces.find(out_c[0]), []).append(producer)
+        elif groups == self.shape(node.args[0])[1] == out_shape[1]:
+            out_c = x[1]
+            self.unify(w[0], out_c)
         else:
-            self.fail(node, f"parameter {attr.target} of shape {tuple(value.shape)} is not per-channel")
+            self.fix(x[1], f"grouped convolution ({groups} groups): channels kept fixed")
+            self.fix(w[0], "grouped convolution")
+            out_c = self.fresh(out_shape[1])
+        self.unify_operand(node, 2, "bias", out_c)
+        self.out[node] = (x[0], out_c) + self.fixed_value(out_shape[2:])
+
+    def layer_norm_function(self, node):
+        v = self.out[node.args[0]]
+        shape = self.arg(node, 1, "normalized_shape")
+        k = len(shape) if isinstance(shape, (tuple, list)) else 1
+        for index, name in ((2, "weight"), (3, "bias")):
+            operand = self.value(self.arg(node, index, name))
+            for j, pair in enumerate(operand or ()):
+                self.unify(pair, v[len(v) - k + j])
+        self.out[node] = v
+
+    def group_norm_function(self, node):
+        v = self.out[node.args[0]]
+        groups = self.arg(node, 1, "num_groups")
+        if groups not in (1, self.shape(node.args[0])[1]):
+            self.fix(v[1], f"GroupNorm with {groups} groups pools statistics within fixed channel groups")
+            for index, name in ((2, "weight"), (3, "bias")):
+                operand = self.value(self.arg(node, index, name))
+                if operand is not None:
+                    self.fix(operand[0], "GroupNorm")
+        else:
+            self.unify_operand(node, 2, "weight", v[1])
+            self.unify_operand(node, 3, "bias", v[1])
+        self.out[node] = v
+
+    def attention_function(self, node):
+        """``softmax(q k^T) v`` for ``[..., L, E]`` q, ``[..., S, E]`` k and ``[..., S, Ev]`` v."""
+        q, k, v = (self.out[a] for a in node.args[:3])
+        self.unify(q[-1], k[-1], "contracts")
+        self.unify(k[-2], v[-2], "contracts")
+        mask = self.value(self.arg(node, 3, "attn_mask"))
+        for pair in mask or ():
+            self.fix(pair, "attention mask")
+        self.out[node] = q[:-1] + (v[-1],)
+
+    def window_attention(self, node):
+        """torchvision's ``shifted_window_attention(x [B, H, W, C], qkv_weight, proj_weight, bias, ...)``:
+        C joins ``qkv_weight``'s input axis, the output's last axis is ``proj_weight``'s; heads and the
+        (padded, rolled, windowed) spatial axes stay fixed."""
+        x = self.out[node.args[0]]
+        qkv, proj = self.value(self.arg(node, 1, "qkv_weight")), self.value(self.arg(node, 2, "proj_weight"))
+        self.unify(x[-1], qkv[1], "feeds")
+        heads = ((1, "qkv_weight", (0,)), (2, "proj_weight", (1,)), (3, "relative_position_bias", None),
+                 (9, "qkv_bias", None), (11, "logit_scale", None))
+        for index, name, axes in heads:
+            operand = self.value(self.arg(node, index, name)) or ()
+            for axis in range(len(operand)) if axes is None else axes:
+                self.fix(operand[axis], "attention heads and their position bias")
+        if name_of_weight := self.weight_name(node, 2, "proj_weight"):
+            self.producers.setdefault(self.spaces.find(proj[0][0]), []).append(name_of_weight)
+        self.unify_operand(node, 10, "proj_bias", proj[0])
+        for pair in x[1:-1]:
+            self.fix(pair, "windowed")
+        self.out[node] = x[:1] + self.fixed_value(self.shape(node)[1:-1]) + (proj[0],)
+
+    def patch_merging_pad(self, node):
+        """torchvision's ``_patch_merging_pad``: 2 x 2 neighbours concatenated along the channels."""
+        x = self.out[node.args[0]]
+        for pair in x[-3:]:
+            self.fix(pair, "2 x 2 patches concatenated along the channels: those units are kept fixed")
+        self.out[node] = x[:-3] + self.fixed_value(self.shape(node)[-3:])
+
+    def position_bias(self, node):
+        """A tensor computed from parameters by an op the analysis treats as opaque: all of it fixed."""
+        self.fix_all(node, "read by a position-bias op")
+        self.out[node] = self.fixed_value(self.shape(node))
 
 
-def permutation_spec(model: nn.Module, example_input: torch.Tensor) -> PermutationSpec:
+def _reshape_chunks(in_shape, out_shape):
+    """Group the axes of a reshape (length-1 axes left out): ``[(input axes, output axes)]`` whose
+    lengths have equal products."""
+    ins = [i for i, d in enumerate(in_shape) if d != 1]
+    outs = [j for j, d in enumerate(out_shape) if d != 1]
+    chunks, i, j = [], 0, 0
+    while i < len(ins) and j < len(outs):
+        ci, cj = [ins[i]], [outs[j]]
+        pi, pj = in_shape[ins[i]], out_shape[outs[j]]
+        i, j = i + 1, j + 1
+        while pi != pj:
+            if pi < pj:
+                ci.append(ins[i])
+                pi *= in_shape[ins[i]]
+                i += 1
+            else:
+                cj.append(outs[j])
+                pj *= out_shape[outs[j]]
+                j += 1
+        chunks.append((ci, cj))
+    return chunks
+
+
+def _aliases(state: dict) -> dict:
+    """``key -> first key holding the same tensor`` for tied weights (one module's parameter under
+    several names)."""
+    first, alias = {}, {}
+    for key, t in state.items():
+        ident = (t.data_ptr(), tuple(t.shape), t.dtype) if t.numel() else id(t)
+        alias[key] = first.setdefault(ident, key)
+    return alias
+
+
+def _describe(gm, node):
+    if node.op == "call_module":
+        return f"call_module {node.target}: {type(gm.get_submodule(node.target)).__name__}"
+    target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", node.target)
+    return f"{node.op} {target}"
+
+
+# ---------------------------------------------------------------- building the spec
+def permutation_spec(model: nn.Module, example_input: torch.Tensor, verify: bool = True,
+                     rtol: float | None = None) -> PermutationSpec:
     """Trace ``model`` and group every (parameter or buffer, axis) that must share one permutation.
 
     ``example_input``: one batch (``[N, ...]``, any N >= 1) used to propagate shapes; the model is
-    run on a copy, in eval mode, so its BatchNorm statistics are untouched.
-    Returns a :class:`PermutationSpec` whose groups are named after the layer that starts them.
+    run on a copy, in eval mode, so its BatchNorm statistics are untouched. ``verify`` (default)
+    checks the result on that input (:func:`verify_spec`, relative tolerance ``rtol``): a group
+    that does not keep the network's function raises ``ValueError`` naming it and its graph
+    nodes. Returns a :class:`PermutationSpec` whose groups are named after the layer that starts
+    them; :meth:`PermutationSpec.summary` lists them and says which channels stay fixed and why.
     """
     model = copy.deepcopy(model).eval()
     gm = trace(model)
     with torch.no_grad():
         ShapeProp(gm).propagate(as_input(example_input[:2], model))
-    an = _Analysis(gm)
+    an = _Analysis(gm, gm.state_dict(keep_vars=True))
     an.run()
-    sp = an.spaces
+    spec = _assemble(an)
+    check_spec(spec, model)
+    if verify:
+        verify_spec(model, spec, example_input, rtol)
+    return spec
 
-    names, groups = {}, {}
-    for node, (space, _) in an.out.items():
+
+def _assemble(an: _Analysis) -> PermutationSpec:
+    """The groups of an analysed graph: one per free space that indexes some state_dict entry."""
+    sp = an.spaces
+    entries = {}  # root -> [(key, axis, inner)]
+    sites, keys_of = {}, {}
+    for key, canonical in an.alias.items():
+        keys_of.setdefault(canonical, []).append(key)
+    for (key, axis), (space, inner) in an.bound.items():
         root = sp.find(space)
-        if sp.is_fixed(root) or root in names:
-            continue
-        producers = [p for s, ps in an.producers.items() if sp.find(s) == root for p in ps]
-        name = producers[0] if producers else node.name
-        names[root] = name
-        size = an.shape(node)[1] // an.out[node][1]
-        groups[name] = Group(size=size, residual=len(producers) > 1)
-    for key, axis, inner, space in an.entries:
-        root = sp.find(space)
-        if root in names:
-            groups[names[root]].entries.append((key, axis, inner))
+        if not sp.is_fixed(root) and sp.size[root] > 1:
+            for alias in keys_of.get(key, [key]):
+                entries.setdefault(root, []).append((alias, axis, inner))
+            sites.setdefault(root, []).extend(an.sites.get((key, axis), []))
+    names, groups, taken = {}, {}, set()
+    for node, value in an.out.items():
+        for pair in value if isinstance(value, tuple) else ():
+            root = sp.find(pair[0])
+            if root not in entries or root in names:
+                continue
+            producers = list(dict.fromkeys(p for s, ps in an.producers.items() if sp.find(s) == root for p in ps))
+            name = producers[0] if producers else node.name
+            while name in taken:
+                name += "_"
+            names[root], groups[name] = name, Group(size=sp.size[root], residual=len(producers) > 1)
+            taken.add(name)
+            groups[name].entries = entries[root]
+            groups[name].nodes = list(dict.fromkeys(sites[root]))
     for node in dict.fromkeys(an.consumer_inputs):
-        root = sp.find(an.out[node][0])
+        value = an.out[node]
+        root = sp.find(value[1][0]) if len(value) >= 2 else None
         if root in names:
             groups[names[root]].probes.append(node.name)
-    node_groups = {n.name: names[sp.find(s)] for n, (s, _) in an.out.items() if sp.find(s) in names}
-    spec = PermutationSpec(groups=groups, node_groups=node_groups)
-    check_spec(spec, model)
-    return spec
+    notes = [n for root, ns in an.notes.items() for n in ns]
+    for name, g in groups.items():
+        if not g.probes:
+            notes.append(f"group {name!r}: its units never sit on dim 1 of a conv or linear input (channels "
+                         "on the last axis of [N, ..., D] tensors): activation matching cannot measure it, "
+                         "align it with method='weight'")
+    node_groups = {n.name: names[sp.find(v[1][0])] for n, v in an.out.items()
+                   if isinstance(v, tuple) and len(v) >= 2 and v[1][1] == 1 and sp.find(v[1][0]) in names}
+    return PermutationSpec(groups=groups, node_groups=node_groups, notes=notes)
 
 
 def check_spec(spec: PermutationSpec, model: nn.Module) -> None:
     """Raise ``ValueError`` if an entry names a missing tensor or an axis of the wrong length."""
     state = model.state_dict()
     for name, g in spec.groups.items():
+        where = f" (graph nodes {', '.join(g.nodes[:6])})" if g.nodes else ""
         for key, axis, inner in g.entries:
             if key not in state:
-                raise ValueError(f"spec group {name!r} names {key!r}, which the model does not have")
+                raise ValueError(f"spec group {name!r}{where} names {key!r}, which the model does not have")
             if state[key].shape[axis] != g.size * inner:
                 raise ValueError(
-                    f"spec group {name!r}: {key!r} axis {axis} has {state[key].shape[axis]} entries, "
+                    f"spec group {name!r}{where}: {key!r} axis {axis} has {state[key].shape[axis]} entries, "
                     f"expected {g.size} x {inner}"
                 )
+
+
+# ---------------------------------------------------------------- verification
+def _permute_axis(t: torch.Tensor, axis: int, inner: int, perm: torch.Tensor) -> torch.Tensor:
+    """``t`` reordered along ``axis`` viewed as ``[len(perm), inner]`` (as ``alignment.permute_axis``)."""
+    shape = t.shape
+    split = shape[:axis] + (len(perm), inner) + shape[axis + 1:]
+    return t.reshape(split).index_select(axis, perm.to(t.device)).reshape(shape)
+
+
+def _permuted_state(state: dict, spec: PermutationSpec, perms: dict) -> dict:
+    """The state_dict tensors that ``perms`` (``group -> LongTensor``) changes, permuted."""
+    out = {}
+    for g, perm in perms.items():
+        for key, axis, inner in spec.groups[g].entries:
+            out[key] = _permute_axis(out.get(key, state[key]), axis, inner, perm)
+    return out
+
+
+def _tensors(output) -> list:
+    """Every tensor in a (nested) model output, as float."""
+    if isinstance(output, torch.Tensor):
+        return [output.detach().double()]
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        return [t for o in output for t in _tensors(o)]
+    return []
+
+
+def _perturb(model: nn.Module, seed: int) -> None:
+    """Give every constant float parameter and buffer generic values (in place): a zero-initialised
+    gate or a uniform BatchNorm statistic would otherwise hide a wrong spec from the check."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if not t.is_floating_point() or t.numel() < 2 or not torch.isfinite(t).all() or t.min() != t.max():
+                continue
+            noise = 0.1 * torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t)
+            if float(t.min()) > 0:  # positive statistics (variances) stay positive
+                t.mul_(noise.exp())
+            else:
+                t.add_(noise * (float(t.abs().max()) + 0.1))
+
+
+def _default_rtol(dtype) -> float:
+    return max(1e-4, 100 * torch.finfo(dtype).eps)
+
+
+def verify_spec(model: nn.Module, spec: PermutationSpec, example_input: torch.Tensor, rtol: float | None = None,
+                seed: int = 0) -> None:
+    """Raise ``ValueError`` unless permuting each group of ``spec`` keeps ``model``'s function.
+
+    On a copy of ``model`` with perturbed weights (so that no zero-initialised layer hides a
+    mistake), every group in turn gets a random non-identity permutation, and finally all groups at
+    once; the output on ``example_input[:2]`` must stay within ``rtol`` (default 1e-4 in float32)
+    times its largest magnitude (``example_input[:1]`` is used). The error names the group, its graph nodes and the deviation.
+    """
+    model = copy.deepcopy(model).eval()
+    _perturb(model, seed)
+    x = as_input(example_input[:1], model)
+    state = model.state_dict()
+    canonical = _aliases(model.state_dict(keep_vars=True))  # tied tensors: functional_call takes one name
+    dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
+    rtol = _default_rtol(dtype) if rtol is None else rtol
+    gen = torch.Generator().manual_seed(seed)
+    perms = {g: _moving_permutation(grp.size, gen) for g, grp in spec.groups.items()}
+    with torch.no_grad():
+        reference = _tensors(model(x))
+        scale = max((float(r.abs().max()) for r in reference if r.numel()), default=0.0)
+        if not all(torch.isfinite(r).all() for r in reference):
+            raise ValueError("permutation_spec cannot verify the spec: the network's output on the example input "
+                             "is not finite. Pass verify=False, or an input on which the output is finite.")
+        checks = [(g, {g: perms[g]}) for g in spec.groups] + ([(None, perms)] if len(perms) > 1 else [])
+        for g, subset in checks:
+            changed = {k: t for k, t in _permuted_state(state, spec, subset).items() if canonical.get(k, k) == k}
+            outputs = _tensors(torch.func.functional_call(model, changed, (x,), strict=False))
+            deviation = max((float((o - r).abs().max()) for o, r in zip(outputs, reference) if r.numel()),
+                            default=0.0) / max(scale, 1e-30)
+            if deviation > rtol:
+                raise _verification_error(spec, g, deviation, rtol)
+
+
+def _moving_permutation(size: int, gen: torch.Generator) -> torch.Tensor:
+    perm = torch.randperm(size, generator=gen)
+    if size > 1 and torch.equal(perm, torch.arange(size)):
+        perm = perm.roll(1)
+    return perm
+
+
+def _verification_error(spec, g, deviation, rtol):
+    if g is None:
+        what = f"permuting all {len(spec.groups)} groups together"
+        nodes = ""
+    else:
+        grp = spec.groups[g]
+        keys = ", ".join(f"{k} axis {a}" for k, a, _ in grp.entries[:4]) + (", ..." if len(grp.entries) > 4 else "")
+        nodes = f" Its graph nodes: {', '.join(grp.nodes[:8])}; probes: {', '.join(grp.probes[:4]) or 'none'}."
+        what = f"permuting group {g!r} ({grp.size} units; {keys})"
+    return ValueError(
+        f"permutation_spec: {what} changes the network's output on the example input by {deviation:.2g} of "
+        f"its magnitude (tolerance {rtol:.0e}): the graph analysis got this symmetry wrong.{nodes} "
+        f"{HAND_WRITTEN}"
+    )

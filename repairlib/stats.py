@@ -6,7 +6,9 @@ batch is reduced in the activations' dtype to sums of the samples, of their squa
 products, taken about a per-channel shift (none when the means are small against the spread: one
 read per sum, no temporary); the sums are added in float64 (:class:`Moments`). The pooled statistics
 are then those of all samples together, to rounding, however large the data's offset and however
-many batches are pooled -- never an average of per-batch statistics.
+many batches are pooled -- never an average of per-batch statistics. A batch whose float32 squares
+would underflow (channels of spread below ~1e-15, e.g. deep in a randomly initialised or interpolated
+MobileNet) or overflow is summed in per-channel powers of two, exactly, and converted back in float64.
 """
 
 import contextlib
@@ -93,13 +95,57 @@ def scratch_pass():
 OFFSET_MAX_RATIO = 50.0
 
 
-def _sums_about(xs: torch.Tensor, shift, slot: int) -> tuple:
-    """``(v, r, q)``: the samples ``v = xs - shift`` (``xs`` itself for ``shift=None``; else in scratch
-    buffer ``slot``), and their sums ``r = sum v`` and ``q = sum v^2`` per channel (``[C]``), in the
-    samples' dtype."""
-    v = xs if shift is None else torch.sub(xs, shift[:, None], out=_scratch(slot, xs))
+# Mean squares (per channel, in a batch) outside [2^-100, 2^100] put float32 squares near underflow (denormals,
+# then 0: a variance of 0 for a channel of tiny spread) or overflow (inf). Such a batch is summed in units of a
+# per-channel power of two (exact), and its sums are converted back in float64.
+SQUARE_RANGE = (2.0 ** -100, 2.0 ** 100)
+
+
+def _plain_sums(v: torch.Tensor) -> tuple:
     total = v.sum(2).sum(0) if v.shape[2] > 1 else v.sum((0, 2))  # contiguous rows first: faster
-    return v, total, _sum_of_squares(v)
+    return total, _sum_of_squares(v)
+
+
+def _power_of_two_units(v: torch.Tensor, r: torch.Tensor, q: torch.Tensor, nb: int):
+    """``None`` while every channel's float32 mean square ``q / nb`` lies in :data:`SQUARE_RANGE` or is
+    that of a dead channel (``r = q = 0``: no extra pass), or ``v`` is float64; else ``[C]`` powers of
+    two ``u`` such that ``v / u`` has its largest magnitude in [0.5, 1) per channel (1 for channels
+    that are exactly zero or not finite)."""
+    if v.dtype == torch.float64:
+        return None
+    low, high = SQUARE_RANGE
+    suspect = ~((q >= low * nb) & (q <= high * nb)) & ((q != 0) | (r != 0))
+    if not bool(suspect.any()):
+        return None
+    largest = v.abs().amax(2).amax(0) if v.shape[2] > 1 else v.abs().amax((0, 2))
+    if not bool(((largest > 0) & torch.isfinite(largest) & suspect).any()):
+        return None  # dead (all-zero) channels: their sums are exact
+    _, exponent = torch.frexp(largest.double())
+    usable = (largest > 0) & torch.isfinite(largest)
+    return torch.where(usable, torch.ldexp(torch.ones_like(largest, dtype=torch.float64), exponent), 1.0)
+
+
+def _sums_about(xs: torch.Tensor, shift, slot: int) -> tuple:
+    """``(v, r, q, units)``: the samples ``v = (xs - shift) / units`` (``xs`` itself for ``shift=None`` and
+    ``units=None``; else in scratch buffer ``slot``), and their sums ``r = sum v`` and ``q = sum v^2`` per
+    channel (``[C]``), in the samples' dtype. ``units`` (float64 ``[C]`` powers of two, or None) is only
+    used where float32 squares would underflow or overflow (:data:`SQUARE_RANGE`)."""
+    v = xs if shift is None else torch.sub(xs, shift[:, None], out=_scratch(slot, xs))
+    total, squares = _plain_sums(v)
+    units = _power_of_two_units(v, total, squares, v.shape[0] * v.shape[2])
+    if units is None:
+        return v, total, squares, None
+    v = torch.div(v, units.to(v.dtype)[:, None], out=_scratch(slot, xs))  # exact: powers of two
+    total, squares = _plain_sums(v)
+    return v, total, squares, units
+
+
+def _in_units(t: torch.Tensor, units) -> torch.Tensor:
+    """A float32 sum taken in ``units`` -> float64 in the samples' own units (``units`` per factor)."""
+    t = t.double()
+    for u in units:
+        t = t * u
+    return t
 
 
 class Moments:
@@ -115,7 +161,8 @@ class Moments:
     batch shows every channel's mean small against its spread (one read per sum, no temporary),
     else that batch's float32 means. Then ``mean = K + S1 / n``, ``M2 = S2 - S1^2 / n``. A later
     batch whose means drift far from ``K`` is summed about its own means and moved to ``K`` exactly
-    in float64, so the totals stay those of all samples, to rounding, whatever the offsets.
+    in float64, so the totals stay those of all samples, to rounding, whatever the offsets; a batch
+    whose squares would leave float32's range is summed in units of a power of two per channel.
     """
 
     def __init__(self, cross=None, channels=None):
@@ -132,20 +179,22 @@ class Moments:
         return any(k is not None for k in self._shift or ())
 
     def _stream(self, xs, i, nb):
-        """Sums of stream ``i`` about its shift: ``(v, r, q, delta)``; ``delta`` (float64 ``[C]`` or None)
-        is how far this batch's own centring lies from the shift when it had to be re-centred."""
+        """Sums of stream ``i`` about its shift: ``(v, r, q, units, delta)``; ``units`` see
+        :func:`_sums_about`; ``delta`` (float64 ``[C]`` or None) is how far this batch's own centring lies
+        from the shift when it had to be re-centred."""
         shift = self._shift[i]
-        v, r, q = _sums_about(xs, shift, i)
+        v, r, q, units = _sums_about(xs, shift, i)
         # mean^2 > R var  <=>  q - (1 + R) / (R nb) r^2 < 0, with mean = r / nb and var = q / nb - mean^2
+        # (per channel, so the same in any units)
         if not float(torch.addcmul(q, r, r, value=-(1 + OFFSET_MAX_RATIO) / (OFFSET_MAX_RATIO * nb)).min()) < 0:
-            return v, r, q, None
-        mean = r.double() / nb
+            return v, r, q, units, None
+        mean = (r.double() if units is None else _in_units(r, [units])) / nb
         own = mean.to(xs.dtype) if shift is None else shift + mean.to(xs.dtype)  # this batch's means
-        v, r, q = _sums_about(xs, own, i)
+        v, r, q, units = _sums_about(xs, own, i)
         if self.n == 0:  # the first batch sets the shift
             self._shift[i] = own
-            return v, r, q, None
-        return v, r, q, own.double() - (0.0 if shift is None else shift.double())
+            return v, r, q, units, None
+        return v, r, q, units, own.double() - (0.0 if shift is None else shift.double())
 
     @torch.no_grad()
     def update(self, x, y=None):
@@ -170,14 +219,17 @@ class Moments:
         elif len(streams) != len(self._shift):
             raise ValueError("Moments.update: pass y on every batch or on none (the first batch "
                              f"{'had' if len(self._shift) == 2 else 'had no'} y)")
-        vs, sums, deltas = [], [], []
+        vs, sums, deltas, units = [], [], [], []
         for i, xs in enumerate(streams):
-            v, r, q, delta = self._stream(xs, i, nb)
+            v, r, q, u, delta = self._stream(xs, i, nb)
             vs.append(v)
             deltas.append(delta)
+            units.append(u)
             sums += [r, q]
         if y is not None and self.cross is not None:
             sums.append(_cross_moment(vs[0], vs[1], self.cross == "full"))
+        if any(u is not None for u in units):
+            sums = self._from_units(sums, units)
         if any(d is not None for d in deltas):
             sums = self._move([t.double() for t in sums], deltas, nb)
         if self.n == 0:
@@ -187,6 +239,18 @@ class Moments:
                 total.add_(t)
         self.n += nb
         return sums, nb
+
+    def _from_units(self, sums, units):
+        """Sums taken in per-channel powers of two (:func:`_sums_about`) -> float64 sums of the samples."""
+        one = [u if u is not None else torch.ones_like(sums[2 * i], dtype=torch.float64)
+               for i, u in enumerate(units)]
+        out = []
+        for i in range(len(units)):
+            out += [_in_units(sums[2 * i], [one[i]]), _in_units(sums[2 * i + 1], [one[i], one[i]])]
+        if len(sums) == 2 * len(units) + 1:
+            ux, uy = one[0], one[1]
+            out.append(_in_units(sums[-1], [torch.outer(ux, uy)] if self.cross == "full" else [ux * uy]))
+        return out
 
     def _move(self, sums, deltas, nb):
         """Sums about ``own = K + delta`` -> sums about ``K`` (float64): ``S1 + nb d``,

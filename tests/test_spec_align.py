@@ -312,3 +312,143 @@ def test_endpoint_stats_without_covariance_serve_the_exact_variant_only():
                                    rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="stats_cov=True"):
         repair(mid, a, b2, data, 0.5, variant="closed_form", stats=lean.endpoint_stats)
+
+
+# ---------------------------------------------------------------- what the graph analysis must not get wrong
+class TokenMLP(nn.Module):
+    """A Linear on the last axis of ``[N, T, D]`` tokens: its units are D, never the token axis T."""
+
+    def __init__(self, tokens, dim=12, hidden=16):
+        super().__init__()
+        self.tokens = tokens
+        self.embed = nn.Linear(5, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):  # x: [N, T * 5]
+        t = self.embed(x.view(x.shape[0], self.tokens, 5))  # [N, T, D]
+        t = t + self.fc2(torch.relu(self.fc1(self.norm(t))))
+        return self.head(t.mean(1))
+
+
+@pytest.mark.parametrize("tokens", [12, 7])  # T == D once: shapes alone cannot tell the axes apart
+def test_linear_on_tokens_permutes_the_feature_axis(tokens):
+    model, x = TokenMLP(tokens), torch.randn(3, tokens * 5)
+    spec = permutation_spec(model, x)
+    hidden = spec.groups["fc1"]
+    assert hidden.size == 16 and set(hidden.entries) == {("fc1.weight", 0, 1), ("fc1.bias", 0, 1), ("fc2.weight", 1, 1)}
+    assert hidden.probes == [] and any("'fc1'" in n and "method='weight'" in n for n in spec.notes)
+    stream = spec.groups["embed"]
+    assert stream.residual and ("norm.weight", 0, 1) in stream.entries and ("head.weight", 1, 1) in stream.entries
+    assert stream.probes == ["mean"]  # the [N, D] head input is measurable
+    permuted = permute(model, random_permutations(spec, seed=3), spec)
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), model(x), rtol=1e-5, atol=1e-5)
+    shuffled = permute(model, random_permutations(spec, seed=4), spec)
+    found = align(model, shuffled, [(x, None)], method="weight")
+    true = random_permutations(spec, seed=4)
+    assert all(torch.equal(true[g][found[g]], torch.arange(len(found[g]))) for g in found)
+
+
+class Tied(nn.Module):
+    """One Linear called twice, and a second Linear that shares its weight: one space, not three."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.block, self.twin = nn.Linear(4, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.twin.weight = self.block.weight
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + torch.relu(self.block(h))
+        h = h + torch.relu(self.block(h))
+        return self.head(torch.relu(self.twin(h)))
+
+
+def test_weight_sharing_gives_one_group():
+    model, x = Tied(), torch.randn(5, 4)
+    spec = permutation_spec(model, x)
+    assert list(spec.groups) == ["stem"]
+    entries = set(spec.groups["stem"].entries)
+    assert {("block.weight", 0, 1), ("block.weight", 1, 1), ("twin.weight", 0, 1), ("twin.weight", 1, 1),
+            ("twin.bias", 0, 1), ("head.weight", 1, 1)} <= entries
+    permuted = permute(model, random_permutations(spec, seed=1), spec)
+    assert permuted.twin.weight is permuted.block.weight
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_wrong_analysis_is_caught_and_names_the_group(monkeypatch):
+    """The safety net: an op table that claims cumsum is element-wise (it is not) must not give a spec."""
+    import repairlib.spec as spec_module
+
+    class Cum(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.b(torch.cumsum(self.a(x), 1))
+
+    monkeypatch.setattr(spec_module, "_ELEMENTWISE_FUNCTIONS", spec_module._ELEMENTWISE_FUNCTIONS | {torch.cumsum})
+    model, x = Cum(), torch.randn(3, 4)
+    with pytest.raises(ValueError, match=r"group 'a' .*a\.weight axis 0.*graph nodes: a, .*cumsum.*hand-written"):
+        permutation_spec(model, x)
+    unchecked = permutation_spec(model, x, verify=False)  # the user can switch the check off
+    assert list(unchecked.groups) == ["a"]
+
+
+def test_verify_spec_names_a_hand_written_mistake():
+    from repairlib.spec import verify_spec
+
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 2))
+    wrong = PermutationSpec(groups={"hidden": Group(6, [("0.weight", 0, 1), ("2.weight", 1, 1)], probes=["1"],
+                                                    nodes=["_0", "_2"])})  # forgets 0.bias
+    with torch.no_grad():
+        model[0].bias.uniform_(-1, 1)
+    with pytest.raises(ValueError, match=r"group 'hidden' \(6 units; 0\.weight axis 0, 2\.weight axis 1\).*_0, _2"):
+        verify_spec(model, wrong, torch.randn(4, 3))
+    verify_spec(model, permutation_spec(model, torch.randn(4, 3)), torch.randn(4, 3))
+
+
+class ShuffleNetBlock(nn.Module):
+    """Channel shuffle (view, transpose, view), a channels-last LayerNorm (permute, functional
+    layer_norm), a functional batch norm, a squeeze-and-excite gate and eval-mode stochastic depth."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mid = nn.Conv2d(8, 8, 1)
+        self.ln_weight, self.ln_bias = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+        self.register_buffer("bn_mean", torch.randn(8) * 0.1)
+        self.register_buffer("bn_var", torch.rand(8) + 0.5)
+        self.se_reduce, self.se_expand = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.out = nn.Conv2d(8, 6, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        from torchvision.ops import stochastic_depth
+
+        x = torch.relu(self.stem(x))
+        n, c, h, w = x.shape
+        shuffled = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = self.mid(shuffled).permute(0, 2, 3, 1)
+        y = nn.functional.layer_norm(y, (8,), self.ln_weight, self.ln_bias).permute(0, 3, 1, 2)
+        y = nn.functional.batch_norm(y, self.bn_mean, self.bn_var, training=False)
+        y = y * torch.sigmoid(self.se_expand(torch.relu(self.se_reduce(y.mean((2, 3), keepdim=True)))))
+        y = stochastic_depth(y, 0.2, "row", training=False) + y
+        return self.head(self.out(y).mean((2, 3)))
+
+
+def test_channel_shuffle_is_fixed_and_said_so_and_the_rest_is_permuted():
+    model, x = ShuffleNetBlock(), torch.randn(2, 3, 8, 8)
+    spec = permutation_spec(model, x)
+    assert set(spec.groups) == {"mid", "se_reduce", "out"}  # the shuffled stem channels stay fixed
+    assert {("ln_weight", 0, 1), ("bn_var", 0, 1), ("se_expand.weight", 0, 1), ("out.weight", 1, 1)} <= set(
+        spec.groups["mid"].entries)
+    assert "node 'view': split into axes of [2, 4]" in spec.summary()
+    permuted = permute(model, random_permutations(spec, seed=2), spec)
+    with torch.no_grad():
+        torch.testing.assert_close(permuted(x), model(x), rtol=1e-5, atol=1e-5)

@@ -157,3 +157,68 @@ def test_passes_release_their_scratch_buffers():
     data = [(torch.randn(20, 4), None) for _ in range(3)]
     repairlib.align(net, net, data, stats_scope="conv")
     assert not stats._SCRATCH
+
+
+def _relative(a, b, floor=1e-300):
+    return float(((a - b).abs() / b.abs().clamp_min(floor)).max())
+
+
+@settings(max_examples=25, deadline=None)
+@given(exponent=st.sampled_from([-40, -30, -25, -20, -12, 0, 12, 18, 20, 30]), offset=st.sampled_from([0.0, 3.0, 1e4]),
+       cross=st.sampled_from(["full", "diag"]), seed=st.integers(0, 99))
+def test_float32_moments_match_float64_at_any_magnitude(exponent, offset, cross, seed):
+    """Tiny or huge float32 activations: their squares would underflow to 0 (a variance of 0, so a REPAIR gain
+    of 1000 for a live channel) or overflow to inf; the moments still match float64 sums of the same values."""
+    g = torch.Generator().manual_seed(seed)
+    scale = 10.0 ** exponent
+    m32, m64 = Moments(cross=cross), Moments(cross=cross)
+    for k in range(3):
+        x = ((offset * (1 + k) + torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)) * scale).float()
+        y = (0.5 * x.double() + scale * torch.randn(x.shape, generator=g, dtype=torch.float64)).float()
+        x[:, 0] = 0  # a dead channel stays exactly dead
+        batch32, batch64 = m32.update_batch(x, y), m64.update_batch(x.double(), y.double())
+        assert _relative(batch32[1][1:], batch64[1][1:]) < 1e-3
+    assert float(m32.var_x[0]) == 0 and float(m32.mean_x[0]) == 0
+    assert _relative(m32.var_x[1:], m64.var_x[1:]) < 1e-3 and _relative(m32.var_y, m64.var_y) < 1e-3
+    assert float(((m32.mean_x - m64.mean_x).abs() / m64.var_x.sqrt().clamp_min(1e-300))[1:].max()) < 1e-3
+    cov = m64.cov_xy[1:, 1:] if cross == "full" else m64.cov_xy[1:]
+    got = m32.cov_xy[1:, 1:] if cross == "full" else m32.cov_xy[1:]
+    assert torch.isfinite(got).all() and float((got - cov).abs().max()) <= 1e-3 * float(cov.abs().max())
+
+
+@pytest.fixture(scope="module")
+def mobilenet_activations():
+    """Every point of a MobileNetV2 with random weights on random images, ``[N, C, L]`` float32: its channels
+    span 1e-1 to 1e-11 in scale, with means far beyond their spread (inverted residual blocks)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v2(num_classes=10).eval()
+    names = [n.name for n in trace(model).graph.nodes if n.op == "call_module"][:-1]
+    take = capture(model, names, channels=True)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        batches = [take(torch.rand(8, 3, 64, 64, generator=g)) for _ in range(2)]
+    return names, batches
+
+
+@pytest.mark.parametrize("image_scale", [1.0, 1e-12])  # 1e-12: dark images, activations down to ~1e-23
+def test_mobilenet_v2_moments_in_float32_match_float64(mobilenet_activations, image_scale):
+    """The float32 statistics of every channel of real MobileNetV2 activations are those of float64 sums of
+    the same values, to 1%: means, variances and this batch's variances (what exact REPAIR divides by).
+    (MobileNetV2 with BatchNorm at its initial statistics is positively homogeneous below ReLU6's cap, so
+    scaling the images scales every activation: the second case is the same network's tiny-scale regime.)"""
+    names, batches = mobilenet_activations
+    for i, name in enumerate(names):
+        m32, m64 = Moments(cross="diag"), Moments(cross="diag")
+        for outs in batches:
+            x = outs[i] * image_scale
+            y = 0.5 * x + x.roll(1, 0)  # a second, partly correlated stream
+            b32, b64 = m32.update_batch(x, y), m64.update_batch(x.double(), y.double())
+            live = b64[1] > 0
+            assert _relative(b32[1][live], b64[1][live]) < 1e-2, name
+        live = m64.var_x > 0
+        assert _relative(m32.var_x[live], m64.var_x[live]) < 1e-2, name
+        assert float(((m32.mean_x - m64.mean_x).abs()[live] / m64.var_x[live].sqrt()).max()) < 1e-2, name
+        assert _relative(m32.cov_xy[live], m64.cov_xy[live], 1e-300) < 1e-2 or torch.allclose(
+            m32.cov_xy, m64.cov_xy, rtol=1e-2, atol=1e-2 * float((m64.var_x * m64.var_y).sqrt().max())), name

@@ -1,0 +1,125 @@
+"""Coverage: torchvision and timm classifiers with random weights, small inputs.
+
+For every network the test records which checks pass: (a) ``permutation_spec`` finds a spec, (b) a
+random permutation of every group keeps the network's output, (c) weight matching undoes a random
+permutation exactly. A network may instead stop with a clear error, but only one that names the graph
+node and the reason: never a spec that passes and changes the function under permutation.
+"""
+
+import pytest
+import torch
+import torchvision
+
+from repairlib.alignment import align, permute, random_permutations
+from repairlib.spec import permutation_spec, trace
+
+tv = torchvision.models
+slow = pytest.mark.slow
+
+
+def timm_model(name, **kwargs):
+    timm = pytest.importorskip("timm")
+    return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+
+
+# name -> (builder, input side, expectation[, marks]). Expectations:
+#   "exact": (a), (b) and (c) pass;  "kept": (a) and (b) pass, and weight matching (coordinate descent over the
+#   groups) may stop in a local optimum: it does for torchvision's depthwise networks (fan-out init)
+#   and for ResNet-50; "error: <text>": permutation_spec stops with a ValueError naming the graph node, the
+#   reason and <text>. Groups on the last axis of [N, T, D] tokens (ViT, Mixer, ResMLP MLPs) have no probe.
+MNASNET_PERMUTE = pytest.mark.xfail(
+    raises=ValueError, strict=True,
+    reason="alignment.permute loads dict(state_dict()), which drops the _metadata MNASNet's _load_from_state_dict reads")
+ARCHITECTURES = {
+    "tv_resnet18": (lambda: tv.resnet18(num_classes=10), 32, "exact"),
+    "tv_resnet50": (lambda: tv.resnet50(num_classes=10), 64, "kept", slow),
+    "tv_resnext50_32x4d": (lambda: tv.resnext50_32x4d(num_classes=10), 64, "exact", slow),
+    "tv_wide_resnet50_2": (lambda: tv.wide_resnet50_2(num_classes=10), 64, "kept", slow),
+    "tv_vgg11_bn": (lambda: tv.vgg11_bn(num_classes=10), 32, "exact", slow),
+    "tv_densenet121": (lambda: tv.densenet121(num_classes=10), 64, "exact", slow),
+    "tv_mobilenet_v2": (lambda: tv.mobilenet_v2(num_classes=10), 32, "kept", slow),
+    "tv_mobilenet_v3_small": (lambda: tv.mobilenet_v3_small(num_classes=10), 32, "kept"),
+    "tv_efficientnet_b0": (lambda: tv.efficientnet_b0(num_classes=10), 64, "kept", slow),
+    "tv_regnet_y_400mf": (lambda: tv.regnet_y_400mf(num_classes=10), 64, "exact", slow),
+    "tv_convnext_tiny": (lambda: tv.convnext_tiny(num_classes=10), 64, "kept", slow),
+    "tv_shufflenet_v2_x0_5": (lambda: tv.shufflenet_v2_x0_5(num_classes=10), 32, "exact"),
+    "tv_squeezenet1_0": (lambda: tv.squeezenet1_0(num_classes=10), 64, "exact"),
+    "tv_mnasnet0_5": (lambda: tv.mnasnet0_5(num_classes=10), 32, "kept", MNASNET_PERMUTE),
+    "tv_googlenet": (lambda: tv.googlenet(num_classes=10, aux_logits=False, init_weights=False), 64, "exact", slow),
+    "tv_inception_v3": (lambda: tv.inception_v3(num_classes=10, aux_logits=False, init_weights=False), 80, "exact",
+                        slow),
+    "tv_vit_b_16": (lambda: tv.vit_b_16(num_classes=10, image_size=32), 32, "exact", slow),
+    "tv_swin_t": (lambda: tv.swin_t(num_classes=10), 64, "exact", slow),
+    "timm_resnet18": (lambda: timm_model("resnet18"), 32, "exact", slow),
+    "timm_vit_tiny": (lambda: timm_model("vit_tiny_patch16_224", img_size=32), 32, "exact"),
+    "timm_deit_tiny": (lambda: timm_model("deit_tiny_patch16_224", img_size=32), 32, "exact", slow),
+    "timm_convnext_atto": (lambda: timm_model("convnext_atto"), 64, "kept", slow),
+    "timm_efficientnet_b0": (lambda: timm_model("efficientnet_b0"), 64, "exact", slow),
+    "timm_mobilenetv3_small_050": (lambda: timm_model("mobilenetv3_small_050"), 32, "exact"),
+    "timm_mixer_s16": (lambda: timm_model("mixer_s16_224", img_size=32), 32, "kept", slow),
+    "timm_resmlp_12": (lambda: timm_model("resmlp_12_224", img_size=32), 32, "exact", slow),
+}
+
+
+class ConvLSTM(torch.nn.Module):
+    """Not a torchvision or timm model: a recurrent layer, which the analysis does not know."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, stride=4)
+        self.lstm = torch.nn.LSTM(8, 6, batch_first=True)
+        self.head = torch.nn.Linear(6, 10)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2).transpose(1, 2)  # [N, T, 8]
+        return self.head(self.lstm(tokens)[0][:, -1])
+
+
+ARCHITECTURES["conv_lstm"] = (ConvLSTM, 32, "error: unknown module type LSTM")
+
+
+def cases():
+    for name, (make, side, expect, *marks) in ARCHITECTURES.items():
+        yield pytest.param(make, side, expect, id=name, marks=marks)
+
+
+def randomize_constant_tensors(model, seed=0):
+    """Random weights everywhere: constant initialisations (zero classifier heads, zero-init gates, unit
+    BatchNorm statistics) would make a permutation invisible in the output and ties for weight matching."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point() and t.numel() > 1 and t.min() == t.max():
+                noise = 0.1 * torch.randn(t.shape, generator=gen)
+                t.copy_(t * noise.exp() if t.min() > 0 else t + 0.1 * noise)
+    return model
+
+
+def relative_change(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
+
+
+@pytest.mark.parametrize(("make", "side", "expect"), cases())
+def test_architecture(make, side, expect):
+    torch.manual_seed(0)
+    model = randomize_constant_tensors(make()).eval()
+    x = torch.randn(2, 3, side, side)
+    if expect.startswith("error: "):
+        with pytest.raises(ValueError, match=r"graph node '[^']+' \(.*\): .*hand-written") as err:
+            permutation_spec(model, x)
+        assert expect.removeprefix("error: ") in str(err.value)
+        return
+    spec = permutation_spec(model, x)  # (a), verified inside: a group that changes the output raises
+    assert spec.groups, "every network here has hidden units to permute"
+    nodes = {n.name for n in trace(model).graph.nodes}
+    for name, g in spec.groups.items():  # probes, where there are any, are graph nodes carrying the group
+        assert set(g.probes) <= nodes
+        assert all(spec.node_groups.get(p) in (name, None) for p in g.probes)  # None: flattened [N, C * inner]
+    true = random_permutations(spec, seed=1)
+    shuffled = permute(model, true, spec)
+    with torch.no_grad():  # (b), independently of the check inside permutation_spec
+        change = relative_change(model(x), shuffled(x))
+    assert change < 1e-4, f"a random permutation changes the output by {change:.1%}"
+    found = align(model, shuffled, [(x, None)], method="weight", spec=spec, max_iter=30)  # (c)
+    wrong = [g for g in found if not torch.equal(true[g][found[g]], torch.arange(len(found[g])))]
+    assert expect == "kept" or not wrong, f"weight matching misses groups {wrong[:5]}"
