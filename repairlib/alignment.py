@@ -146,7 +146,9 @@ def reference_correlations(models: list, data, spec: PermutationSpec, points=(),
     probe_group = {p: g for g, grp in spec.groups.items() for p in grp.probes}
     for g, grp in spec.groups.items():
         if not grp.probes:
-            raise ValueError(f"group {g!r} has no probe where its activations can be measured")
+            raise ValueError(f"group {g!r} has no probe where its activations can be measured (its channels are "
+                             "not on dim 1 of any value, e.g. a transformer's MLP on [N, T, D] tokens): align "
+                             "with method='weight'")
     probes = list(probe_group)
     watched = probes + [p for p in points if p not in probe_group]
     sizes = [spec.groups[probe_group[p]].size if p in probe_group else None for p in watched]
@@ -233,8 +235,10 @@ def permute(model: nn.Module, perms: dict, spec: PermutationSpec = None) -> nn.M
 
 
 def permuted_state(state: dict, perms: dict, spec: PermutationSpec) -> dict:
-    """A new state dict: ``state`` with every entry of each group of ``perms`` reordered (see :func:`permute`)."""
-    state = dict(state)
+    """A new state dict: ``state`` with every entry of each group of ``perms`` reordered (see :func:`permute`).
+    A copy of ``state`` itself (an OrderedDict keeps its ``_metadata``, the versions some modules read
+    when they load, e.g. torchvision's MNASNet)."""
+    state = copy.copy(state)
     for g, perm in perms.items():
         if g not in spec.groups:
             raise ValueError(f"unknown permutation group {g!r}; the spec has {sorted(spec.groups)[:5]}...")

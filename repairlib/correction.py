@@ -17,6 +17,8 @@ means ``E[y] = sum_i w_i E[X_i]``, ``std(y) = sum_i w_i std(X_i)`` (:meth:`Netwo
 keeps the mean it has in the interpolated network.
 """
 
+import warnings
+
 import torch
 from torch import fx, nn
 
@@ -52,10 +54,27 @@ VARIANT_OF = {"repair": "exact", "rescale": "rescale", "closed_form": "closed_fo
 
 
 def goal_scale(goal_std: torch.Tensor, var: torch.Tensor, floor: torch.Tensor = None) -> torch.Tensor:
-    """``goal_std / sqrt(var)``, ``[C]``; ``floor = (REL_EPS * goal_std)^2`` is added to the variance so
-    that a dead (constant) channel gets a finite scale (at most 1 / REL_EPS), never NaN; goal std 0
-    gives 0. Pass ``floor`` (:func:`scale_floor`) to reuse it across many calls with one goal."""
-    return goal_std / (var + (scale_floor(goal_std) if floor is None else floor)).sqrt()
+    """``goal_std / sqrt(var)``, ``[C]``, for every channel whose variance exceeds ``floor =
+    (REL_EPS * goal_std)^2``; so no gain exceeds 1 / REL_EPS = 1000. A channel at or below the floor
+    (dead or constant on the data: its std below 1/1000 of its goal) has no defined scale and keeps
+    gain 1 (:func:`warn_unscaled` counts them). Pass ``floor`` (:func:`scale_floor`) to reuse it."""
+    floor = scale_floor(goal_std) if floor is None else floor
+    return torch.where(var > floor, goal_std / var.clamp_min(floor).sqrt(), torch.ones_like(var))
+
+
+def warn_unscaled(variances: dict, targets: dict) -> int:
+    """Warn once, with their count, about the channels :func:`goal_scale` leaves at gain 1 (variance at
+    or below the floor of their goal std): ``variances``, ``targets``: ``point -> [C]`` / ``(mean, std)``.
+    Returns the count."""
+    dead = {p: int((variances[p] <= scale_floor(std.to(variances[p]))).sum()) for p, (_, std) in targets.items()}
+    total = sum(dead.values())
+    if total:
+        worst = max(dead, key=dead.get)
+        warnings.warn(f"REPAIR left {total} channel(s) at {sum(n > 0 for n in dead.values())} point(s) unscaled "
+                      f"(gain 1; most at {worst!r}: {dead[worst]}): their variance on the statistics data is "
+                      f"below (1e-3 x goal std)^2, i.e. they are dead or constant there; more or other "
+                      "statistics data may help", stacklevel=3)
+    return total
 
 
 def scale_floor(goal_std: torch.Tensor) -> torch.Tensor:
@@ -81,15 +100,18 @@ def weighted_closed_form_affines(stats: NetworkStats, weights) -> dict:
     scale = std goal / std(sum_i w_i X_i) (:func:`goal_scale`); shift = mean goal - scale * mean goal,
     assuming E[sum_i w_i X_i] = the mean goal (exact in the first layer, approximate deeper).
     """
-    affines, cov, w = {}, stats.covariances(), [float(x) for x in weights]
-    for p, (mean, std) in stats.targets(w).items():
+    affines, cov, w, predicted = {}, stats.covariances(), [float(x) for x in weights], {}
+    targets = stats.targets(w)
+    for p, (mean, std) in targets.items():
         var = w[0] ** 2 * stats.variances[0][p]
         for i in range(1, len(w)):
             var = var + w[i] ** 2 * stats.variances[i][p]
         for (i, j), pair_cov in cov.items():
             var = var + 2 * w[i] * w[j] * pair_cov[p]
-        scale = goal_scale(std, var.clamp_min(0))
+        predicted[p] = var.clamp_min(0)
+        scale = goal_scale(std, predicted[p])
         affines[p] = (scale, mean - scale * mean)
+    warn_unscaled(predicted, targets)
     return affines
 
 
@@ -148,6 +170,7 @@ def exact_affines(model: nn.Module, data, targets: dict) -> dict:
     for p, (mean, std) in targets.items():
         scale = goal_scale(std.to(variances[p]), variances[p])
         affines[p] = (scale, mean.to(scale) - scale * means[p])
+    warn_unscaled(variances, targets)
     return affines
 
 
@@ -169,6 +192,7 @@ def rescale_affines(model: nn.Module, data, targets: dict) -> dict:
     for p, (_, std) in targets.items():
         scale = goal_scale(std.to(variances[p]), variances[p])
         affines[p] = (scale, (1 - scale) * means[p])
+    warn_unscaled(variances, targets)
     return affines
 
 

@@ -27,9 +27,6 @@ def timm_model(name, **kwargs):
 #   groups) may stop in a local optimum: it does for torchvision's depthwise networks (fan-out init)
 #   and for ResNet-50; "error: <text>": permutation_spec stops with a ValueError naming the graph node, the
 #   reason and <text>. Groups on the last axis of [N, T, D] tokens (ViT, Mixer, ResMLP MLPs) have no probe.
-MNASNET_PERMUTE = pytest.mark.xfail(
-    raises=ValueError, strict=True,
-    reason="alignment.permute loads dict(state_dict()), which drops the _metadata MNASNet's _load_from_state_dict reads")
 ARCHITECTURES = {
     "tv_resnet18": (lambda: tv.resnet18(num_classes=10), 32, "exact"),
     "tv_resnet50": (lambda: tv.resnet50(num_classes=10), 64, "kept", slow),
@@ -44,7 +41,7 @@ ARCHITECTURES = {
     "tv_convnext_tiny": (lambda: tv.convnext_tiny(num_classes=10), 64, "kept", slow),
     "tv_shufflenet_v2_x0_5": (lambda: tv.shufflenet_v2_x0_5(num_classes=10), 32, "exact"),
     "tv_squeezenet1_0": (lambda: tv.squeezenet1_0(num_classes=10), 64, "exact"),
-    "tv_mnasnet0_5": (lambda: tv.mnasnet0_5(num_classes=10), 32, "kept", MNASNET_PERMUTE),
+    "tv_mnasnet0_5": (lambda: tv.mnasnet0_5(num_classes=10), 32, "kept"),  # permute keeps _metadata it reads
     "tv_googlenet": (lambda: tv.googlenet(num_classes=10, aux_logits=False, init_weights=False), 64, "exact", slow),
     "tv_inception_v3": (lambda: tv.inception_v3(num_classes=10, aux_logits=False, init_weights=False), 80, "exact",
                         slow),

@@ -404,3 +404,19 @@ def test_bad_inputs_raise_clear_errors():
         repair(mid, a, b, data, 0.5, scope="everything")
     with pytest.raises(ValueError, match="scope"):
         repair(mid, a, b, data, 0.5, scope="all", stats=endpoint_stats(a, b, data))
+
+
+def test_undefined_channels_keep_gain_one_and_are_counted_in_a_warning():
+    from repairlib.correction import REL_EPS, goal_scale
+
+    goal = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    var = torch.tensor([4.0, 0.0, (REL_EPS / 2) ** 2, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(goal_scale(goal, var), torch.tensor([0.5, 1.0, 1.0, 1.0], dtype=torch.float64))
+    assert goal_scale(goal[:1], torch.tensor([1.01 * REL_EPS ** 2], dtype=torch.float64)) <= 1 / REL_EPS
+    a, b = pair(TinyCNN)
+    for m in (a, b):  # channel 2 of conv1 is constant (0) in both endpoints, so in every interpolation
+        m.conv1.weight.data[2] = 0
+        m.conv1.bias.data[2] = 0
+    with pytest.warns(UserWarning, match=r"left 1 channel\(s\) at 1 point\(s\) unscaled"):
+        fixed = repair(interpolate(a, b, 0.5), a, b, image_data(), 0.5, fuse=False)
+    assert torch.isfinite(fixed(image_data()[0][0].double())).all()
