@@ -254,7 +254,7 @@ def test_nonfinite_checkpoints_warn_by_file_and_tensor_and_merge_refuses_them(fi
 
 
 def test_unreadable_checkpoints_are_refused_without_unsafe_advice(files):
-    for name, detail in (("random", "Unsupported operand"), ("evil", "GLOBAL")):
+    for name, detail in (("random", "cannot be read"), ("evil", "GLOBAL")):  # random bytes: any unpickling error
         with pytest.raises(ValueError, match=f"{name}.pt is not a valid repairlib checkpoint") as err:
             zoo.load(files[name])
         assert detail in str(err.value) and "weights_only=False" not in str(err.value)

@@ -61,3 +61,36 @@ def test_the_zoo_under_torchrun_trains_once_and_rank_0_writes(tmp_path, monkeypa
     monkeypatch.setattr(zoo, "train_model", lambda *a, **k: pytest.fail("trained again: not cached"))
     zoo.trained({"arch": "mlp", "depth": 2, "width": 32, "init": "he"}, "fashion_mnist", epochs=1, seed=0,
                 train_subset=400, batch_size=100, lr=0.05, device="cpu", cache_dir=tmp_path / "zoo")
+
+
+def _children(pid: int) -> list:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_leaves_no_checkpoint(tmp_path):
+    """SIGKILL one of two training ranks: torchrun stops the other, and --out is never written."""
+    import signal
+    import time
+
+    out = tmp_path / "model.pt"
+    command = [shutil.which("torchrun"), "--nproc_per_node=2", "--master_port=29535", "-m", "repairlib", "train",
+               "--arch", "mlp", "--depth", "2", "--width", "32", "--dataset", "fashion_mnist", "--epochs", "400",
+               "--train-subset", "4000", "--device", "cpu", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    launcher = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while len(_children(launcher.pid)) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(10)  # imports done, training under way (400 epochs take far longer)
+        workers = _children(launcher.pid)
+        assert len(workers) == 2 and launcher.poll() is None, "the run ended before it could be killed"
+        os.kill(workers[-1], signal.SIGKILL)
+        launcher.wait(timeout=180)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    assert not out.exists() and not list(tmp_path.glob(".*.tmp")), sorted(p.name for p in tmp_path.iterdir())
