@@ -128,11 +128,13 @@ for family, n in nets.items():
         "before": repairlib.metrics.point_statistics(mid, train[family], points),
         "after": repairlib.metrics.point_statistics(fixed, train[family], points),
     }
-layer = nets["conv"]["stats"].points[len(nets["conv"]["stats"].points) // 2]
+points = nets["conv"]["stats"].points
+layer = points[len(points) // 2]
 c = channel["conv"]
 plots.channel_stats(c["goals"][layer][1].cpu(),
                     {"before REPAIR": c["before"][layer][1].sqrt().cpu(), "after REPAIR": c["after"][layer][1].sqrt().cpu()},
-                    title=f"{FAMILIES['conv']}: layer {layer}, alpha = {alpha}")
+                    title=f"{FAMILIES['conv']}: conv layer {points.index(layer) + 1} of {len(points)}, "
+                          f"alpha = {alpha}")
 
 # %% [markdown]
 # Before REPAIR the channels sit far below the diagonal (variance collapse); after REPAIR they lie on
