@@ -43,10 +43,7 @@ def merge(model_a: nn.Module, model_b: nn.Module, data, alpha: float = 0.5, *, a
     the whole call costs about three forward passes over ``data``. It is :func:`merge_many` of
     ``[model_a, model_b]`` with weights ``(1 - alpha, alpha)``.
     """
-    check_choice("align", align, ALIGNMENTS)
-    check_choice("correct", correct, CORRECTIONS)
-    check_choice("scope", scope, SCOPES)
-    alpha = check_alpha(alpha)
+    alpha = check_alpha(alpha)  # align, correct and scope are checked by merge_many
     return merge_many([model_a, model_b], data, weights=(1 - alpha, alpha), align=align, correct=correct,
                       scope=scope)
 

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from repairlib.book.runner import execute, kernel_name, plan_parameters
+from repairlib.book.runner import execute, kernel_name, plan_parameters, report_outcome
 
 
 def parse_devices(text: str) -> list:
@@ -58,7 +58,7 @@ def run_on_devices(notebooks, profile: str, overrides: dict, out_dir, devices, *
                    for path in notebooks}
         for future in as_completed(futures):
             path = futures[future]
-            results[path] = _report(path, _outcome(future.result), len(results) + 1, len(notebooks), log)
+            results[path] = report_outcome(path, _outcome(future.result), len(results) + 1, len(notebooks), log)
     return [results[p] for p in notebooks]
 
 
@@ -81,7 +81,7 @@ def submit_notebooks(notebooks, profile: str, overrides: dict, out_dir, *, folde
     log(f"book: submitted {len(jobs)} job(s) to {executor.cluster} (logs in {folder})")
     results = []
     for i, (path, job) in enumerate(zip(notebooks, jobs), 1):
-        results.append(_report(path, _outcome(job.result), i, len(notebooks), log))
+        results.append(report_outcome(path, _outcome(job.result), i, len(notebooks), log))
     return results
 
 
@@ -92,10 +92,3 @@ def _outcome(result) -> tuple:
         return result()
     except Exception as e:  # noqa: BLE001 -- a lost job is reported like a failed notebook
         return False, time.time() - start, f"{type(e).__name__}: {e}".strip().splitlines()[0]
-
-
-def _report(path, outcome, done: int, total: int, log) -> tuple:
-    ok, seconds, error = outcome
-    log(f"[{done}/{total}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
-        + (f"  ({error})" if error else ""))
-    return path.stem, seconds, ok, error

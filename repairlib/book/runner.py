@@ -208,10 +208,7 @@ def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, k
     results = {}
 
     def report(path, outcome):
-        ok, seconds, error = outcome
-        results[path] = (path.stem, seconds, ok, error)
-        log(f"[{len(results)}/{len(notebooks)}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
-            + (f"  ({error})" if error else ""))
+        results[path] = report_outcome(path, outcome, len(results) + 1, len(notebooks), log)
 
     with kernel_environment(jobs):
         if jobs == 1:
@@ -235,6 +232,14 @@ def run_notebooks(notebooks, profile: str, overrides: dict, out_dir, cwd=None, k
                         outcome = (False, float("nan"), f"{type(e).__name__}: {e}".splitlines()[0])
                     report(futures[future], outcome)
     return [results[path] for path in notebooks]
+
+
+def report_outcome(path, outcome, done: int, total: int, log) -> tuple:
+    """Log one progress line for an executed notebook; returns ``(name, seconds, ok, error)``."""
+    ok, seconds, error = outcome
+    log(f"[{done}/{total}] {path.stem:<26} {seconds:8.1f} s  {'ok' if ok else 'FAILED'}"
+        + (f"  ({error})" if error else ""))
+    return path.stem, seconds, ok, error
 
 
 @contextlib.contextmanager
