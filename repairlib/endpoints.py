@@ -59,27 +59,17 @@ class EndpointStats:
         return goals
 
 
-@torch.no_grad()
 def measure(models: list, data, points: list) -> list:
     """One pass over ``data``, every model run on every batch: ``[{point: Moments}]`` per pair.
 
     ``models`` are taken in pairs ``(x, y)``; a lone last model is measured on its own. Each
     :class:`repairlib.stats.Moments` holds the pooled float64 moments, with the channel-wise cross
-    moment of a pair (``cov_xy``).
+    moment of a pair (``cov_xy``). (:func:`measure_pairs` with consecutive pairs.)
     """
-    data = reusable(data)
-    probes = [capture(m, points, channels=True) for m in models]
-    pairs = [range(i, min(i + 2, len(models))) for i in range(0, len(models), 2)]
-    moments = [{p: Moments(cross="diag") for p in points} for _ in pairs]
-    with eval_mode(*models), scratch_pass():
-        for x, _ in batches(data, chunk=True):
-            outs = [probe(as_input(x, m)) for probe, m in zip(probes, models)]  # [model][point]
-            for pair, pair_moments in zip(pairs, moments):
-                for j, p in enumerate(points):
-                    values = [outs[i][j] for i in pair]
-                    device = values[0].device
-                    pair_moments[p].update(*(v.to(device) for v in values))
-    return moments
+    pairs = [tuple(range(i, min(i + 2, len(models)))) for i in range(0, len(models), 2)]
+    moments = measure_pairs(models, data, list(points),
+                            {pair: {p: "diag" if len(pair) == 2 else None for p in points} for pair in pairs})
+    return [moments[pair] for pair in pairs]
 
 
 def endpoint_stats(model_a: nn.Module, model_b: nn.Module, data, scope: str = "conv") -> EndpointStats:
