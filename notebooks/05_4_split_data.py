@@ -67,6 +67,9 @@ from IPython.display import Markdown
 
 import repairlib
 from repairlib import baselines, book, data, plots, zoo
+from repairlib.book import evidence
+from repairlib.correction import corrected
+from repairlib.evaluation import per_example, per_example_logits
 
 cfg = book.settings(
     profile, "5.4", dataset=dataset, model=model, epochs=epochs,
@@ -81,7 +84,8 @@ cfg
 # `repairlib.data.biased_split` builds the halves; `zoo.trained(..., split_part=0 or 1)` trains a
 # network on one of them (the `train_subset` images drawn from that half). The reference network is
 # trained on as many images drawn from the whole training set (both halves together). Per-half test
-# accuracies show the bias.
+# accuracies show the bias. Every seed pair of the profile gets its own three networks (the figures
+# show the first pair; the verdicts at the end use them all).
 
 # %%
 info = data.info(cfg["dataset"])
@@ -96,11 +100,22 @@ def trained(**kwargs):
                        lr=cfg["lr"], device=cfg["device"], **kwargs)
 
 
-model_a, model_b = [trained(seed=seed, train_subset=cfg["train_subset"], split_part=part)
-                    for part, seed in zip((0, 1), cfg["seeds"])]
-full = trained(seed=cfg["seeds"][0], train_subset=cfg["train_subset"] and 2 * cfg["train_subset"])
-logits = {name: baselines.predict_logits(m, test) for name, m in
-          (("A (half 0)", model_a), ("B (half 1)", model_b), ("full training set", full))}
+pairs = evidence.seed_pairs(cfg)
+
+
+def networks(seeds):
+    """A and B (trained on the two halves) and the network trained on the whole set, for one seed pair."""
+    a, b = [trained(seed=seed, train_subset=cfg["train_subset"], split_part=part) for part, seed in zip((0, 1), seeds)]
+    return a, b, trained(seed=seeds[0], train_subset=cfg["train_subset"] and 2 * cfg["train_subset"])
+
+
+def test_logits(a, b, whole):
+    return {name: baselines.predict_logits(m, test) for name, m in
+            (("A (half 0)", a), ("B (half 1)", b), ("full training set", whole))}
+
+
+model_a, model_b, full = networks(pairs[0])
+logits = test_logits(model_a, model_b, full)
 targets = logits["full training set"][1]
 for name, (out, _) in logits.items():
     whole = baselines.logit_metrics(out, targets)
@@ -116,24 +131,54 @@ for name, (out, _) in logits.items():
 # gathered in the same pass). Along the path we evaluate the aligned interpolation with and without
 # REPAIR, and the logit ensemble $(1-\alpha) f_A(x) + \alpha f_B(x)$. The distribution-shift
 # correction (`repairlib.baselines.balancing_shift`) lowers the logits of the classes an endpoint
-# favours by the one amount that makes half of its test predictions fall in them.
+# favours by the one amount that makes half of its test predictions fall in them. Every network is
+# evaluated image by image (`repairlib.evaluation.per_example`), so that the verdicts at the end can
+# resample the test images.
 
 # %%
-alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
-aligned_b = repairlib.permute(model_b, alignment)
-plain = repairlib.barrier(model_a, aligned_b, test, cfg["alphas"])
-repaired = repairlib.barrier(model_a, aligned_b, test, cfg["alphas"], correct="repair", stats_data=train,
-                             stats=alignment.endpoint_stats, endpoints=plain["endpoints"])
+def curve(a, b, correct, stats=None):
+    """Per-example results ``[alphas, N]`` along the aligned path, with the correction ``correct``."""
+    return evidence.stack([per_example(corrected(repairlib.interpolate(a, b, t), a, b, train, t, correct, "conv",
+                                                 stats), test) for t in cfg["alphas"]])
+
+
+def examples(a, b, out):
+    """Everything the verdicts resample, per test image: endpoints, the full-data network, both curves,
+    the logit ensemble and the shift-corrected endpoints."""
+    alignment = repairlib.align(a, b, train, stats_scope="conv")
+    aligned = repairlib.permute(b, alignment)
+    (la, y), (lb, _) = out["A (half 0)"], out["B (half 1)"]
+    return {"a": per_example_logits(la, y), "b": per_example_logits(lb, y),
+            "full": per_example_logits(out["full training set"][0], y),
+            "aligned": curve(a, aligned, "none"), "repair": curve(a, aligned, "repair", alignment.endpoint_stats),
+            "ensemble": evidence.stack([per_example_logits((1 - t) * la + t * lb, y) for t in cfg["alphas"]]),
+            **{f"{n}_shifted": per_example_logits(baselines.balanced_logits(o, f)[0], y)
+               for n, o, f in (("a", la, favoured[0]), ("b", lb, favoured[1]))}}
+
+
+def means(per_image):
+    """``{"accuracy": [alphas], "loss": [alphas]}`` of a curve: what ``repairlib.barrier`` reports."""
+    return {"accuracy": per_image["correct"].double().mean(-1).tolist(), "loss": per_image["loss"].mean(-1).tolist()}
+
+
+measured = [examples(model_a, model_b, logits)]
+plain, repaired = means(measured[0]["aligned"]), means(measured[0]["repair"])
+plain["endpoints"] = {k: {"accuracy": measured[0][k]["correct"].double().mean().item(),
+                          "loss": measured[0][k]["loss"].mean().item()} for k in ("a", "b")}
 (la, _), (lb, _) = logits["A (half 0)"], logits["B (half 1)"]
 ensemble = [baselines.logit_metrics((1 - a) * la + a * lb, targets) for a in cfg["alphas"]]
-corrected = {}
+shift_corrected = {}
 for name, out, f in (("A", la, favoured[0]), ("B", lb, favoured[1])):
     shifted, shift = baselines.balanced_logits(out, f)
-    corrected[name] = {**baselines.logit_metrics(shifted, targets), "shift": shift,
-                       "share": baselines.prediction_share(shifted, f), "share_before": baselines.prediction_share(out, f)}
+    shift_corrected[name] = {**baselines.logit_metrics(shifted, targets), "shift": shift,
+                             "share": baselines.prediction_share(shifted, f),
+                             "share_before": baselines.prediction_share(out, f)}
     print(f"corrected {name}: logits of classes {f[0]}-{f[-1]} lowered by {shift:.2f}; share of predictions in them "
-          f"{corrected[name]['share_before']:.1%} -> {corrected[name]['share']:.1%}")
+          f"{shift_corrected[name]['share_before']:.1%} -> {shift_corrected[name]['share']:.1%}")
 reference = baselines.logit_metrics(logits["full training set"][0], targets)
+for seeds in pairs[1:]:  # the other seed pairs: the same experiment, for the verdicts
+    a, b, whole = networks(seeds)
+    measured.append(examples(a, b, test_logits(a, b, whole)))
 
 
 # %% mystnb={"figure": {"caption": "Test loss (cross-entropy on the full, balanced test set; linear scale) against alpha between network A (alpha = 0, trained on the half biased towards the first classes) and network B (alpha = 1): aligned interpolation with REPAIR (blue) and without (blue dotted), the logit ensemble (orange), a network trained on the full training set (red dashed) and the two endpoints with the distribution-shift correction (green). Paper Figs. 7 and 13 left (CIFAR-100); at the cpu profile Fashion-MNIST.", "name": "fig-5-4-loss"}}
@@ -147,8 +192,8 @@ def split_figure(key, ylabel, scale=1.0):
         "aligned, no REPAIR": [scale * v for v in plain[key]],
         "logit ensemble": [scale * e[key] for e in ensemble],
         "trained on the full set": flat(scale * reference[key]),
-        "A, shift-corrected": flat(scale * corrected["A"][key]),
-        "B, shift-corrected": flat(scale * corrected["B"][key]),
+        "A, shift-corrected": flat(scale * shift_corrected["A"][key]),
+        "B, shift-corrected": flat(scale * shift_corrected["B"][key]),
     }
     styles = {"aligned + REPAIR": {"color": "C0"}, "aligned, no REPAIR": {"color": "C0", "linestyle": ":"},
               "logit ensemble": {"color": "C1"}, "trained on the full set": {"color": "C3", "linestyle": "--"},
@@ -175,18 +220,55 @@ plain_alpha, plain_loss = baselines.best(plain["loss"], cfg["alphas"])
 ens_alpha, ens_loss = baselines.best([e["loss"] for e in ensemble], cfg["alphas"])
 ends = plain["endpoints"]
 print(f"best REPAIRed interpolation: loss {best_loss:.3f} at alpha = {best_alpha:g} "
-      f"(endpoints {ends['a']['loss']:.3f} / {ends['b']['loss']:.3f}; beats both: "
-      f"{best_loss < min(ends['a']['loss'], ends['b']['loss'])})")
+      f"(endpoints {ends['a']['loss']:.3f} / {ends['b']['loss']:.3f}; whether it beats both beyond the noise: "
+      "the box below)")
 print(f"best aligned interpolation without REPAIR: loss {plain_loss:.3f} at alpha = {plain_alpha:g}")
 print(f"best logit ensemble: loss {ens_loss:.3f} at alpha = {ens_alpha:g}; full-data network: {reference['loss']:.3f}")
-print(f"shift-corrected endpoints: {corrected['A']['loss']:.3f} / {corrected['B']['loss']:.3f}")
+print(f"shift-corrected endpoints: {shift_corrected['A']['loss']:.3f} / {shift_corrected['B']['loss']:.3f}")
 setting = (f"ResNet20 x{cfg['model'].get('width', 1)}, {cfg['dataset']}, {cfg['epochs']} epochs on "
            f"{cfg['train_subset'] or 'all'} images of each half")
 rows = {"cifar100_split_loss": {"before": f"{plain_loss:.2f} at alpha = {plain_alpha:g} (aligned, no REPAIR)",
                                 "after": f"{best_loss:.2f} at alpha = {best_alpha:g}",
                                 "endpoints": f"{ends['a']['loss']:.2f} / {ends['b']['loss']:.2f}", "note": setting}}
-book.save_results("5.4", profile, cfg, rows, start)
 Markdown(book.paper_vs_ours(rows))
+
+# %% [markdown]
+# ## Does it match the paper?
+#
+# Each claim of section 5.4 and Fig. 13 as a statistic of the per-image results (the interpolations
+# are taken at $0 < \alpha < 1$ only, so that an endpoint never counts as a merge): its value for
+# every seed pair, a paired bootstrap over the test images (`repairlib.book.evidence`) and a verdict
+# that is "not distinguishable" when the effect lies inside that noise.
+
+# %%
+inside = evidence.interior(cfg["alphas"])
+mid = min(inside or range(len(cfg["alphas"])), key=lambda i: abs(cfg["alphas"][i] - 0.5))
+
+
+def best_of(m, name, what="loss"):
+    """The lowest loss (highest accuracy) over the interior alphas of a curve: ``[B]``."""
+    values = m[name][what][:, inside]
+    return values.min(-1).values if what == "loss" else values.max(-1).values
+
+
+def best_end(m, what="loss"):
+    """The better endpoint's loss (accuracy): ``[B]``."""
+    return (torch.minimum if what == "loss" else torch.maximum)(m["a"][what], m["b"][what])
+
+
+statistics = {
+    "sec54_endpoints": lambda m: best_end(m) - torch.maximum(m["full"]["loss"], m["ensemble"]["loss"][:, mid]),
+    "fig7": lambda m: best_end(m) - best_of(m, "repair"),
+    "cifar100_split_loss": lambda m: best_of(m, "aligned") - best_of(m, "repair"),
+    "fig13_left": lambda m: best_of(m, "repair") - torch.minimum(m["a_shifted"]["loss"], m["b_shifted"]["loss"]),
+    "fig13_ensemble": lambda m: best_of(m, "repair") - best_of(m, "ensemble"),
+    "fig13_right": lambda m: best_of(m, "repair", "correct") - best_end(m, "correct"),
+}
+scale = {"profile": profile, "dataset": cfg["dataset"], "seeds": pairs, "arch": cfg["model"]["arch"],
+         "model": f"ResNet20 x{cfg['model'].get('width', 1)}", "width": cfg["model"].get("width", 1)}
+records = [evidence.measure(key, stat, measured, **scale) for key, stat in statistics.items()]
+book.save_results("5.4", profile, cfg, rows, start, measurements=records)
+Markdown(evidence.match_box(records, section="5.4"))
 
 # %% [markdown]
 # ## Checks that hold at any scale

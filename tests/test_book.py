@@ -273,6 +273,8 @@ def test_committed_results_page_is_up_to_date():
     assert generated == book.results_table(ROOT / "book" / "results").strip(), stale
     quality = text.split(book.QUALITY_BEGIN)[1].split(book.QUALITY_END)[0].strip()
     assert quality == book.quality_table(ROOT / "book" / "results").strip(), stale
+    index = text.split(book.results.COVERAGE_BEGIN)[1].split(book.results.COVERAGE_END)[0].strip()
+    assert index == book.coverage_index(ROOT / "book" / "results").strip(), stale
     intro = (ROOT / "book" / "intro.md").read_text()
     index = intro.split(book.results.FIGURES_BEGIN)[1].split(book.results.FIGURES_END)[0].strip()
     assert index == book.results.figure_index().strip(), stale.replace("results.md", "intro.md")
@@ -285,9 +287,10 @@ def test_figure_index_reads_the_captions(tmp_path):
     nb.cells.append(cell)
     nbformat.write(nb, str(tmp_path / "04_repair.ipynb"))
     rows = book.results.figure_index(tmp_path).splitlines()[2:]
-    assert len(rows) == book.results.PAPER_FIGURES
-    assert rows[0] == "| Fig. 1 | [Section 4: REPAIR](executed/cpu/04_repair.ipynb) |"
-    assert rows[2].startswith("| Fig. 3 | [Section 4") and rows[1] == "| Fig. 2 | not reproduced yet |"
+    assert len(rows) == len(book.figure_panels())  # one row per panel of the claims table
+    assert rows[0] == "| Fig. 1 left | [Section 4: REPAIR](executed/cpu/04_repair.ipynb) |"
+    assert rows[1] == "| Fig. 1 middle | not reproduced yet |"
+    assert rows[8].startswith("| Fig. 3 right | [Section 4") and rows[6] == "| Fig. 3 left | not reproduced yet |"
 
 
 def test_provenance_fields():
@@ -307,7 +310,8 @@ def test_package_names_and_import_direction():
 
     assert book.provenance.__name__ == "repairlib.book.provenance"  # the module, not hidden by a function
     assert book.run_book is book.runner.run_book and set(book.__all__) <= set(dir(book))
-    allowed = {"profiles": set(), "provenance": {"profiles"}, "results": {"profiles", "provenance"},
+    allowed = {"profiles": set(), "provenance": {"profiles"}, "coverage": {"profiles"}, "evidence": {"coverage"},
+               "results": {"profiles", "provenance", "coverage", "evidence"},
                "runner": {"profiles", "provenance", "results"}}
     for name, may_import in allowed.items():
         tree = ast.parse((ROOT / "repairlib" / "book" / f"{name}.py").read_text())

@@ -21,10 +21,39 @@ One module per concept, each importing only those above it; every name is re-exp
 
 - :mod:`repairlib.book.profiles`: the profiles' tables and a section's :func:`settings`;
 - :mod:`repairlib.book.provenance`: what every executed page states at its end;
-- :mod:`repairlib.book.results`: the paper's numbers, ours (``book/results/*.json``) and the Markdown tables;
+- :mod:`repairlib.book.coverage`: the paper item by item (:data:`CLAIMS`: each figure panel and number,
+  its page and the test a measurement must pass);
+- :mod:`repairlib.book.evidence`: per-seed-pair values, a paired bootstrap over test images,
+  noise-aware verdicts, plain measurement records (:func:`measure`) and the "Does it match the paper?"
+  box (:func:`match_box`);
+- :mod:`repairlib.book.results`: the paper's numbers, ours (``book/results/*.json``), the Markdown tables
+  and the coverage index;
 - :mod:`repairlib.book.runner`: papermill over the notebooks, then ``jupyter-book build`` (:func:`run_book`).
 """
 
+from repairlib.book.coverage import (
+    CLAIM_KEYS,
+    CLAIMS,
+    claim,
+    figure_panels,
+    section_claims,
+)
+from repairlib.book.evidence import (
+    bootstrap,
+    bootstrap_difference,
+    bootstrap_mean,
+    claim_table,
+    interior,
+    judge,
+    match_box,
+    measure,
+    seed_pairs,
+    seed_spread,
+    slope,
+    stack,
+    trend,
+    verdict,
+)
 from repairlib.book.profiles import (
     ALPHAS11,
     CPU,
@@ -65,6 +94,8 @@ from repairlib.book.results import (
     RESULTS_END,
     book_results_dir,
     book_root,
+    coverage_index,
+    load_measurements,
     load_results,
     markdown_table,
     paper_vs_ours,
@@ -92,6 +123,8 @@ from repairlib.book.runner import (
 
 __all__ = [
     "ALPHAS11",
+    "CLAIMS",
+    "CLAIM_KEYS",
     "CPU",
     "CPU_CONV",
     "CPU_EXAMPLES",
@@ -116,18 +149,30 @@ __all__ = [
     "SMOKE",
     "book_results_dir",
     "book_root",
+    "bootstrap",
+    "bootstrap_difference",
+    "bootstrap_mean",
     "build_book",
     "check_profile",
     "check_section",
+    "claim",
+    "claim_table",
+    "coverage_index",
     "describe",
     "device_name",
     "execute",
     "executed_dir",
+    "figure_panels",
     "git_commit",
+    "interior",
+    "judge",
     "kernel_environment",
     "kernel_name",
+    "load_measurements",
     "load_results",
     "markdown_table",
+    "match_box",
+    "measure",
     "paper_vs_ours",
     "parameter_names",
     "parse_overrides",
@@ -142,9 +187,16 @@ __all__ = [
     "run_book",
     "run_notebooks",
     "save_results",
+    "section_claims",
+    "seed_pairs",
+    "seed_spread",
     "select_notebooks",
     "settings",
     "show_provenance",
+    "slope",
+    "stack",
     "trained_pair",
+    "trend",
+    "verdict",
     "write_results_page",
 ]
