@@ -64,10 +64,16 @@ def model_config(config: dict, dataset: str) -> dict:
 
 
 def training_description(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None,
-                         batch_size=None, lr=None) -> dict:
+                         batch_size=None, lr=None, bf16=False) -> dict:
     """Everything that determines the trained weights, as plain JSON-able values: the completed model
     config, data set, epochs, seed, subset, split part (0/1 of paper 5.4's biased halves), the recipe
-    (Table 1 with ``batch_size``/``lr`` overrides) and ``TRAIN_CODE_VERSION``."""
+    (Table 1 with ``batch_size``/``lr`` overrides) and ``TRAIN_CODE_VERSION``.
+
+    ``bf16=True`` (bf16 autocast in training, :func:`repairlib.train.fit`) adds ``"autocast": "bf16"``;
+    without it the description has no such key and trains with ``fit``'s default (fp32 on the CPU, bf16
+    autocast on CUDA), so the checkpoints cached before the option existed keep their keys."""
+    if not isinstance(bf16, bool):
+        raise ValueError(f"bf16 must be True or False, got {bf16!r}")  # noqa: TRY004 (one error type for bad settings)
     for name, value in (("epochs", epochs), ("train_subset", train_subset), ("batch_size", batch_size)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -77,7 +83,8 @@ def training_description(config, dataset, *, epochs, seed=0, train_subset=None, 
     config = check_size(model_config(config, dataset))
     recipe = recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr)
     return {"config": config, "dataset": dataset, "epochs": epochs, "seed": seed, "train_subset": train_subset,
-            "split_part": split_part, "recipe": asdict(recipe), "train_code_version": TRAIN_CODE_VERSION}
+            "split_part": split_part, "recipe": asdict(recipe), "train_code_version": TRAIN_CODE_VERSION,
+            **({"autocast": "bf16"} if bf16 else {})}
 
 
 def cache_key(description: dict) -> str:
@@ -112,7 +119,7 @@ def train_model(description: dict, *, root=None, device=None, progress=True, tes
     model = build(desc["config"])
     stats = fit(model, dataset, epochs=desc["epochs"], seed=seed, device=device, root=root,
                 train_subset=desc["train_subset"], indices=indices, recipe=Recipe(**desc["recipe"]),
-                progress=progress)
+                bf16=True if desc.get("autocast") == "bf16" else None, progress=progress)
     n_test = len(data.load_tensors(dataset, "test", root)[1]) if dataset != "imagenet" else None
     subset = test_examples if test_examples is not None and n_test and test_examples < n_test else None
     test = evaluate(model, data.loader(dataset, "test", batch_size=1000, root=root, device=device, subset=subset))
@@ -308,16 +315,17 @@ def _report_nonfinite(path, state_dict: dict, nonfinite: str) -> None:
 
 
 def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None, device=None,
-            cache_dir=None, batch_size=None, lr=None) -> nn.Module:
+            cache_dir=None, batch_size=None, lr=None, bf16=False) -> nn.Module:
     """The network ``config`` trained on ``dataset`` for ``epochs`` with ``seed`` (eval mode, on ``device``).
 
     Loaded from the cache when its training description was trained before; otherwise trained now and
     cached. A corrupt cache file, or a valid one whose stored config, training description or key
     differs from the request (:func:`load_cached`), is reported with a warning and replaced. ``batch_size`` and ``lr``
-    override the Table 1 recipe (e.g. for small subsets) and are part of the cache key.
+    override the Table 1 recipe (e.g. for small subsets); ``bf16=True`` trains under bf16 autocast (faster
+    on CPUs with AMX); all three are part of the cache key.
     """
     desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                                split_part=split_part, batch_size=batch_size, lr=lr)
+                                split_part=split_part, batch_size=batch_size, lr=lr, bf16=bf16)
     path, device = checkpoint_path(desc, cache_dir), default_device(device)
     if distributed.world_size() > 1:
         return _trained_by_every_rank(desc, path, root, device)

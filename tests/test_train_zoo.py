@@ -272,8 +272,19 @@ def test_zoo_cache_key_covers_the_training_description():
     assert key() == key({**TINY_MLP, "in_features": 784, "num_classes": 10})  # defaults spelled out
     assert key() == zoo.cache_key(zoo.training_description(TINY_MLP, "FashionMNIST", epochs=1))
     others = [key(epochs=2), key(seed=1), key(train_subset=100), key(split_part=0), key({**TINY_MLP, "width": 33}),
-              key(batch_size=100), key(lr=0.1)]
+              key(batch_size=100), key(lr=0.1), key(bf16=True)]
     assert len({key(), *others}) == 1 + len(others)
+    assert "autocast" not in zoo.training_description(TINY_MLP, DATA, epochs=1)  # keys cached before bf16 stay
+
+
+def test_zoo_trains_under_bf16_autocast_when_asked(tmp_path, counted_fit):
+    model = _trained(tmp_path, bf16=True)
+    assert counted_fit[0]["bf16"] is True
+    desc = zoo.training_description(TINY_MLP, DATA, epochs=1, seed=0, train_subset=128, batch_size=64, bf16=True)
+    assert zoo.load_checkpoint(zoo.checkpoint_path(desc, tmp_path))["meta"]["training"]["autocast"] == "bf16"
+    assert next(model.parameters()).dtype == torch.float32  # autocast trains fp32 weights
+    with pytest.raises(ValueError, match="bf16 must be True or False"):
+        zoo.training_description(TINY_MLP, DATA, epochs=1, bf16="yes")
 
 
 def test_zoo_retrains_a_corrupt_checkpoint(tmp_path, counted_fit):
