@@ -212,3 +212,75 @@ def test_the_claims_table_covers_every_figure_panel_of_the_paper():
     assert book.results.caption_panels("Paper Figs. 7 and 13 left; Fig. 3, middle") == [
         (7, None), (13, "left"), (3, "middle")]
     assert book.results.caption_panels("Our Fig. 3") == []
+
+
+# --- networks, image by image ----------------------------------------------------------------------
+
+def tiny_pair():
+    torch.manual_seed(0)
+    from repairlib.models import build
+    a, b = (build({"arch": "mlp", "depth": 3, "width": 8, "in_features": 12, "num_classes": 3}) for _ in range(2))
+    data = [(torch.randn(16, 1, 3, 4), torch.randint(3, (16,))) for _ in range(3)]
+    return a, b, data
+
+
+def test_curve_and_summary_are_barrier_image_by_image():
+    import repairlib
+
+    a, b, data = tiny_pair()
+    alphas = [0.0, 0.5, 1.0]
+    for correct in ("none", "repair"):
+        whole = repairlib.barrier(a, b, data, alphas, correct=correct)
+        results = {"a": per_example(a, data), "b": per_example(b, data),
+                   "c": evidence.curve(a, b, data, alphas, correct=correct)}
+        assert results["c"]["correct"].shape == (3, 48)
+        mine = evidence.summary(results, alphas, "c")
+        for key in ("accuracy", "loss"):
+            assert mine[key] == pytest.approx(whole[key], rel=1e-9)
+            assert mine[f"barrier_{key}"] == pytest.approx(whole[f"barrier_{key}"], rel=1e-9, abs=1e-12)
+            assert mine["endpoints"]["a"][key] == pytest.approx(whole["endpoints"]["a"][key])
+    assert evidence.midpoint([0.0, 0.25, 0.5, 1.0]) == 2 and evidence.midpoint([0.5]) == 0
+    cfg = {"seeds": (0, 1), "seed_pairs": ((0, 1), (2, 3))}
+    assert [c["seeds"] for c in evidence.pair_settings(cfg)] == [(0, 1), (2, 3)]
+
+
+def test_unit_moments_give_the_pooled_statistics_of_section_3():
+    import repairlib
+    from repairlib import analysis
+
+    a, b, data = tiny_pair()
+    stats = repairlib.endpoint_stats(a, b, data)
+    mid = repairlib.interpolate(a, b, 0.5)
+    got = evidence.unit_moments({"a": a, "b": b, "mid": mid}, data, stats.points, cross=("a", "b"))
+    p = stats.points[0]
+    assert got["a"][p]["m1"].shape == (8, 48) and got["cross"][p].shape == (8, 48)
+    whole = _tree_mean(got)
+    assert evidence.unit_variance(whole["a"][p])[0] == pytest.approx(stats.var_a[p], rel=1e-6, abs=1e-9)
+    corr = evidence.unit_correlation(whole["a"][p], whole["b"][p], whole["cross"][p])[0]
+    assert corr == pytest.approx(analysis.unit_correlations(stats)[p], rel=1e-5, abs=1e-7)
+    ratios = repairlib.variance_ratio(mid, a, b, data, stats=stats)
+    for q in stats.points:
+        assert float(evidence.variance_ratio(whole["mid"][q], whole["a"][q], whole["b"][q])[0]) == pytest.approx(
+            ratios[q], rel=1e-6)
+    rec = evidence.measure("fig2_left", lambda m: evidence.variance_ratio(m["mid"][p], m["a"][p], m["b"][p]),
+                           [got], profile="cpu", dataset="x", model="MLP", seeds=[(0, 1)], images="training")
+    assert rec["n_test"] == 48 and "48 training images" in evidence.scale_text(rec)
+
+
+def _tree_mean(tree):
+    """Means over the images of a nest of [..., N] arrays, with a resample axis of 1: what a statistic sees."""
+    return evidence._tree(lambda x: x.double().mean(-1)[None], tree)
+
+
+def test_average_values_and_in_words():
+    assert evidence.average([{"a": [1.0, 2.0], "n": "x", "c": {"d": 3}}, {"a": [3.0, 4.0], "n": "y", "c": {"d": 5}}]) == {
+        "a": [2.0, 3.0], "n": "x", "c": {"d": 4.0}}
+    pairs = [{"x": torch.tensor([1.0, 0.0])}, {"x": torch.tensor([1.0, 1.0])}]
+    assert evidence.values(lambda m: m["x"], pairs) == [0.5, 1.0]
+    gen = torch.Generator().manual_seed(7)
+    big = evidence.measure("fig7", merge_gap, [merge_examples(gen, 0.3)], profile="cpu", dataset="fashion_mnist",
+                           model="ResNet20 x1", seeds=[(0, 1)])
+    small = evidence.measure("fig7", merge_gap, [merge_examples(gen, 0.002)], profile="cpu", dataset="fashion_mnist",
+                             model="ResNet20 x1", seeds=[(0, 1)])
+    assert evidence.in_words(big, "it merges", "it does not").startswith("it merges (reproduced: 95% interval")
+    assert evidence.in_words(small, "it merges", "it does not", "maybe").startswith("maybe (not distinguishable")

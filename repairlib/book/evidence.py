@@ -16,6 +16,12 @@ min..max) and a paired bootstrap over test images (the same resampled images for
 every pair, ``n_boot = 1000`` resamples, fixed seed) of their mean over pairs. A verdict says
 "reproduced" only when the 95% interval *and* every seed pair lie on the claimed side,
 "differs" when both lie on the other side, and "not distinguishable" otherwise.
+
+The pages build those arrays with :func:`pair_settings` (the section's settings per seed pair),
+:func:`curve` (an interpolation curve image by image, ``[K, N]``), :func:`summary` (the curve's
+:func:`repairlib.barrier` dict for the figures, from the same arrays) and :func:`barrier` (Eq. 1 as
+a statistic); section 3's statistics of training data with :func:`unit_moments` (per-image moments
+of every unit, resampled like test images; the record says ``images="training"``).
 """
 
 from __future__ import annotations
@@ -301,10 +307,21 @@ def judge(record: dict) -> tuple:
 
 
 def scale_text(record: dict) -> str:
-    """Where a number comes from: "cpu: fashion_mnist, ResNet20 x1, 2 seed pairs, 10,000 test images"."""
+    """Where a number comes from: "cpu: fashion_mnist, ResNet20 x1, 2 seed pairs, 10,000 test images"
+    (``images`` of the record, e.g. "training" for a statistic of :func:`unit_moments`, else "test")."""
     n = len(record["seeds"])
     return (f"{record['profile']}: {record['dataset']}, {record['model']}, {n} seed pair{'s' if n > 1 else ''} "
-            f"({'; '.join(', '.join(map(str, s)) for s in record['seeds'])}), {record['n_test']:,} test images")
+            f"({'; '.join(', '.join(map(str, s)) for s in record['seeds'])}), {record['n_test']:,} "
+            f"{record.get('images', 'test')} images")
+
+
+def in_words(record: dict, reproduced: str, differs: str, unsure: str | None = None) -> str:
+    """A page's sentence about a measured claim, chosen by its verdict (:func:`judge`) and ending with the
+    verdict's reason: ``reproduced`` when it holds, ``differs`` when it fails beyond the noise, else
+    ``unsure`` (default: "cannot be told apart from the noise here")."""
+    says, why = judge(record)
+    text = {"reproduced": reproduced, "differs": differs}.get(says, unsure or "cannot be told apart from the noise here")
+    return f"{text} ({says}: {why})"
 
 
 # --- tables ----------------------------------------------------------------------------------------
@@ -361,12 +378,152 @@ def match_box(records: list, section: str | None = None) -> str:
     items = [claim(k) for k in keys] + rest
     counts = {v: sum(judge(r)[0] == v for r in records) for v in VERDICTS[:3]}
     summary = ", ".join(f"{n} {v}" for v, n in counts.items() if n) or "nothing measured yet"
+    images = list(dict.fromkeys(r.get("images", "test") for r in records)) or ["test"]
     body = (f"Each claim of the paper this page tests, beside ours ({summary}). *Seed pairs*: our "
             f"value for each pair of independently trained networks; *95% CI*: a paired bootstrap over the "
-            f"test images ({records[0]['n_boot'] if records else N_BOOT:,} resamples) of their mean. A claim "
+            f"{' and '.join(images)} images ({records[0]['n_boot'] if records else N_BOOT:,} resamples) of their "
+            "mean. A claim "
             "is *reproduced* when the interval and every pair pass its test, *differs* when they all fail "
             "it, and is *not distinguishable* otherwise.\n\n")
     return "```{admonition} Does it match the paper?\n:class: tip\n\n" + body + claim_table(items, records) + "```\n"
+
+
+# --- networks, image by image ---------------------------------------------------------------------
+
+def pair_settings(cfg: dict) -> list:
+    """A section's settings once per seed pair of :func:`seed_pairs`: ``{**cfg, "seeds": pair}``, which
+    is what :func:`repairlib.book.trained_pair` and the pages' own ``zoo.trained`` loops read."""
+    return [{**cfg, "seeds": pair} for pair in seed_pairs(cfg)]
+
+
+def curve(model_a, model_b, data, alphas, correct: str = "none", stats_data=None, scope: str = "conv",
+          stats=None) -> dict:
+    """:func:`repairlib.barrier`'s curve image by image: ``{"correct": [K, N], "loss": [K, N]}`` of
+    theta_alpha (``model_b`` aligned to ``model_a``) after ``correct`` at each of the K ``alphas``.
+    REPAIR's endpoint statistics are measured once on ``stats_data`` (default ``data``) unless given."""
+    from repairlib.correction import corrected
+    from repairlib.endpoints import endpoint_stats
+    from repairlib.evaluation import per_example
+    from repairlib.interpolation import interpolate
+    from repairlib.plumbing import reusable
+
+    data = reusable(data)
+    stats_data = data if stats_data is None else reusable(stats_data)
+    if correct in ("repair", "closed_form", "rescale") and stats is None:
+        stats = endpoint_stats(model_a, model_b, stats_data, scope)
+    return stack([per_example(corrected(interpolate(model_a, model_b, float(t)), model_a, model_b, stats_data,
+                                        float(t), correct, scope, stats), data) for t in alphas])
+
+
+def means(results: dict) -> dict:
+    """``{"accuracy", "loss"}`` of per-example results (``[N]`` -> float, ``[K, N]`` -> list of K)."""
+    def mean(x):
+        value = x.double().mean(-1)
+        return value.tolist() if value.ndim else float(value)
+    return {"accuracy": mean(results["correct"]), "loss": mean(results["loss"])}
+
+
+def barrier(curve_means: dict, a: dict, b: dict, alphas, what: str = "accuracy") -> torch.Tensor:
+    """Eq. 1 as a statistic of means (``[B]``): ``curve_means`` of ``{"correct", "loss"}`` ``[B, K]`` at
+    ``alphas``, ``a`` and ``b`` the endpoints' ``[B]``.
+
+        accuracy: max_k ((1 - alpha_k) acc_a + alpha_k acc_b - acc_k);  loss: max_k (L_k - (1 - alpha_k) L_a - alpha_k L_b)
+    """
+    key = {"accuracy": "correct", "loss": "loss"}[what]
+    t = torch.as_tensor(alphas, dtype=torch.float64)
+    lerp = (1 - t) * a[key][..., None] + t * b[key][..., None]
+    gap = lerp - curve_means[key] if what == "accuracy" else curve_means[key] - lerp
+    return gap.max(-1).values
+
+
+def summary(results: dict, alphas, name: str) -> dict:
+    """:func:`repairlib.barrier`'s dict (``alphas``, ``accuracy``, ``loss``, ``endpoints``,
+    ``barrier_accuracy``, ``barrier_loss``) of the curve ``results[name]`` ``[K, N]`` between the
+    endpoints ``results["a"]``, ``results["b"]`` ``[N]``: what the figures plot, from the per-example
+    results the verdicts resample."""
+    one = {k: _tree(lambda x: x.double().mean(-1)[None], results[k]) for k in ("a", "b", name)}
+    return {"alphas": [float(t) for t in alphas], **means(results[name]),
+            "endpoints": {k: means(results[k]) for k in ("a", "b")},
+            **{f"barrier_{w}": float(barrier(one[name], one["a"], one["b"], alphas, w)[0])
+               for w in ("accuracy", "loss")}}
+
+
+def average(results: list):
+    """The mean over seed pairs of nests of numbers that share one shape (e.g. one :func:`summary` per
+    pair): numbers and lists of numbers are averaged entry by entry, anything else is the first's."""
+    first = results[0]
+    if isinstance(first, dict):
+        return {k: average([r[k] for r in results]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return [average(list(v)) for v in zip(*results, strict=True)]
+    if isinstance(first, (int, float)) and not isinstance(first, bool):
+        return sum(results) / len(results)
+    return first
+
+
+def values(stat, pairs) -> list:
+    """``stat`` on all images, once per seed pair (the ``values`` of :func:`bootstrap`, without it)."""
+    return _values(stat, [pairs] if isinstance(pairs, dict) else list(pairs))
+
+
+def midpoint(alphas) -> int:
+    """The index of the alpha nearest 0.5."""
+    return min(range(len(alphas)), key=lambda i: abs(float(alphas[i]) - 0.5))
+
+
+@torch.no_grad()
+def unit_moments(models: dict, data, points, cross: tuple | None = None) -> dict:
+    """Per-image moments of every unit at ``points`` (correction points, e.g. ``stats.points``) of each
+    network of ``models`` (``{name: network}``), in one pass over ``data``: ``{name: {point: {"m1": [C, N],
+    "m2": [C, N]}}}``, the mean over the image's positions of x and of x^2 (float64), so that a unit's
+    pooled variance is ``mean(m2) - mean(m1)^2`` over the images (:func:`unit_variance`): the per-example
+    form of the statistics section 3 measures, for a bootstrap over the (training) images. Each network
+    is read where a point's final value is (:func:`repairlib.metrics.value_nodes`: after an unfused
+    REPAIR's affine). ``cross=("a", "b")`` adds ``{"cross": {point: mean of x_a * x_b [C, N]}}``."""
+    from repairlib.metrics import value_nodes
+    from repairlib.plumbing import as_input, batches, eval_mode, fixed_order, reusable
+    from repairlib.stats import capture
+
+    points, data = list(points), reusable(data)
+    probes = {name: capture(m, [value_nodes(m, points)[p] for p in points], channels=True)
+              for name, m in models.items()}
+    parts = {name: {p: {"m1": [], "m2": []} for p in points} for name in models}
+    products = {p: [] for p in points}
+    with eval_mode(*models.values()):
+        for x, _ in batches(fixed_order(data), chunk=True):
+            outs = {name: probes[name](as_input(x, m)) for name, m in models.items()}
+            for name, values in outs.items():
+                for p, v in zip(points, values):
+                    v = v.double()
+                    parts[name][p]["m1"].append(v.mean(-1).T.cpu())
+                    parts[name][p]["m2"].append((v * v).mean(-1).T.cpu())
+            if cross is not None:
+                for p, va, vb in zip(points, outs[cross[0]], outs[cross[1]]):
+                    products[p].append((va.double() * vb.double().to(va.device)).mean(-1).T.cpu())
+    result = {name: {p: {k: torch.cat(v, 1) for k, v in by.items()} for p, by in got.items()}
+              for name, got in parts.items()}
+    if cross is not None:
+        result["cross"] = {p: torch.cat(v, 1) for p, v in products.items()}
+    return result
+
+
+def unit_variance(m: dict) -> torch.Tensor:
+    """Each unit's pooled variance from the means of :func:`unit_moments`: ``m2 - m1^2`` (``[..., C]``)."""
+    return (m["m2"] - m["m1"] ** 2).clamp_min(0)
+
+
+def variance_ratio(mid: dict, a: dict, b: dict) -> torch.Tensor:
+    """Section 3.1's ratio of one layer from means of :func:`unit_moments`: v_mid / ((v_a + v_b) / 2),
+    v the sum of the layer's unit variances (``[B]``)."""
+    v = [unit_variance(m).sum(-1) for m in (mid, a, b)]
+    return v[0] / ((v[1] + v[2]) / 2).clamp_min(1e-30)
+
+
+def unit_correlation(a: dict, b: dict, cross: torch.Tensor) -> torch.Tensor:
+    """corr(X_a, X_b) of each pair of units from means of :func:`unit_moments` (``cross``: the means of
+    x_a * x_b); dead units give 0 (``[..., C]``)."""
+    cov = cross - a["m1"] * b["m1"]
+    return cov / (unit_variance(a) * unit_variance(b)).sqrt().clamp_min(1e-12)
 
 
 def seed_pairs(cfg: dict) -> list:
