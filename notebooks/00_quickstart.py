@@ -28,6 +28,14 @@
 # At the `cpu` profile the two networks are 10-layer MLPs (512 units per layer) trained for a few
 # epochs on Fashion-MNIST; at the `paper` profile, the paper's MLP on MNIST for 100 epochs. Change
 # `profile` in the parameters cell below (or the `REPAIR_PROFILE` environment variable) to switch.
+#
+# **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
+# about 1 minute on Colab's T4, training its networks from scratch, plus the install cell and the data
+# download. Measured without a GPU (2026-11-22, 2 CPU cores, one torch thread per notebook): 12 s with
+# an empty checkpoint zoo, 14 s with the networks cached; the estimate assumes that training runs 10x
+# faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
+# `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
+# is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.

@@ -39,6 +39,14 @@
 # against the variance actually measured in the interpolated network. At the `cpu` profile the MLP is
 # the 10-layer MLP and the convolutional network a ResNet20 with BatchNorm, both on Fashion-MNIST; at
 # the `paper` profile, a 35-layer MLP on MNIST and VGG11 on CIFAR-10 (the paper's Fig. 2).
+#
+# **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
+# about 1 minute on Colab's T4, training its networks from scratch, plus the install cell and the data
+# download. Measured without a GPU (2026-11-22, 2 CPU cores, one torch thread per notebook): 21 s with
+# an empty checkpoint zoo, 23 s with the networks cached; the estimate assumes that training runs 10x
+# faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
+# `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
+# is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.

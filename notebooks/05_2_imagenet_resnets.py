@@ -38,6 +38,14 @@
 # - `repairlib.reset_bn` (recompute every BatchNorm's statistics on training data),
 # - `repairlib.repair(..., scope="conv")`: REPAIR at every convolution output,
 # - `repairlib.repair(..., scope="all")`: also at every residual-block output.
+#
+# **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
+# about 1 minute on Colab's T4, training its networks from scratch, plus the install cell and the data
+# download. Measured without a GPU (2026-11-22, 2 CPU cores, one torch thread per notebook): 108 s
+# with an empty checkpoint zoo, 40 s with the networks cached; the estimate assumes that training runs
+# 10x faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
+# `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
+# is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.
@@ -202,11 +210,11 @@ plots.curve(cfg["alphas"], series, "test accuracy (%)", f"torchvision ResNets, {
 # position of its best-correlated partner in A), and of B as trained. Alignment only reorders B's
 # filters. At the `cpu` profile the stem has one input channel, so the 7 x 7 filters are grey.
 
-# %% mystnb={"figure": {"caption": "First-layer (stem) 7x7 convolution filters, each scaled to its own value range, of network A (left), network B permuted to align with A (middle) and network B in its original order (right). Paper Fig. 9 (ResNet50, ImageNet, colour filters); at the cpu profile grey filters of ResNet18 on Fashion-MNIST.", "name": "fig-5-2-filters"}}
+# %% mystnb={"figure": {"caption": "First-layer (stem) 7x7 convolution filters in pairs: filter i of network A (left in each pair) beside filter i of network B after B's channels were permuted to align with A (right), each filter scaled by its own largest magnitude (red positive, blue negative, white zero; filters with three input channels are shown in colour), the correlation of the pair's weights below it, best-matched pairs first. The subtitle compares the pairs' mean correlation with that of B in its trained order. Paper Fig. 9 (ResNet50, ImageNet, colour filters); at the cpu profile grey filters of ResNet18 on Fashion-MNIST.", "name": "fig-5-2-filters"}}
 name = next(iter(pairs))
 model_a, model_b, original_b, _ = pairs[name]
-plots.filters({"A": model_a.conv1.weight, "B aligned to A": model_b.conv1.weight,
-               "B as trained": original_b.conv1.weight}, title=f"{name} stem filters, {cfg['dataset']}")
+plots.filter_pairs(model_a.conv1.weight, model_b.conv1.weight, unaligned=original_b.conv1.weight,
+                   title=f"{name}, {plots.dataset_label(cfg['dataset'])}: first-layer filters of A beside aligned B")
 
 # %% [markdown]
 # ## The paper's numbers beside ours

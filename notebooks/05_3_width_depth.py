@@ -33,6 +33,14 @@
 # width sweep of ResNets needs the `paper` profile) and the VGGs at depths 11 and 13, both for two
 # epochs on a few thousand images. The endpoints are much weaker than the paper's and the grids much
 # shorter, so look for the *direction* of each effect. The `paper` profile runs the paper's grids.
+#
+# **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
+# about 2 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
+# data download. Measured without a GPU (2026-11-22, 2 CPU cores, one torch thread per notebook): 404
+# s with an empty checkpoint zoo, 43 s with the networks cached; the estimate assumes that training
+# runs 10x faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
+# `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
+# is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.

@@ -33,6 +33,14 @@
 # are ResNet20s trained for a few epochs on a subset of each half; the paper's CIFAR-100 networks
 # (`paper` profile) are wider and trained for 200 epochs. Compare the shape of the curves, not the
 # values: a loss of 1.30 on 100 classes and a loss on 10 classes are different scales.
+#
+# **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
+# about 1 minute on Colab's T4, training its networks from scratch, plus the install cell and the data
+# download. Measured without a GPU (2026-11-22, 2 CPU cores, one torch thread per notebook): 126 s
+# with an empty checkpoint zoo, 30 s with the networks cached; the estimate assumes that training runs
+# 10x faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
+# `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
+# is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.

@@ -23,6 +23,23 @@ if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules and not os.
     matplotlib.use("Agg")  # no display: render off-screen (a notebook keeps its inline backend)
 
 ALPHA_LABEL = r"interpolation coefficient $\alpha$"
+# How the book shows a figure: a PNG at BOOK_DPI with a tight bounding box (the notebooks' display
+# formatter below), shrunk by the browser to the text column when it is wider than COLUMN_PX
+# (book/_static/wrap.css, tests/test_pages.py). Every text of a figure made here is at least
+# MIN_FONT_PT once shrunk (tests/test_plots.py measures it with :func:`rendered_font_sizes`).
+BOOK_DPI = 110
+COLUMN_PX = 740
+MIN_FONT_PT = 9.0
+# The widest figure that the column shows unshrunk: COLUMN_PX / BOOK_DPI = 6.7 in, less the few
+# hundredths of an inch that the tight bounding box adds around the outside legend.
+MAX_WIDTH_IN = 6.5
+DATASET_LABELS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10",
+                  "cifar100": "CIFAR-100", "imagenet": "ImageNet"}
+
+
+def dataset_label(name: str) -> str:
+    """A data set's name for a title: "fashion_mnist" -> "Fashion-MNIST" (other names unchanged)."""
+    return DATASET_LABELS.get(str(name).lower().replace("-", "_"), str(name))
 
 
 def _show_figures_in_notebooks() -> None:
@@ -35,7 +52,7 @@ def _show_figures_in_notebooks() -> None:
     shell = get_ipython()
     if shell is not None:
         shell.display_formatter.formatters["image/png"].for_type(
-            Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight", dpi=110))
+            Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight", dpi=BOOK_DPI))
 
 
 _show_figures_in_notebooks()
@@ -187,7 +204,8 @@ def filters(weights, title: str | None = None, ncols: int | None = None) -> Figu
     panels = weights if isinstance(weights, dict) else {title or "": weights}
     if not panels:
         raise ValueError("filters: no weights given")
-    fig = Figure(figsize=(3.2 * len(panels), 3.4), layout="constrained")
+    fig = Figure(figsize=(min(3.2 * len(panels), MAX_WIDTH_IN), 3.4 if len(panels) < 3 else 2.9),
+                 layout="constrained")
     for i, (label, w) in enumerate(panels.items()):
         ax = fig.add_subplot(1, len(panels), i + 1)
         ax.imshow(_filter_grid(w, ncols), interpolation="nearest")
@@ -199,3 +217,123 @@ def filters(weights, title: str | None = None, ncols: int | None = None) -> Figu
     if title and isinstance(weights, dict):
         fig.suptitle(title)
     return fig
+
+
+def _signed_unit(w: np.ndarray) -> np.ndarray:
+    """Each filter (the first axis) divided by its own largest magnitude: values in [-1, 1], 0 stays 0."""
+    top = np.abs(w).max(axis=tuple(range(1, w.ndim)), keepdims=True)
+    return w / np.where(top > 0, top, 1.0)
+
+
+def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pearson correlation of filter i of ``a`` with filter i of ``b``, over all their weights."""
+    a = a.reshape(len(a), -1) - a.reshape(len(a), -1).mean(1, keepdims=True)
+    b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(1, keepdims=True)
+    norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.where(norm > 0, norm, 1.0)
+
+
+def _weights4(weights, what: str) -> np.ndarray:
+    if hasattr(weights, "detach"):
+        weights = weights.detach().cpu().numpy()
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 4:
+        raise ValueError(f"{what} must have shape [C, in, kh, kw], got {w.shape}")
+    return w
+
+
+def filter_pairs(a, b, unaligned=None, title: str | None = None, labels=("A", "B"), ncols: int = 8,
+                 max_pairs: int | None = None, order: str = "similarity") -> Figure:
+    """Aligned first-layer filters side by side (Fig. 9): filter i of ``a`` next to filter i of ``b``.
+
+    ``a``, ``b``: [C, in, kh, kw] weights, ``b`` already permuted to align with ``a`` (``permute(b,
+    alignment)``). Each filter is scaled by its own largest magnitude, so that every filter uses the
+    whole colour range and zero keeps one colour: grey filters (one input, or more than three) on a
+    diverging map (red positive, blue negative, white zero), three inputs as RGB around mid-grey.
+    Under each pair its correlation (Pearson, over the filter's weights); ``order="similarity"``
+    (default) puts the best-matched pairs first, ``order="index"`` keeps a's order. ``unaligned``
+    (optional: ``b`` in its trained order) adds the mean correlation of the unaligned pairs to the
+    subtitle, for comparison. ``max_pairs`` shows only the first so many pairs.
+    """
+    a, b = _weights4(a, "a"), _weights4(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+    if order not in ("similarity", "index"):
+        raise ValueError(f"order must be 'similarity' or 'index', got {order!r}")
+    corr = _correlations(a, b)
+    index = np.argsort(-corr, kind="stable") if order == "similarity" else np.arange(len(a))
+    index = index[:max_pairs] if max_pairs else index
+    c, cin, kh, kw = a.shape
+    rgb = cin == 3
+    pick = (lambda w: w) if rgb else (lambda w: w[:, :1])  # grey: the first input channel
+    sa, sb = _signed_unit(pick(a)), _signed_unit(pick(b))
+    ncols = max(1, min(ncols, len(index)))
+    nrows = math.ceil(len(index) / ncols)
+    gap, pair_gap, label_gap = 1, 3, max(4, kh * 3 // 4)  # data units (filter pixels)
+    cell_w, cell_h = 2 * kw + gap + pair_gap, kh + label_gap
+    grid = np.zeros((nrows * cell_h, ncols * cell_w - pair_gap, 3 if rgb else 1))
+    for k, i in enumerate(index):
+        r, q = divmod(k, ncols)
+        y, x = r * cell_h, q * cell_w
+        grid[y:y + kh, x:x + kw] = sa[i].transpose(1, 2, 0)
+        grid[y:y + kh, x + kw + gap:x + 2 * kw + gap] = sb[i].transpose(1, 2, 0)
+    width = MAX_WIDTH_IN
+    height = min(8.0, 1.1 + width * grid.shape[0] / grid.shape[1])
+    fig = Figure(figsize=(width, height), layout="constrained")
+    ax = fig.add_subplot()
+    if rgb:  # [-1, 1] -> [0, 1]; the gaps (0) are mid-grey like a zero weight, so paint them white
+        image = 0.5 + 0.5 * grid
+        mask = np.ones(grid.shape[:2], bool)
+        for k in range(len(index)):
+            r, q = divmod(k, ncols)
+            mask[r * cell_h:r * cell_h + kh, q * cell_w:q * cell_w + 2 * kw + gap] = False
+        image[mask] = 1.0
+        ax.imshow(image, interpolation="nearest")
+    else:
+        ax.imshow(grid[..., 0], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+    from matplotlib.patches import Rectangle
+
+    for k, i in enumerate(index):
+        r, q = divmod(k, ncols)
+        for x in (q * cell_w, q * cell_w + kw + gap):  # a thin frame around each filter
+            ax.add_patch(Rectangle((x - 0.5, r * cell_h - 0.5), kw, kh, fill=False, linewidth=0.6,
+                                   edgecolor="0.45"))
+        ax.text(q * cell_w + kw + gap / 2 - 0.5, r * cell_h + kh - 0.5 + label_gap * 0.45, f"{corr[i]:.2f}",
+                ha="center", va="center", fontsize=MIN_FONT_PT)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    subtitle = (f"each pair: filter i of {labels[0]} (left) and of {labels[1]} aligned to {labels[0]} "
+                f"(right), with their correlation;\nmean correlation {corr.mean():.2f} aligned")
+    if unaligned is not None:
+        u = _weights4(unaligned, "unaligned")
+        if u.shape != a.shape:
+            raise ValueError(f"unaligned must have the shape of a, {a.shape}, got {u.shape}")
+        subtitle += f", {_correlations(a, u).mean():.2f} in {labels[1]}'s trained order"
+    shown = f"{len(index)} of {c} pairs" if len(index) < c else f"all {c} pairs"
+    subtitle += f"; {shown}" + (", best-matched first" if order == "similarity" else "")
+    ax.set_title(subtitle, fontsize=MIN_FONT_PT + 1)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def rendered_font_sizes(fig, column_px: int = COLUMN_PX, dpi: int = BOOK_DPI) -> list:
+    """[(text, points)] for every visible text of ``fig`` at the size a reader of the book sees it.
+
+    The figure is rendered as the notebooks show it (PNG, ``dpi``, tight bounding box); a PNG wider
+    than the text column (``column_px``) is shrunk to it, and every font with it: points = font size
+    x min(1, column_px / PNG width in pixels). (This counts a pixel of the PNG as a pixel of the page,
+    which errs on the small side by 96 / ``dpi``.)
+    """
+    import io
+
+    from matplotlib.text import Text
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    width_px = int.from_bytes(buffer.getvalue()[16:20], "big")  # the PNG header's IHDR width
+    scale = min(1.0, column_px / width_px)
+    return [(t.get_text(), t.get_fontsize() * scale) for t in fig.findobj(Text)
+            if t.get_visible() and t.get_text().strip() and t.get_figure(root=True) is fig]

@@ -1,0 +1,144 @@
+"""Colab: the notebooks' first cells, which say where repairlib is installed from and how long the
+page takes on a free Colab GPU.
+
+Every notebook's install cell (its first code cell) runs ``pip install "repairlib[book] @
+git+<URL>"`` where URL is ``repository.url`` of ``_config.yml``, the one place the repository is set
+(the launch buttons read it too). Its title cell ends with :func:`colab_note`: an *estimate*, not a
+measurement (no GPU has run the book yet), of the page's time on a free Colab GPU (an NVIDIA T4) at
+the ``cpu`` profile, made from the times measured on the 2-core development machine
+(:data:`MEASURED_CPU_S`) and one stated assumption (:data:`T4_TRAINING_SPEEDUP`).
+
+After changing the URL or the measurements, ``python -c "from repairlib.book import colab;
+colab.write_first_cells()"`` rewrites both in ``notebooks/<stem>.py`` (then ``jupytext --sync``);
+``tests/test_colab_install.py`` checks that nothing is left to rewrite, and installs the project the
+same way from a local clone into a fresh virtual environment and runs a notebook there.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import textwrap
+from pathlib import Path
+
+# Seconds per notebook at the cpu profile: (empty checkpoint zoo, every network trained; filled zoo,
+# networks loaded), measured by benchmarks/bench_book.py on 2026-11-22 on the 2-core development
+# machine without a GPU, two notebooks side by side with one torch thread each
+# (benchmarks/results/bench_book.json, runs cpu_cold and cpu_warm; a test keeps the two equal).
+MEASURED_CPU_S = {
+    "00_quickstart": (12.4, 13.9),
+    "03_variance_collapse": (21.0, 23.0),
+    "04_repair": (94.9, 42.0),
+    "05_1_normalization": (467.2, 53.2),
+    "05_2_imagenet_resnets": (108.4, 39.7),
+    "05_3_width_depth": (403.6, 43.1),
+    "05_4_split_data": (125.7, 29.9),
+    "C_no_alignment": (44.6, 36.0),
+}
+MEASURED_ON = "2026-11-22, 2 CPU cores, one torch thread per notebook"
+
+# The assumption: a T4 trains the cpu profile's networks 10x faster than one thread of the
+# development machine did in that run, and runs everything else (kernel start, imports, data
+# loading, alignment, evaluation, plots) no faster. Basis: a T4's peak is 8.1 TFLOP/s in fp32
+# (NVIDIA's T4 datasheet); the development machine trained at 121 GFLOP/s (ResNet20 x1: 653 images/s
+# x 186 MFLOP per training image) to 228 GFLOP/s (10 x 512 MLP: 14,419 images/s x 15.8 MFLOP) with
+# two threads (benchmarks/README.md, "Training"; FLOPs counted by torch.utils.flop_counter), so about
+# 60-115 GFLOP/s with the one thread each notebook had. 10x that is 0.6-1.2 TFLOP/s, 7-14% of the
+# T4's peak: a deliberately low utilisation for the small networks, short runs and batches of
+# 100-2,000 images of the cpu profile, where launch and Python overheads weigh most.
+T4_TRAINING_SPEEDUP = 10.0
+
+NOTE_START = "**On a free Colab GPU"
+_URL = re.compile(r"git\+[^\"'\s]+")
+
+
+def t4_seconds(stem: str) -> float:
+    """The estimated seconds of notebook ``stem`` on a T4 at the cpu profile with an empty zoo: the
+    measured time without training (the filled-zoo run) plus the measured training time (empty zoo
+    minus filled zoo) divided by :data:`T4_TRAINING_SPEEDUP`."""
+    cold, warm = MEASURED_CPU_S[stem]
+    return warm + max(cold - warm, 0.0) / T4_TRAINING_SPEEDUP
+
+
+def _minutes(seconds: float) -> str:
+    m = max(1, math.ceil(seconds / 60))
+    return f"{m} minute" + ("s" if m != 1 else "")
+
+
+def colab_note(stem: str) -> str:
+    """The Markdown paragraph that ends notebook ``stem``'s title cell: the estimated time on a free
+    Colab GPU, marked as an estimate, with the measured figures and the assumption it comes from."""
+    cold, warm = MEASURED_CPU_S[stem]
+    return (
+        f"{NOTE_START} (an estimate, not a measurement).** At the `cpu` profile this page should take "
+        f"about {_minutes(t4_seconds(stem))} on Colab's T4, training its networks from scratch, plus "
+        f"the install cell and the data download. Measured without a GPU ({MEASURED_ON}): "
+        f"{cold:.0f} s with an empty checkpoint zoo, {warm:.0f} s with the networks cached; the "
+        f"estimate assumes that training runs {T4_TRAINING_SPEEDUP:g}x faster on a T4 and everything else "
+        f"no faster (the basis: the *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks "
+        f"for the paper's epochs and is not estimated here (see *Running at the paper's scale*)."
+    )
+
+
+def repository_url(root=None) -> str:
+    """``repository.url`` of ``<root>/_config.yml`` (default: the book's root)."""
+    import yaml
+
+    from repairlib.book.results import book_root
+
+    root = Path(root) if root is not None else book_root()
+    return yaml.safe_load((root / "_config.yml").read_text())["repository"]["url"]
+
+
+def _cells(text: str) -> list:
+    """py:percent text -> [(start line, end line)] of its cells (the header before the first is skipped)."""
+    lines = text.splitlines(keepends=True)
+    starts = [i for i, line in enumerate(lines) if line.startswith("# %%")]
+    return list(zip(starts, starts[1:] + [len(lines)]))
+
+
+def first_cells(text: str, stem: str, url: str) -> str:
+    """py:percent source ``text`` with its title cell ending in :func:`colab_note` and its first code
+    cell installing from ``git+url``; nothing else changes."""
+    lines = text.splitlines(keepends=True)
+    cells = _cells(text)
+    title = next(c for c in cells if lines[c[0]].startswith("# %% [markdown]"))
+    code = next(c for c in cells if not lines[c[0]].startswith("# %% [markdown]"))
+    for i in range(*code):
+        lines[i] = _URL.sub(lambda _: f"git+{url}", lines[i])
+    start, end = title
+    body = lines[start + 1:end]
+    while body and not body[-1].strip():  # the blank lines between the cells
+        body.pop()
+    tail = lines[start + 1 + len(body):end]
+    note_at = next((i for i, line in enumerate(body) if line.startswith("# " + NOTE_START)), None)
+    if note_at is not None:
+        stop = next((i for i in range(note_at, len(body)) if body[i].strip() == "#"), len(body))
+        body = body[:note_at] + body[stop + 1:]
+        while body and body[-1].strip() == "#":
+            body.pop()
+    note = textwrap.wrap(colab_note(stem), 100, break_on_hyphens=False)
+    body = body + ["#\n"] + [f"# {line}\n" for line in note]
+    return "".join(lines[:start + 1] + body + tail + lines[end:])
+
+
+def write_first_cells(root=None, check: bool = False) -> list:
+    """Rewrite the first cells of every measured notebook ``<root>/notebooks/<stem>.py`` (see
+    :func:`first_cells`; URL from ``_config.yml``). Returns the paths that changed (with
+    ``check=True``: that would change, writing nothing). Run ``jupytext --sync`` on them afterwards."""
+    from repairlib.book.results import book_root
+
+    root = Path(root) if root is not None else book_root()
+    url = repository_url(root)
+    changed = []
+    for stem in MEASURED_CPU_S:
+        path = root / "notebooks" / f"{stem}.py"
+        if not path.exists():
+            continue
+        text = path.read_text()
+        new = first_cells(text, stem, url)
+        if new != text:
+            changed.append(path)
+            if not check:
+                path.write_text(new)
+    return changed
