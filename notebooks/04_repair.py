@@ -76,23 +76,28 @@ conv_lr = None
 alphas = None
 conv_alphas = None
 seeds = None
+seed_pairs = None
 
 # %%
 import time
 
 start = time.time()
 
+import torch
 from IPython.display import Markdown
 
 import repairlib
 from repairlib import analysis, book, data, plots
+from repairlib.book import evidence
+from repairlib.evaluation import per_example
 
 cfg = book.settings(
     profile, "4", mlp=mlp, mlp_dataset=mlp_dataset, mlp_epochs=mlp_epochs,
     mlp_train_subset=mlp_train_subset, depths=depths, depth_width=depth_width,
     conv=conv, conv_dataset=conv_dataset, conv_epochs=conv_epochs,
     conv_train_subset=conv_train_subset, conv_batch_size=conv_batch_size,
-    conv_lr=conv_lr, alphas=alphas, conv_alphas=conv_alphas, seeds=seeds
+    conv_lr=conv_lr, alphas=alphas, conv_alphas=conv_alphas, seeds=seeds,
+    seed_pairs=seed_pairs
 )
 cfg
 
@@ -100,19 +105,29 @@ cfg
 # ## Two aligned pairs
 #
 # Each pair is trained from two seeds (`zoo.trained` caches the networks, shared with the other pages)
-# and network B is aligned to network A by activation matching.
+# and network B is aligned to network A by activation matching, for every seed pair of the profile:
+# the figures show the first pair, the numbers at the end and the verdicts use them all.
 
 # %%
 FAMILIES = {family: book.describe(cfg[family]) for family in ("conv", "mlp")}
-nets, train, test = {}, {}, {}
+PAIRS = evidence.pair_settings(cfg)
+nets, pairs_of, train, test = {}, {}, {}, {}
+
+
+def aligned_pair(settings, family, config=None):
+    """A and B aligned to A, with REPAIR's endpoint statistics (gathered in the alignment's pass)."""
+    a, b = book.trained_pair(settings, family, config)
+    alignment = repairlib.align(a, b, train[family], stats_scope="conv")
+    return {"a": a, "b": repairlib.permute(b, alignment), "stats": alignment.endpoint_stats}
+
+
 for family, name in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
     train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
     test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
-    a, b = book.trained_pair(cfg, family)
-    alignment = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's endpoint statistics
-    nets[family] = {"a": a, "b": repairlib.permute(b, alignment), "stats": alignment.endpoint_stats}
-    accuracy = [repairlib.evaluate(m, test[family])["accuracy"] for m in (a, b)]
+    pairs_of[family] = [aligned_pair(settings, family) for settings in PAIRS]
+    nets[family] = pairs_of[family][0]
+    accuracy = [repairlib.evaluate(nets[family][k], test[family])["accuracy"] for k in ("a", "b")]
     print(f"{name:>28} on {dataset}: test accuracy A {accuracy[0]:.2%}, B {accuracy[1]:.2%}")
 
 # %% [markdown]
@@ -124,7 +139,7 @@ for family, name in FAMILIES.items():
 # each conv). For one layer in the middle of the convolutional network, each point is a channel:
 # its standard deviation over the training data against its goal, Eq. 4.
 
-# %% mystnb={"figure": {"caption": "Channel statistics of one layer (the conv output in the middle of the network) of the aligned midpoint of two convolutional networks (paper Fig. 3 left: layer 9 of a ResNet18 on CIFAR-10). x: each channel's goal, the average of its standard deviations in the two endpoints (Eq. 4); y: its standard deviation in the interpolated network, before and after REPAIR (exact variant). Training data, at the profile and data set of the provenance table.", "name": "repair-channel-stats"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 3 left (layer 9 of a ResNet18 on CIFAR-10). Channel statistics of one layer (the conv output in the middle of the network) of the aligned midpoint of two convolutional networks (first seed pair). x: each channel's goal, the average of its standard deviations in the two endpoints (Eq. 4); y: its standard deviation in the interpolated network, before and after REPAIR (exact variant). Training data, at the profile and data set of the provenance table.", "name": "repair-channel-stats"}}
 alpha = 0.5
 channel = {}
 for family, n in nets.items():
@@ -135,6 +150,7 @@ for family, n in nets.items():
         "goals": n["stats"].targets(alpha),
         "before": repairlib.metrics.point_statistics(mid, train[family], points),
         "after": repairlib.metrics.point_statistics(fixed, train[family], points),
+        "fixed": fixed,
     }
 points = nets["conv"]["stats"].points
 layer = points[len(points) // 2]
@@ -169,31 +185,33 @@ print("corrected channels match their targets:",
 # Test accuracy and loss of $\theta_\alpha$ along the path between the aligned endpoints, without
 # correction and with both variants of REPAIR (the endpoint statistics are measured once, the
 # exact variant then costs one pass of training data per $\alpha$).
+#
+# Every network is evaluated image by image (`evidence.curve`), for every seed pair, so that the
+# verdicts at the end can resample the test images; the figures plot the first pair.
 
 # %%
-curves = {}
-for family, n in nets.items():
-    alphas = cfg["conv_alphas"] if family == "conv" else cfg["alphas"]
-    plain = repairlib.barrier(n["a"], n["b"], test[family], alphas)
-    again = {"stats": n["stats"], "endpoints": plain["endpoints"], "stats_data": train[family]}  # measured once
-    curves[family] = {
-        "aligned": plain,
-        "+ REPAIR (closed form)": repairlib.barrier(n["a"], n["b"], test[family], alphas, correct="closed_form", **again),
-        "+ REPAIR (exact)": repairlib.barrier(n["a"], n["b"], test[family], alphas, correct="repair", **again),
-    }
-    print(FAMILIES[family])
+VARIANTS = {"aligned": "none", "+ REPAIR (closed form)": "closed_form", "+ REPAIR (exact)": "repair"}
+ALPHAS = {"conv": cfg["conv_alphas"], "mlp": cfg["alphas"]}
+measured, curves = {}, {}
+for family in nets:
+    measured[family] = [{"a": per_example(n["a"], test[family]), "b": per_example(n["b"], test[family]),
+                         **{label: evidence.curve(n["a"], n["b"], test[family], ALPHAS[family], correct,
+                                                  train[family], stats=n["stats"]) for label, correct in VARIANTS.items()}}
+                        for n in pairs_of[family]]
+    curves[family] = {label: evidence.summary(measured[family][0], ALPHAS[family], label) for label in VARIANTS}
+    print(FAMILIES[family], "(first seed pair)")
     for name, c in curves[family].items():
-        i = c["alphas"].index(0.5) if 0.5 in c["alphas"] else len(alphas) // 2
+        i = evidence.midpoint(c["alphas"])
         print(f"  {name:>24}: midpoint accuracy {c['accuracy'][i]:6.2%}   accuracy barrier "
               f"{c['barrier_accuracy']:6.2%}   loss barrier {c['barrier_loss']:.3f}")
 STYLES = {"aligned": {"linestyle": "--", "color": "C0"}, "+ REPAIR (closed form)": {"linestyle": ":", "color": "C1"},
           "+ REPAIR (exact)": {"color": "C2"}}
 
-# %% mystnb={"figure": {"caption": "Test accuracy of the interpolated convolutional networks between two aligned endpoints (paper Fig. 3 middle: ResNet18 on CIFAR-10), without correction and with REPAIR's closed-form and exact variants. Test subset and network of the page's profile (provenance table).", "name": "repair-curve-conv"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 3 middle (ResNet18 on CIFAR-10). Test accuracy of the interpolated convolutional networks between two aligned endpoints (first seed pair), without correction and with REPAIR's closed-form and exact variants. Test subset and network of the page's profile (provenance table).", "name": "repair-curve-conv"}}
 plots.curve(curves["conv"]["aligned"]["alphas"], {k: [100 * a for a in c["accuracy"]] for k, c in curves["conv"].items()},
             "test accuracy (%)", f"{FAMILIES['conv']}, {cfg['conv_dataset']}", styles=STYLES)
 
-# %% mystnb={"figure": {"caption": "The same for the MLPs: test accuracy along the path between two aligned MLPs, without correction and with the closed-form and exact variants of REPAIR.", "name": "repair-curve-mlp"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 3 middle, for MLPs (no such panel in the paper). Test accuracy along the path between two aligned MLPs, without correction and with the closed-form and exact variants of REPAIR.", "name": "repair-curve-mlp"}}
 plots.curve(curves["mlp"]["aligned"]["alphas"], {k: [100 * a for a in c["accuracy"]] for k, c in curves["mlp"].items()},
             "test accuracy (%)", f"{FAMILIES['mlp']}, {cfg['mlp_dataset']}", styles=STYLES)
 
@@ -204,7 +222,7 @@ plots.curve(curves["mlp"]["aligned"]["alphas"], {k: [100 * a for a in c["accurac
 # endpoints' interpolated statistics, which they do not quite have. The per-layer variance ratio of
 # section 3 (1 = the endpoints' variance) shows where the two variants part:
 
-# %% mystnb={"figure": {"caption": "Per-layer variance ratio (interpolated over the endpoints' mean, log scale) of the aligned MLP midpoint without correction and after each variant of REPAIR, measured on training data.", "name": "repair-variants-layers"}}
+# %% mystnb={"figure": {"caption": "Paper Sec. 4.2 (no figure in the paper). Per-layer variance ratio (interpolated over the endpoints' mean, log scale) of the aligned MLP midpoint (first seed pair) without correction and after each variant of REPAIR, measured on training data.", "name": "repair-variants-layers"}}
 layer_ratios = {}
 for family, n in nets.items():
     mid = repairlib.interpolate(n["a"], n["b"], alpha)
@@ -217,7 +235,7 @@ for family, n in nets.items():
             repairlib.variance_ratio(fixed, n["a"], n["b"], train[family], stats=n["stats"]).values())
 plots.layer_ratios(layer_ratios["mlp"], title=f"{FAMILIES['mlp']}, alpha = {alpha}", styles=STYLES, logy=True)
 
-# %% mystnb={"figure": {"caption": "The same for the convolutional network: per conv layer, the summed variance of its output channels over the endpoints' mean, before REPAIR and after the closed-form and exact variants.", "name": "repair-variants-layers-conv"}}
+# %% mystnb={"figure": {"caption": "Paper Sec. 4.2, the same for the convolutional network: per conv layer, the summed variance of its output channels over the endpoints' mean, before REPAIR and after the closed-form and exact variants.", "name": "repair-variants-layers-conv"}}
 plots.layer_ratios(layer_ratios["conv"], title=f"{FAMILIES['conv']}, alpha = {alpha}", styles=STYLES, logy=True)
 
 
@@ -227,32 +245,38 @@ plots.layer_ratios(layer_ratios["conv"], title=f"{FAMILIES['conv']}, alpha = {al
 # Without a correction, interpolating aligned MLPs only works for a few layers (Entezari et al., 2021);
 # the paper finds over 90% midpoint accuracy on MNIST up to 6 hidden layers before REPAIR and up to 27
 # after it. We train an aligned pair for each depth and measure the midpoint before REPAIR, after the
-# closed form (the variant the paper uses for this figure) and after the exact variant.
+# closed form (the variant the paper uses for this figure) and after the exact variant, for every seed
+# pair (the figure shows their mean; the last-layer variance ratio is the first pair's).
 
 # %%
-def accuracy(model):
-    return repairlib.evaluate(model, test["mlp"])["accuracy"]
-
-
-sweep = []
-for depth in cfg["depths"]:
-    config = {"arch": "mlp", "depth": depth, "width": cfg["depth_width"]}
-    a, b = book.trained_pair(cfg, "mlp", config)
-    alignment = repairlib.align(a, b, train["mlp"], stats_scope="conv")
-    b, stats = repairlib.permute(b, alignment), alignment.endpoint_stats
+def midpoints(n):
+    """Per-example test results of the endpoints and of the midpoint before and after REPAIR."""
+    a, b, stats, test_mlp = n["a"], n["b"], n["stats"], test["mlp"]
     mid = repairlib.interpolate(a, b, 0.5)
-    sweep.append({
-        "depth": depth,
-        "endpoints": (accuracy(a) + accuracy(b)) / 2,
-        "before REPAIR": accuracy(mid),
-        "REPAIR (closed form)": accuracy(repairlib.repair(mid, a, b, None, 0.5, variant="closed_form", stats=stats)),
-        "REPAIR (exact)": accuracy(repairlib.repair(mid, a, b, train["mlp"], 0.5, stats=stats)),
-        "last-layer variance ratio": list(repairlib.variance_ratio(mid, a, b, train["mlp"], stats=stats).values())[-1],
-    })
-    print("  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v:>2}" for k, v in sweep[-1].items()))
+    return {"a": per_example(a, test_mlp), "b": per_example(b, test_mlp), "before REPAIR": per_example(mid, test_mlp),
+            "REPAIR (closed form)": per_example(repairlib.repair(mid, a, b, None, 0.5, variant="closed_form",
+                                                                stats=stats), test_mlp),
+            "REPAIR (exact)": per_example(repairlib.repair(mid, a, b, train["mlp"], 0.5, stats=stats), test_mlp)}
 
-# %% mystnb={"figure": {"caption": "Midpoint (alpha = 0.5) test accuracy of aligned MLPs against their number of hidden layers (paper Fig. 3 right, MNIST, depths 2 to 50), before REPAIR and after its closed-form and exact variants; the dotted line is the endpoints' mean accuracy. Width, data set and epochs of the page's profile.", "name": "repair-depth-sweep"}}
+
+by_depth = []  # [seed pair][depth]
+for settings in PAIRS:
+    by_depth.append([])
+    for depth in cfg["depths"]:
+        n = aligned_pair(settings, "mlp", {"arch": "mlp", "depth": depth, "width": cfg["depth_width"]})
+        by_depth[-1].append(midpoints(n))
+        if settings is PAIRS[0]:
+            mid = repairlib.interpolate(n["a"], n["b"], 0.5)
+            ratio = list(repairlib.variance_ratio(mid, n["a"], n["b"], train["mlp"], stats=n["stats"]).values())[-1]
+            print(f"depth {depth:>2}: last-layer variance ratio of the midpoint {ratio:.3f}")
 SERIES = ("endpoints", "before REPAIR", "REPAIR (closed form)", "REPAIR (exact)")
+sweep = []
+for i, depth in enumerate(cfg["depths"]):
+    acc = evidence.average([{k: evidence.means(r[k])["accuracy"] for k in r} for r in (p[i] for p in by_depth)])
+    sweep.append({"depth": depth, "endpoints": (acc["a"] + acc["b"]) / 2, **{k: acc[k] for k in SERIES[1:]}})
+    print(f"depth {depth:>2}: " + "  ".join(f"{k} {sweep[-1][k]:.3f}" for k in SERIES))
+
+# %% mystnb={"figure": {"caption": "Paper Fig. 3 right (MNIST, depths 2 to 50). Midpoint (alpha = 0.5) test accuracy of aligned MLPs against their number of hidden layers, mean over the seed pairs, before REPAIR and after its closed-form and exact variants; the dotted line is the endpoints' mean accuracy. Width, data set and epochs of the page's profile.", "name": "repair-depth-sweep"}}
 plots.barrier_vs([r["depth"] for r in sweep], {k: [100 * r[k] for r in sweep] for k in SERIES},
                  "hidden layers", "midpoint test accuracy (%)",
                  title=f"aligned MLPs, width {cfg['depth_width']}, {cfg['mlp_dataset']}",
@@ -274,17 +298,23 @@ def deepest(key, share=0.9):
     return f"{max(good)} layers" if good else f"none of {cfg['depths']}"
 
 
+def mean_curves(family):
+    """The curves of every variant, averaged over the seed pairs."""
+    return {label: evidence.average([evidence.summary(m, ALPHAS[family], label) for m in measured[family]])
+            for label in VARIANTS}
+
+
 def at_midpoint(curve):
-    return curve["accuracy"][curve["alphas"].index(0.5)] if 0.5 in curve["alphas"] else float("nan")
+    return curve["accuracy"][evidence.midpoint(curve["alphas"])]
 
 
 def ends(curve):
     return f"{curve['endpoints']['a']['accuracy']:.1%} / {curve['endpoints']['b']['accuracy']:.1%}"
 
 
-conv, mlp = curves["conv"], curves["mlp"]
+conv, mlp = mean_curves("conv"), mean_curves("mlp")
 reduction = 1 - conv["+ REPAIR (exact)"]["barrier_accuracy"] / max(conv["aligned"]["barrier_accuracy"], 1e-9)
-setting = f"{cfg['conv_dataset']}, {cfg['conv_epochs']} epochs, {profile} profile"
+setting = f"{cfg['conv_dataset']}, {cfg['conv_epochs']} epochs, {profile} profile, mean of {len(PAIRS)} seed pair(s)"
 rows = {
     "resnet18_cifar10": {"before": f"{at_midpoint(conv['aligned']):.1%}",
                          "after": f"{at_midpoint(conv['+ REPAIR (exact)']):.1%}", "endpoints": ends(conv['aligned']),
@@ -297,11 +327,71 @@ rows = {
                     "note": f"{FAMILIES['mlp']}, {cfg['mlp_dataset']}, {cfg['mlp_epochs']} epochs, {profile} profile"},
     "mlp_depth_sweep": {"before": deepest("before REPAIR"), "after": deepest("REPAIR (closed form)"),
                         "note": f"midpoint >= 90% of the endpoints' accuracy, width {cfg['depth_width']}, "
-                                f"depths {cfg['depths']}, {cfg['mlp_dataset']}; exact variant: "
-                                f"{deepest('REPAIR (exact)')}"},
+                                f"depths {cfg['depths']}, {cfg['mlp_dataset']}, mean of {len(PAIRS)} seed pair(s); "
+                                f"exact variant: {deepest('REPAIR (exact)')}"},
 }
-book.save_results("4", profile, cfg, rows, start)
 Markdown(book.paper_vs_ours(rows))
+
+# %% [markdown]
+# ## Does it match the paper?
+#
+# Each claim of section 4 as a statistic of the per-image results of every seed pair: the curves'
+# midpoints and barriers (Eq. 1) on test images, the depth sweep's deepest working midpoint, and for
+# Fig. 3 left the channels' standard deviations on training images (`evidence.unit_moments`).
+
+# %%
+MID = {family: evidence.midpoint(ALPHAS[family]) for family in nets}
+conv_pairs = pairs_of["conv"]
+fixed = [channel["conv"]["fixed"]] + [repairlib.repair(repairlib.interpolate(n["a"], n["b"], alpha), n["a"], n["b"],
+                                                       train["conv"], alpha, stats=n["stats"], fuse=False)
+                                      for n in conv_pairs[1:]]
+stds = [evidence.unit_moments({"a": n["a"], "b": n["b"], "repair": f}, train["conv"], [layer])
+        for n, f in zip(conv_pairs, fixed)]
+
+
+def std_ratio(m):
+    """Median over channels of std after REPAIR / goal std (the endpoints' mean std)."""
+    s = {k: evidence.unit_variance(m[k][layer]).sqrt() for k in ("a", "b", "repair")}
+    goal = (s["a"] + s["b"]) / 2
+    return torch.where(goal > 0, s["repair"] / goal.clamp_min(1e-30), torch.nan).nanmedian(-1).values
+
+
+def mid(m, label, what="correct"):
+    return m[label][what][:, MID["conv"]]
+
+
+def bar(m, label, alphas=ALPHAS["conv"]):
+    return evidence.barrier(m[label], m["a"], m["b"], alphas)
+
+
+def deepest_depth(m, key, share=0.9):
+    """The deepest depth whose midpoint reaches ``share`` of its endpoints' accuracy (0: none): ``[B]``."""
+    depths = torch.tensor(cfg["depths"], dtype=torch.float64)
+    good = torch.stack([r[key]["correct"] >= share * (r["a"]["correct"] + r["b"]["correct"]) / 2 for r in m], -1)
+    return (good * depths).max(-1).values
+
+
+conv_stats = {
+    "resnet18_cifar10": lambda m: mid(m, "+ REPAIR (exact)") - mid(m, "aligned"),
+    "sec42_barrier": lambda m: bar(m, "+ REPAIR (exact)"),
+    "resnet18_cifar10_barrier": lambda m: 1 - bar(m, "+ REPAIR (exact)") / bar(m, "aligned").clamp_min(1e-9),
+    "fig11_right": lambda m: mid(m, "aligned", "loss") - mid(m, "+ REPAIR (exact)", "loss"),
+}
+scale = {"profile": profile, "seeds": evidence.seed_pairs(cfg), "alpha": 0.5}
+records = [evidence.measure("fig3_left", std_ratio, stds, dataset=cfg["conv_dataset"], model=FAMILIES["conv"],
+                            images="training", method="repair", **scale)]
+records += [evidence.measure(key, stat, measured["conv"], dataset=cfg["conv_dataset"], model=FAMILIES["conv"],
+                             arch=cfg["conv"]["arch"], **scale) for key, stat in conv_stats.items()]
+mlp_mid = MID["mlp"]
+records.append(evidence.measure(
+    "sec42_exact", lambda m: m["+ REPAIR (exact)"]["correct"][:, mlp_mid] - m["+ REPAIR (closed form)"]["correct"][:, mlp_mid],
+    measured["mlp"], dataset=cfg["mlp_dataset"], model=FAMILIES["mlp"], arch="mlp", **scale))
+records.append(evidence.measure(
+    "mlp_depth_sweep", lambda m: deepest_depth(m, "REPAIR (closed form)") - deepest_depth(m, "before REPAIR"),
+    by_depth, dataset=cfg["mlp_dataset"], model=f"MLPs of width {cfg['depth_width']}, depths {cfg['depths']}",
+    arch="mlp", width=cfg["depth_width"], **scale))
+book.save_results("4", profile, cfg, rows, start, measurements=records)
+Markdown(evidence.match_box(records, section="4"))
 
 # %%
 book.show_provenance(profile, cfg, start)
