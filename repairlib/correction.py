@@ -41,10 +41,11 @@ from repairlib.plumbing import (
     check_finite_stats,
     check_networks,
     eval_mode,
+    first_inputs,
     reusable,
 )
 from repairlib.points import SCOPES, nodes_named
-from repairlib.spec import trace
+from repairlib.spec import channel_axes, layer_channel_axis, trace
 from repairlib.stats import Moments, scratch_pass
 
 CORRECTIONS = ("repair", "rescale", "closed_form", "reset_bn", "none")  # the one vocabulary: merge, barrier, the CLI
@@ -122,12 +123,13 @@ class _Renormalise(nn.Module):
     variant: ``y = scale (x - E_batch x) + E_batch x``); with ``then=(scale, shift)`` (a following eval
     BatchNorm absorbed into this node) that affine is applied too, in the same pass over ``x``."""
 
-    def __init__(self, mean, std: torch.Tensor, then=None):
+    def __init__(self, mean, std: torch.Tensor, then=None, axis: int = 1):
         super().__init__()
         self.mean, self.std = None if mean is None else mean.double(), std.double()
         self.floor = scale_floor(self.std)  # computed once for every batch
         self.then = None if then is None else tuple(t.detach().double() for t in then)
-        self.moments = Moments()
+        self.axis = axis
+        self.moments = Moments(axis=axis)
 
     def _to(self, device):
         self.std, self.floor = self.std.to(device), self.floor.to(device)
@@ -142,7 +144,7 @@ class _Renormalise(nn.Module):
         shift = (batch_mean if self.mean is None else self.mean) - scale * batch_mean
         if self.then is not None:
             scale, shift = self.then[0] * scale, torch.addcmul(self.then[1], self.then[0], shift)
-        return channel_affine(x, scale, shift)
+        return channel_affine(x, scale, shift, self.axis)
 
 
 def _graph_of(model: nn.Module) -> fx.GraphModule:
@@ -204,19 +206,21 @@ def renormalising_pass(model: nn.Module, data, targets: dict) -> tuple:
     them (:class:`_Renormalise`; ``None`` keeps the batch mean), in eval mode, while the raw pooled
     statistics of its input X are accumulated. ``model`` is not modified.
     """
+    data = reusable(data)
+    axes = point_axes(model, list(targets), data)
     gm = _graph_of(model)
     renorms = {}
     for node in nodes_named(gm, targets):
         bn_node = absorbable_bn(gm, node, targets)
         then = bn_affine(gm.get_submodule(bn_node.target)) if bn_node is not None else None
-        renorms[node.name] = _Renormalise(*targets[node.name], then=then)
+        renorms[node.name] = _Renormalise(*targets[node.name], then=then, axis=axes[node.name])
         insert_after(gm, node, renorms[node.name], "repair_measure")
         if bn_node is not None:  # the renormalising node now applies the BatchNorm
             bn_node.replace_all_uses_with(bn_node.args[0])
             gm.graph.erase_node(bn_node)
     gm.recompile()
     with eval_mode(gm), scratch_pass():
-        for x, _ in batches(reusable(data)):
+        for x, _ in batches(data):
             gm(as_input(x, gm))
     means = {p: r.moments.mean_x for p, r in renorms.items()}
     variances = {p: r.moments.var_x for p, r in renorms.items()}
@@ -286,7 +290,22 @@ def renormalised(model: nn.Module, data, stats: NetworkStats, weights, variant: 
         affines = rescale_affines(model, data, stats.targets(weights))
     else:
         affines = weighted_closed_form_affines(stats, weights)
-    return fuse_affines(model, affines) if fuse else insert_affines(model, affines)
+    axes = point_axes(model, list(affines), data)
+    return fuse_affines(model, affines, axes) if fuse else insert_affines(model, affines, axes)
+
+
+def point_axes(model: nn.Module, points: list, data=None) -> dict:
+    """``point -> channel axis`` (1 for ``[N, C, *]``, -1 or the last for ``[N, T, D]`` tokens) of
+    REPAIR's points: a layer's own (:func:`repairlib.spec.layer_channel_axis`, no data read), else
+    :func:`repairlib.spec.channel_axes` on ``data``'s first batch (the graph alone when ``data`` is
+    None)."""
+    gm = trace(model)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    axes = {p: layer_channel_axis(gm, nodes[p]) if p in nodes else 1 for p in points}
+    if any(a is None for a in axes.values()):  # residual-stream points: the analysis needs a batch
+        found = channel_axes(model, None if data is None else first_inputs(reusable(data)))
+        axes = {p: found.get(p, 1) if a is None else a for p, a in axes.items()}
+    return axes
 
 
 def corrected(model: nn.Module, model_a: nn.Module, model_b: nn.Module, data, alpha: float, correct: str,

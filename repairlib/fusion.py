@@ -16,17 +16,23 @@ from torch import fx, nn
 
 from repairlib.plumbing import model_dtype
 from repairlib.points import LAYERS, calls_of, module_of, nodes_named
-from repairlib.spec import trace
+from repairlib.spec import channel_axes, trace
 
 
-def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``scale * x + shift`` per channel (dim 1) of ``x: [B, C, *]``; ``scale``, ``shift``: ``[C]``.
+def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """``scale * x + shift`` per channel of ``x``: dim 1 of ``[B, C, *]``, or ``axis`` (``-1``: the
+    features of a transformer's ``[B, T, D]`` tokens); ``scale``, ``shift``: ``[C]``.
 
-    Computed by torch's inference BatchNorm kernel (mean 0, variance 1, eps 0), one read and one write
-    of ``x``: about twice as fast on a CPU as a broadcast ``addcmul``."""
+    On dim 1 computed by torch's inference BatchNorm kernel (mean 0, variance 1, eps 0), one read and
+    one write of ``x``: about twice as fast on a CPU as a broadcast ``addcmul``, which the last axis
+    uses."""
     if x.dim() < 2:
         raise ValueError(f"a channel affine needs [B, C, *] values, got shape {tuple(x.shape)}")
     scale, shift = scale.to(x), shift.to(x)
+    axis = axis % x.dim()
+    if axis != 1:
+        view = [-1 if i == axis else 1 for i in range(x.dim())]
+        return torch.addcmul(shift.view(view), x, scale.view(view))
     return F.batch_norm(x, torch.zeros_like(scale), torch.ones_like(scale), scale, shift, False, 0.0, 0.0)
 
 
@@ -49,17 +55,18 @@ def absorbable_bn(gm, node, targets=()):
 
 
 class ChannelAffine(nn.Module):
-    """``y = scale * x + shift`` per channel (dim 1): ``[B, C, *] -> [B, C, *]``.
+    """``y = scale * x + shift`` per channel (dim 1, or ``axis``): ``[B, C, *] -> [B, C, *]``.
 
     The one correction REPAIR cannot fold into an existing layer (a residual-stream point)."""
 
-    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor, axis: int = 1):
         super().__init__()
+        self.axis = axis
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
 
     def forward(self, x):
-        return channel_affine(x, self.scale, self.shift)
+        return channel_affine(x, self.scale, self.shift, self.axis)
 
 
 def insert_after(gm, node, module, prefix):
@@ -112,35 +119,40 @@ def _fold_into_bn(gm, node, scale, shift) -> bool:
     return True
 
 
-def _affine_module(scale, shift, like: nn.Module) -> ChannelAffine:
+def _affine_module(scale, shift, like: nn.Module, axis: int = 1) -> ChannelAffine:
     p = next(like.parameters(), torch.empty(0))
-    return ChannelAffine(scale.to(p.device, model_dtype(like)), shift.to(p.device, model_dtype(like)))
+    return ChannelAffine(scale.to(p.device, model_dtype(like)), shift.to(p.device, model_dtype(like)), axis)
 
 
 @torch.no_grad()
-def insert_affines(model: nn.Module, affines: dict) -> fx.GraphModule:
-    """The unfused corrected network: a copy of ``model`` with a :class:`ChannelAffine` after every point."""
+def insert_affines(model: nn.Module, affines: dict, axes: dict | None = None) -> fx.GraphModule:
+    """The unfused corrected network: a copy of ``model`` with a :class:`ChannelAffine` after every point.
+    ``axes``: ``point -> channel axis`` (:func:`repairlib.spec.channel_axes`; default from the graph)."""
     gm = trace(copy.deepcopy(model))
+    axes = channel_axes(model) if axes is None else axes
     for node in nodes_named(gm, affines):
-        insert_after(gm, node, _affine_module(*affines[node.name], model), "repair")
+        insert_after(gm, node, _affine_module(*affines[node.name], model, axes.get(node.name, 1)), "repair")
     gm.recompile()
     return gm
 
 
 @torch.no_grad()
-def fuse_affines(model: nn.Module, affines: dict) -> nn.Module:
+def fuse_affines(model: nn.Module, affines: dict, axes: dict | None = None) -> nn.Module:
     """A copy of ``model`` with every affine folded into its layer (or the BatchNorm after it).
 
-    Returns a plain copy of the original architecture when every point folds (scope ``"conv"``), else
-    an fx GraphModule with :class:`ChannelAffine` nodes at the residual-stream points only.
+    Returns a plain copy of the original architecture when every point folds (scope ``"conv"``; a
+    Linear on ``[N, T, D]`` tokens folds per output feature), else an fx GraphModule with
+    :class:`ChannelAffine` nodes at the residual-stream points only, on their channel ``axes`` (``point
+    -> axis``, :func:`repairlib.spec.channel_axes`; default from the graph).
     """
     net = copy.deepcopy(model)
     gm = trace(net)  # shares net's layers: folding into gm's modules edits net
     inserted = False
+    axes = channel_axes(model) if axes is None else axes
     for node in nodes_named(gm, affines):
         scale, shift = affines[node.name]
         if not (_fold_into_bn(gm, node, scale, shift) or _fold_into_layer(gm, node, scale, shift)):
-            insert_after(gm, node, _affine_module(scale, shift, model), "repair")
+            insert_after(gm, node, _affine_module(scale, shift, model, axes.get(node.name, 1)), "repair")
             inserted = True
     if inserted:
         gm.recompile()

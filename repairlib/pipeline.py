@@ -12,7 +12,7 @@ from repairlib.alignment import (
     permuted_state,
     point_order,
     reference_correlations,
-    solve_assignment,
+    solve_groups,
     weight_matching,
 )
 from repairlib.correction import CORRECTIONS, VARIANT_OF, corrected_many
@@ -133,7 +133,8 @@ def align_many(models: list, data, method: str = "activation", spec=None, weight
     points = correction_points(models[0], stats_scope, first_inputs(data)) if stats_scope else []
     corr, moments = reference_correlations(models, data, spec, points, "full" if stats_cov else None,
                                            all_pairs=stats_cov, points_alone=not stats_cov)
-    perms = [identity_permutations(spec)] + [_assignments(corr[i]) for i in range(1, len(models))]
+    perms = [identity_permutations(spec)] + [_assignments(corr[i], spec, models[0], models[i])
+                                             for i in range(1, len(models))]
     for _ in range(rounds):
         refined, corr = _refined(models, perms, weights, data, spec)
         if all(_same(p, q) for p, q in zip(perms, refined)):
@@ -147,8 +148,11 @@ def align_many(models: list, data, method: str = "activation", spec=None, weight
     return Alignments(alignments, spec, stats)
 
 
-def _assignments(corr: dict) -> dict:
-    return {g: solve_assignment(c) for g, c in corr.items()}
+def _assignments(corr: dict, spec, reference: nn.Module, model: nn.Module) -> dict:
+    """``model``'s permutations from its correlations with ``reference``; groups without an activation
+    probe are weight-matched to ``reference`` (:func:`repairlib.alignment.solve_groups`)."""
+    params = {k for k, _ in reference.named_parameters()}
+    return solve_groups(spec, corr, reference.state_dict(), model.state_dict(), params)
 
 
 def _same(p: dict, q: dict) -> bool:
@@ -158,8 +162,9 @@ def _same(p: dict, q: dict) -> bool:
 def _refined(models, perms, weights, data, spec) -> tuple:
     """One refinement pass: every network ``i >= 1`` re-aligned to the average of the aligned networks."""
     aligned = [permute(m, p, spec) for m, p in zip(models, perms)]
-    corr, _ = reference_correlations([average(aligned, weights)] + list(models[1:]), data, spec)
-    return [perms[0]] + [_assignments(corr[i]) for i in range(1, len(models))], corr
+    mean = average(aligned, weights)
+    corr, _ = reference_correlations([mean] + list(models[1:]), data, spec)
+    return [perms[0]] + [_assignments(corr[i], spec, mean, models[i]) for i in range(1, len(models))], corr
 
 
 def weight_matching_many(spec, states: list, weights: list, keys=None, max_iter: int = 100, seed: int = 0) -> list:

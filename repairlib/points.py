@@ -1,13 +1,18 @@
 """Where REPAIR corrects: the correction points of a network, found in its torch.fx graph.
 
 - scope ``"conv"``: the output (preactivation) of every Conv1d/2d/3d and Linear call except the
-  classifier (a layer whose output reaches the network output without passing another conv/linear);
+  classifier (a layer whose output reaches the network output without passing another conv/linear)
+  and the query/key/value projections of attention (a layer whose output only reaches attention
+  through views); in a transformer these are the MLP's hidden units and the outputs that write to the
+  residual stream (attention's output projection, the MLP's second layer);
 - scope ``"all"`` adds the residual-block outputs: every addition of two tensors of equal shape (before
   the classifier); when its only user is an element-wise activation, the point is that activation's
-  output.
+  output. In a transformer these are the residual stream after every block.
 
-A point is named by its node in ``repairlib.spec.trace(model)``; channels are dim 1 (``[B, C]`` or
-``[B, C, *spatial]``).
+A point is named by its node in ``repairlib.spec.trace(model)``. Its channels are dim 1 of
+``[B, C]`` or ``[B, C, *spatial]`` values, and the last axis of a transformer's ``[B, T, D]`` tokens
+(where a Linear or LayerNorm acts): :func:`repairlib.spec.channel_axes` says which, and statistics are
+taken per feature over all ``B * T`` positions.
 """
 
 import operator
@@ -76,6 +81,41 @@ def _block_output(gm, add):
     return users[0] if len(users) == 1 and _is_activation(gm, users[0]) else add
 
 
+_VIEW_OPS = {"view", "reshape", "transpose", "permute", "contiguous", "chunk", "split", "unbind", "flatten",
+             "unflatten", "movedim", "swapaxes", torch.reshape, torch.transpose, torch.permute, torch.chunk,
+             torch.split, torch.unbind, torch.flatten, torch.movedim, operator.getitem}
+_ATTENTION_OPS = {F.scaled_dot_product_attention, torch.matmul, operator.matmul, torch.bmm, "matmul", "bmm"}
+
+
+def _passes_on(gm, node) -> bool:
+    """A view, an identity or a scaling by a constant (``q * scale``): the values pass on unmixed."""
+    if node.op == "call_module":
+        return isinstance(module_of(gm, node), (nn.Identity, nn.Dropout))
+    if node.op not in ("call_function", "call_method"):
+        return False
+    scaling = node.target in (operator.mul, operator.truediv, "mul", "div") and not any(
+        isinstance(a, fx.Node) for a in node.args[1:])
+    return node.target in _VIEW_OPS or scaling
+
+
+def _feeds_attention(gm, node) -> bool:
+    """Whether ``node``'s value reaches attention (``scaled_dot_product_attention`` or a matrix product)
+    only through views: a query, key or value projection, not a point of REPAIR."""
+    stack, seen, found = list(node.users), set(), False
+    while stack:
+        user = stack.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if user.op in ("call_function", "call_method") and user.target in _ATTENTION_OPS:
+            found = True
+        elif _passes_on(gm, user):
+            stack.extend(user.users)
+        else:
+            return False
+    return found
+
+
 def correction_points(model: nn.Module, scope: str = "conv", example: torch.Tensor = None) -> list:
     """Node names (of ``repairlib.spec.trace(model)``) of the values REPAIR corrects, in network order.
 
@@ -85,7 +125,7 @@ def correction_points(model: nn.Module, scope: str = "conv", example: torch.Tens
     check_choice("scope", scope, SCOPES)
     gm = trace(model)
     head = _head(gm)
-    points = {n for n in gm.graph.nodes if _is_layer(gm, n)} - head
+    points = {n for n in gm.graph.nodes if _is_layer(gm, n) and not _feeds_attention(gm, n)} - head
     if scope == "all":
         if example is None:
             raise ValueError("scope 'all' needs an example input batch to find residual additions")

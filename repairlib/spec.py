@@ -9,10 +9,20 @@ operands axis by axis (so a whole residual stream is one space); views, transpos
 carry the spaces along with their axes. Every (parameter or buffer, axis) is bound to the space it
 indexes, so a module or parameter used at several call sites (weight tying) gives one space.
 Spaces that reach the network's input or output, or go through an op whose channels cannot be
-freely reordered (concatenation, grouped convolutions, a channel shuffle, splitting channels into
-heads), are fixed; :meth:`PermutationSpec.summary` says which and why. Every other space is one
-*group*: a permutation of its units, applied to every ``(state_dict key, axis)`` that indexes it,
-leaves the network's function unchanged.
+freely reordered (concatenation, grouped convolutions, a channel shuffle), are fixed;
+:meth:`PermutationSpec.summary` says which and why. Every other space is one *group*: a permutation
+of its units, applied to every ``(state_dict key, axis)`` that indexes it, leaves the network's
+function unchanged.
+
+Attention heads. A view that splits an axis into ``[heads, head_dim]`` gives its space two *factors*,
+and a merge of such axes back into one gives a space with those factors; ``chunk``/``unbind`` of a
+fused qkv axis cuts its space into *parts* (each with its own factors). Once the graph is seen,
+spaces with the same factors are one space (the merged attention output is the value part), and
+whatever is not the structure of heads is fixed (a channel shuffle splits and merges in the other
+order). Each remaining ``[heads, head_dim]`` space is a head group (:class:`Group`): query and key
+share one, value and output another, and the two move their heads together (``scaled_dot_product_
+attention`` and ``q @ k^T`` contract the head dims and keep the heads as batch axes).
+``nn.MultiheadAttention`` is described the same way from its known layout.
 
 No per-architecture code. What the analysis finds is *verified* on the example input: a random
 permutation of each group, applied to a copy of the network with perturbed weights, must keep
@@ -22,9 +32,11 @@ then be passed instead.
 """
 
 import copy
+import itertools
 import math
 import operator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import fx, nn
@@ -35,18 +47,38 @@ from repairlib.plumbing import as_input
 HAND_WRITTEN = "Pass a hand-written spec=PermutationSpec(...) instead."
 
 
+class Entry(NamedTuple):
+    """One place a group's units index: ``key``'s ``axis``, entries ``start .. start + size * inner``
+    viewed as ``[size, inner]`` (``start > 0`` for a slice of a fused axis, e.g. the key rows of a fused
+    ``qkv`` projection). Written as ``(key, axis, inner)`` when the group spans the whole axis."""
+
+    key: str
+    axis: int
+    inner: int = 1
+    start: int = 0
+
+
 @dataclass
 class Group:
     """One permutation: ``size`` units, and every place that indexes them.
 
-    ``entries`` holds ``(state_dict key, axis, inner)``: the key's ``axis`` has ``size * inner``
-    entries, viewed as ``[size, inner]`` (``inner > 1`` where a conv map was flattened into a
+    ``entries`` holds :class:`Entry` ``(state_dict key, axis, inner, start)`` (a plain ``(key, axis,
+    inner)`` tuple is accepted for ``start = 0``): the key's ``axis`` has ``size * inner`` entries from
+    ``start`` on, viewed as ``[size, inner]`` (``inner > 1`` where a conv map was flattened into a
     linear layer, ``inner = H * W``). ``probes`` names the graph nodes whose outputs carry these
     units on dim 1 (``[N, C, *]`` or ``[N, C * inner]``) and feed a conv or linear layer; activation
     matching correlates them there. A group whose units only ever sit on the last axis of
     ``[N, T, D]`` tensors has no probe (weight matching still aligns it). ``residual`` is true for
     a space shared by several layers through additions (a residual stream). ``nodes`` names the
     graph nodes whose weights or outputs carry the group (for messages).
+
+    *Attention heads.* ``heads > 1``: the units are ``heads`` blocks of ``size // heads`` (unit
+    ``h * d + i`` is dimension ``i`` of head ``h``), and only *head-structured* permutations keep the
+    function: ``perm[h * d + i] = sigma[h] * d + tau_h[i]``, whole heads moved by ``sigma`` and the
+    dimensions inside each head by their own ``tau_h``. Groups with the same ``head_set`` (the query/key
+    group and the value/output group of one attention layer) share ``sigma``; ``head_set=None`` keeps
+    every head in place. ``within=False`` keeps the dimensions inside each head in place (a parameter
+    shared by all heads indexes them, e.g. a per-head-dim LayerNorm).
     """
 
     size: int
@@ -54,6 +86,18 @@ class Group:
     probes: list = field(default_factory=list)
     residual: bool = False
     nodes: list = field(default_factory=list)
+    heads: int = 1
+    head_set: str | None = None
+    within: bool = True
+
+    def __post_init__(self):
+        self.entries = [Entry(*e) for e in self.entries]
+        if self.heads < 1 or self.size % self.heads:
+            raise ValueError(f"a group of {self.size} units cannot be split into {self.heads} heads")
+
+    @property
+    def head_dim(self) -> int:
+        return self.size // self.heads
 
 
 @dataclass
@@ -72,19 +116,42 @@ class PermutationSpec:
     notes: list = field(default_factory=list)
 
     def axes_of(self):
-        """Map each state_dict key to its permuted axes: ``key -> [(axis, group name, inner)]``."""
+        """Map each state_dict key to its permuted axes: ``key -> [(axis, group name, inner, start)]``."""
         out = {}
         for name, g in self.groups.items():
-            for key, axis, inner in g.entries:
-                out.setdefault(key, []).append((axis, name, inner))
+            for key, axis, inner, start in g.entries:
+                out.setdefault(key, []).append((axis, name, inner, start))
+        return out
+
+    def head_sets(self) -> dict:
+        """``head set -> [group names]``: the groups whose heads move together (one ``sigma``)."""
+        out = {}
+        for name, g in self.groups.items():
+            if g.heads > 1 and g.head_set is not None:
+                out.setdefault(g.head_set, []).append(name)
+        return out
+
+    def units(self) -> list:
+        """The groups as independent units of a solver: a head set's groups together, every other group
+        alone (``[[group names]]``, in the groups' order)."""
+        sets, out, seen = self.head_sets(), [], set()
+        for name, g in self.groups.items():
+            members = sets.get(g.head_set, [name]) if g.heads > 1 and g.head_set is not None else [name]
+            if members[0] not in seen:
+                seen.add(members[0])
+                out.append(members)
         return out
 
     def summary(self) -> str:
         """One line per group (size, entries, probes) and one per note: a readable account."""
         lines = [f"{len(self.groups)} permutation groups"]
         for name, g in self.groups.items():
-            probes = f"{len(g.probes)} probes" if g.probes else "no probe (weight matching only)"
-            lines.append(f"  {name}: {g.size} units, {len(g.entries)} entries, {probes}"
+            probes = f"{len(g.probes)} probes" if g.probes else "no probe (aligned by weight matching)"
+            heads = ""
+            if g.heads > 1:
+                moved = f"heads move with {g.head_set!r}" if g.head_set is not None else "heads in place"
+                heads = f", {g.heads} heads x {g.head_dim} ({moved}{'' if g.within else ', dims in place'})"
+            lines.append(f"  {name}: {g.size} units{heads}, {len(g.entries)} entries, {probes}"
                          + (", residual" if g.residual else ""))
         lines += [f"  fixed or unmeasured: {note}" for note in self.notes]
         return "\n".join(lines)
@@ -245,6 +312,13 @@ class _Analysis:
         self.consumer_inputs = []  # nodes feeding a conv/linear (activation probes)
         self.notes = {}  # space -> [why it was fixed]
         self.node = None
+        # Attention heads: a space whose units are the row-major product of factor spaces (a split into
+        # [heads, head_dim], or their merge back), and spaces cut into consecutive parts (q, k, v of a
+        # fused projection); :meth:`close` makes them consistent once the whole graph is seen.
+        self.composites = []  # [(space, (factor spaces, outer first), graph node)]
+        self.segments = []  # [(space, offset in units, part space, graph node)]
+        self.parts = {}  # (composite index, part) -> (part space, {factor root: its copy in the part})
+        self.labels = {}  # part space -> a name for its group ("qkv[0:64]")
 
     # -- spaces, pairs and values
     def fresh(self, length):
@@ -331,6 +405,127 @@ class _Analysis:
     def bind_module(self, name, attr, axis, pair):
         if getattr(self.modules[name], attr, None) is not None and f"{name}.{attr}" in self.state:
             self.bind(f"{name}.{attr}", axis, pair)
+
+    # -- attention heads: the consistent structure, once the whole graph is seen
+    def close(self):
+        """Make factored and segmented spaces consistent, repeating until nothing changes: a space split
+        into factors in several places has the same factors everywhere; spaces with the same factors
+        are one space (the merged heads are the space that was split); parts of one space at the same
+        offset are one space; and a structure that is not that of attention heads is fixed."""
+        while True:
+            before = self.signature()
+            self.join_factorizations()
+            self.join_congruent()
+            self.join_segments()
+            self.check_roles()
+            if self.signature() == before:
+                return
+
+    def signature(self):
+        sp = self.spaces
+        return [sp.find(i) for i in range(len(sp.parent))], {sp.find(f) for f in sp.fixed}
+
+    def fix_space(self, space, why, node):
+        root = self.spaces.find(space)
+        if why is not None and not self.spaces.is_fixed(root) and self.spaces.size[root] > 1:
+            self.notes.setdefault(root, []).append(f"node {node!r}: {why}")
+        self.spaces.fix(root)
+
+    def join_factorizations(self):
+        first = {}
+        for space, factors, node in self.composites:
+            root = self.spaces.find(space)
+            if root not in first:
+                first[root] = factors
+                continue
+            other = first[root]
+            sizes = [[self.spaces.size[self.spaces.find(f)] for f in fs] for fs in (other, factors)]
+            if sizes[0] != sizes[1]:
+                for f in (space, *other, *factors):
+                    self.fix_space(f, f"split into axes of {sizes[0]} and of {sizes[1]}: kept fixed", node)
+            else:
+                for a, b in zip(other, factors):
+                    self.spaces.union(a, b)
+
+    def join_congruent(self):
+        seen = {}
+        for space, factors, _ in self.composites:
+            key = tuple(self.spaces.find(f) for f in factors)
+            if key in seen:
+                self.spaces.union(seen[key], space)
+            else:
+                seen[key] = space
+
+    def segment_layout(self):
+        """``root -> {offset: [part spaces]}`` of every segmented space."""
+        layout = {}
+        for space, offset, part, _ in self.segments:
+            layout.setdefault(self.spaces.find(space), {}).setdefault(offset, []).append(part)
+        return layout
+
+    def join_segments(self):
+        sp = self.spaces
+        nodes = {sp.find(space): node for space, _, _, node in self.segments}
+        for root, parts in self.segment_layout().items():
+            spans = sorted((offset, sp.size[sp.find(ps[0])]) for offset, ps in parts.items())
+            sizes_agree = all(len({sp.size[sp.find(p)] for p in ps}) == 1 for ps in parts.values())
+            disjoint = all(a + n <= b for (a, n), (b, _) in itertools.pairwise(spans))
+            if not (sizes_agree and disjoint and spans[-1][0] + spans[-1][1] <= sp.size[root]) or sp.is_fixed(root):
+                why = None if sp.is_fixed(root) else "cut into parts in two different ways: kept fixed"
+                for p in [root] + [p for ps in parts.values() for p in ps]:
+                    self.fix_space(p, why, nodes[root])
+                continue
+            for ps in parts.values():
+                for p in ps[1:]:
+                    sp.union(ps[0], p)
+
+    def check_roles(self):
+        """Only ``[heads, head_dim]`` structure is kept: two factors, a factor never both outer and inner
+        and never itself split or cut, an inner factor always under the same heads, no parameter indexing
+        a factor alone (a weight shared by all heads), a fixed composite fixing its factors. Anything
+        else is fixed (a channel shuffle splits and merges its channels in the other order)."""
+        sp = self.spaces
+        segmented = set(self.segment_layout())
+        live = [(s, fs, n) for s, fs, n in self.composites if sp.find(s) not in segmented]
+        structured = {sp.find(s) for s, _, _ in live} | segmented
+        roles, outers = {}, {}
+        for space, factors, _ in live:
+            for pos, f in enumerate(factors):
+                roles.setdefault(sp.find(f), set()).add(pos if len(factors) == 2 else -1)
+            if len(factors) == 2:
+                outers.setdefault(sp.find(factors[1]), set()).add(sp.find(factors[0]))
+        bad = {r for r, pos in roles.items() if len(pos) > 1 or -1 in pos or r in structured}
+        bad |= {r for r, outer in outers.items() if len(outer) > 1}
+        bound = {sp.find(pair[0]) for pair in self.bound.values()}
+        alone = self.without_heads(outers)
+        for space, factors, node in live:
+            roots = [sp.find(f) for f in factors]
+            if len(factors) != 2 or bad & set(roots):
+                for f in (space, *factors):
+                    self.fix_space(f, f"split into axes of {[sp.size[r] for r in roots]} that are not attention "
+                                      "heads (e.g. a channel shuffle): those units are kept fixed", node)
+                continue
+            if sp.is_fixed(space):
+                for f in factors:
+                    self.fix_space(f, None, node)
+            for f, what in zip(roots, ("the heads", "the dimensions inside every head")):
+                if f in bound:
+                    self.fix_space(f, f"a parameter indexes {what} alone: kept in place", node)
+            if roots[1] in alone:
+                self.fix_space(roots[1], f"the dimensions inside every head reach node {alone[roots[1]]!r} "
+                                         "without their heads: kept in place", node)
+
+    def without_heads(self, outers):
+        """``inner factor root -> a node`` whose value carries that factor but not its heads (after a sum
+        over the heads, say): there the dimensions of all heads meet, so they cannot move per head."""
+        sp, found = self.spaces, {}
+        for node, value in self.out.items():
+            for v in value if isinstance(value, list) else [value]:
+                roots = {sp.find(s) for s, _ in v or ()}
+                for r in roots & set(outers):
+                    if not outers[r] & roots:
+                        found.setdefault(r, node.name)
+        return found
 
     # -- messages
     def fail(self, node, why="unsupported op"):
@@ -457,7 +652,10 @@ class _Analysis:
 
     def attention_module(self, node, name, mod):
         """``nn.MultiheadAttention``: the embedding axis of query, key and value joins ``in_proj``'s
-        input axis and the output is ``out_proj``'s space; the heads inside stay fixed."""
+        input axis and the output is ``out_proj``'s space. Inside, ``in_proj``'s rows are the query, key
+        and value parts, each ``[heads, head_dim]``: the query and key parts share one permutation
+        within each head, the value part and ``out_proj``'s input another, and all three one
+        permutation of the heads."""
         q, k, val = (self.arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
         if not all(isinstance(self.value(t), tuple) for t in (q, k, val)):
             self.fail(node, "query, key and value must be tensors")
@@ -465,6 +663,20 @@ class _Analysis:
             self.fail(node, "separate q/k/v projection weights (kdim/vdim) are not supported")
         for t in (q, k, val):
             self.bind(f"{name}.in_proj_weight", 1, self.value(t)[-1])
+        embed, heads = mod.embed_dim, mod.num_heads
+        rows = self.param_axis(f"{name}.in_proj_weight", 0)
+        self.bind_module(name, "in_proj_bias", 0, rows)
+        self.producers.setdefault(self.spaces.find(rows[0]), []).append(f"{name}.in_proj")
+        head, qk, vo = self.spaces.new(heads), self.spaces.new(embed // heads), self.spaces.new(embed // heads)
+        parts = [self.spaces.new(embed) for _ in range(3)]
+        for i, (part, within) in enumerate(zip(parts, (qk, qk, vo))):
+            self.compose(part, (head, within))
+            self.segment(rows[0], i * embed, part)
+            self.label(part, rows[0], i * embed, embed)
+        for attr, part in (("bias_k", parts[1]), ("bias_v", parts[2])):
+            self.bind_module(name, attr, 2, (part, 1))
+        merged = self.param_axis(f"{name}.out_proj.weight", 1)
+        self.compose(merged[0], (head, vo))
         out_c = self.param_axis(f"{name}.out_proj.weight", 0)
         self.bind_module(f"{name}.out_proj", "bias", 0, out_c)
         self.producers.setdefault(self.spaces.find(out_c[0]), []).append(f"{name}.out_proj")
@@ -579,6 +791,8 @@ class _Analysis:
         for ins, outs in _reshape_chunks(in_shape, out_shape):
             if len(ins) == 1 and len(outs) == 1:
                 result[outs[0]] = v[ins[0]]
+            elif len(outs) == 1 and all(v[i][1] == 1 for i in ins) and any(self.is_free(v[i]) for i in ins[1:]):
+                result[outs[0]] = self.merged([v[i] for i in ins])  # heads back into one axis
             elif len(outs) == 1:
                 for i in ins[1:]:
                     self.fix(v[i], f"merged into an inner position of axis {outs[0]}")
@@ -589,6 +803,10 @@ class _Analysis:
                 result[outs[0]] = (s, out_shape[outs[0]] // self.size(v[ins[0]]))
                 for j in outs[1:]:
                     result[j] = self.fresh(out_shape[j])
+            elif len(ins) == 1 and v[ins[0]][1] == 1 and self.is_free(v[ins[0]]):
+                factors = self.factored(v[ins[0]], [out_shape[j] for j in outs])  # e.g. [heads, head_dim]
+                for j, f in zip(outs, factors):
+                    result[j] = f
             else:
                 for i in ins:
                     self.fix(v[i], f"split into axes of {[out_shape[j] for j in outs]} (e.g. a channel shuffle "
@@ -596,6 +814,77 @@ class _Analysis:
                 for j in outs:
                     result[j] = self.fresh(out_shape[j])
         return tuple(result)
+
+    # -- attention heads: factored and segmented spaces
+    def factored(self, pair, lengths):
+        """``pair``'s units split row-major into axes of ``lengths`` (``[heads, head_dim]``, or
+        ``[3, heads, head_dim]`` for a fused qkv): one new space per axis, recorded as the factors of
+        ``pair``'s space. Whether the split is a symmetry is decided by :meth:`close`."""
+        factors = tuple(self.free(n) for n in lengths)
+        self.compose(pair[0], tuple(f[0] for f in factors))
+        return factors
+
+    def merged(self, pairs):
+        """Axes merged row-major into one (heads back into ``[N, T, heads * head_dim]``): a new space whose
+        factors are theirs (:meth:`close` joins it with the space that was split into them)."""
+        merged = self.free(math.prod(self.size(p) for p in pairs))
+        self.compose(merged[0], tuple(p[0] for p in pairs))
+        return merged
+
+    def compose(self, space, factors):
+        self.composites.append((space, tuple(factors), self.node.name))
+
+    def segment(self, space, offset, part):
+        self.segments.append((space, offset, part, self.node.name))
+
+    def leading_factor(self, pair):
+        """The index of a composite whose outer factor is ``pair``'s space (the q/k/v axis of a fused
+        projection split into ``[3, heads, head_dim]``), else None."""
+        root = self.spaces.find(pair[0])
+        for i, (_, factors, _) in enumerate(self.composites):
+            if len(factors) >= 2 and self.spaces.find(factors[0]) == root and pair[1] == 1:
+                return i
+        return None
+
+    def part(self, index, p):
+        """Part ``p`` of composite ``index`` cut along its outer factor (``q``, ``k`` or ``v`` of a fused
+        qkv): ``(space of the part, {inner factor root: its copy})``. Each part gets its own copies of
+        the inner factors, so q, k and v may be permuted differently; the part is recorded as a
+        segment of the composite's space at offset ``p * part size``."""
+        if (index, p) not in self.parts:
+            whole, factors, _ = self.composites[index]
+            inner = factors[1:]
+            copies = [self.spaces.new(self.spaces.size[self.spaces.find(f)]) for f in inner]
+            size = math.prod(self.spaces.size[c] for c in copies)
+            space = copies[0] if len(copies) == 1 else self.spaces.new(size)
+            if len(copies) > 1:
+                self.compose(space, tuple(copies))
+            self.segment(whole, p * size, space)
+            self.label(space, whole, p * size, size)
+            self.parts[(index, p)] = (space, {self.spaces.find(f): c for f, c in zip(inner, copies)})
+        return self.parts[(index, p)]
+
+    def label(self, space, whole, offset, size):
+        producers = self.producers.get(self.spaces.find(whole))
+        if producers:
+            self.labels[space] = f"{producers[0]}[{offset}:{offset + size}]"
+
+    def with_copies(self, value, mapping):
+        """``value`` with every axis in a factor root of ``mapping`` moved to that factor's copy."""
+        return tuple((mapping[self.spaces.find(s)], inner) if self.spaces.find(s) in mapping else (s, inner)
+                     for s, inner in value)
+
+    def segmented(self, pair, lengths):
+        """``pair``'s units cut into consecutive parts of ``lengths`` (``qkv(x).chunk(3, -1)``): one new
+        space per part, recorded as a segment of ``pair``'s space."""
+        parts, offset = [], 0
+        for n in lengths:
+            space = self.spaces.new(n)
+            self.segment(pair[0], offset, space)
+            self.label(space, pair[0], offset, n)
+            parts.append((space, 1))
+            offset += n
+        return parts
 
     def reorder(self, node):
         v, t = self.out[node.args[0]], node.target
@@ -658,14 +947,17 @@ class _Analysis:
             at = index.index(Ellipsis)
             index = index[:at] + (slice(None),) * (len(v) - used) + index[at + 1:]
         index = index + (slice(None),) * (len(v) - sum(i is not None for i in index))
-        out_shape, result, axis = self.shape(node), [], 0
+        out_shape, result, axis, mapping = self.shape(node), [], 0, {}
         for i in index:
             if i is None:
                 result.append(self.fresh(1))
                 continue
             pair, length = v[axis], self.shape(node.args[0])[axis]
             axis += 1
-            if isinstance(i, int):
+            if isinstance(i, int) and (whole := self.leading_factor(pair)) is not None:
+                mapping.update(self.part(whole, i % length)[1])  # qkv[0]: the query part
+                self.fix(pair, None)
+            elif isinstance(i, int):
                 self.fix(pair, f"one entry of axis {axis - 1} is selected")
             elif i == slice(None) or len(range(*i.indices(length))) == length and (i.step or 1) == 1:
                 result.append(pair)
@@ -674,7 +966,7 @@ class _Analysis:
                 result.append(self.fresh(len(range(*i.indices(length)))))
         if len(result) != len(out_shape):
             self.fail(node, "indexing the analysis cannot follow")
-        self.out[node] = tuple(result)
+        self.out[node] = self.with_copies(tuple(result), mapping)
 
     def expand(self, node):
         v, in_shape, out_shape = self.out[node.args[0]], self.shape(node.args[0]), self.shape(node)
@@ -702,12 +994,25 @@ class _Analysis:
         self.out[node] = tuple(result)
 
     def split(self, node, kind):
+        """``unbind`` / ``chunk`` / ``split``: along the outer factor of a composite (``[3, heads, d]``)
+        each result is one part with its own inner factors; along a free axis each result is a segment
+        of its units (q, k and v of ``qkv(x).chunk(3, -1)``, the two halves of a GLU); else fixed."""
         v = self.out[node.args[0]]
         dim = _dims(self.arg(node, 1 if kind == "unbind" else 2, "dim", 0), len(v))[0]
+        lengths = [_shape_of(meta)[dim] for meta in node.meta.get("tensor_meta")] if kind != "unbind" else None
+        whole = self.leading_factor(v[dim])
+        if whole is not None and (kind == "unbind" or set(lengths) == {1}):
+            self.fix(v[dim], None)  # the parts keep their roles
+            rest = (lambda p: v[:dim] + v[dim + 1:]) if kind == "unbind" else (lambda p: v[:dim] + (self.fresh(1),) + v[dim + 1:])
+            count = self.shape(node.args[0])[dim]
+            self.out[node] = [self.with_copies(rest(p), self.part(whole, p)[1]) for p in range(count)]
+            return
+        if kind != "unbind" and v[dim][1] == 1 and self.is_free(v[dim]) and sum(lengths) == self.size(v[dim]):
+            self.out[node] = [v[:dim] + (part,) + v[dim + 1:] for part in self.segmented(v[dim], lengths)]
+            return
         self.fix(v[dim], f"{kind} along axis {dim}: those units are kept fixed")
-        metas = node.meta.get("tensor_meta")
         parts = []
-        for meta in metas:
+        for meta in node.meta.get("tensor_meta"):
             shape = _shape_of(meta)
             if kind == "unbind":
                 parts.append(v[:dim] + v[dim + 1:])
@@ -797,6 +1102,12 @@ class _Analysis:
         q, k, v = (self.out[a] for a in node.args[:3])
         self.unify(q[-1], k[-1], "contracts")
         self.unify(k[-2], v[-2], "contracts")
+        shapes = [self.shape(a) for a in node.args[:3]]
+        for j in range(3, min(len(t) for t in (q, k, v)) + 1):  # batch axes, the heads among them
+            axes = [(t[-j], s[-j]) for t, s in zip((q, k, v), shapes)]
+            if len({n for _, n in axes}) == 1 and axes[0][1] > 1:
+                for pair, _ in axes[1:]:
+                    self.unify(axes[0][0], pair, "attends with")
         mask = self.value(self.arg(node, 3, "attn_mask"))
         for pair in mask or ():
             self.fix(pair, "attention mask")
@@ -875,6 +1186,88 @@ def _describe(gm, node):
     return f"{node.op} {target}"
 
 
+# ---------------------------------------------------------------- where a value's channels are
+_LAST_AXIS_MODULES = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention)
+_DIM1_MODULES = _CONV_MODULES + _CONV_TRANSPOSE_MODULES + _NORM_MODULES + (nn.GroupNorm,)
+
+
+def layer_channel_axis(gm: fx.GraphModule, node: fx.Node):
+    """The channel axis that ``node``'s op itself decides, from the graph alone: ``-1`` (the last axis)
+    for a Linear, a LayerNorm over one axis or attention (``[N, ..., D]``), ``1`` for a conv or a
+    BatchNorm-like layer (``[N, C, *]``); None for any other op."""
+    mod = gm.get_submodule(node.target) if node.op == "call_module" else None
+    if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) != 1:
+        return None
+    if isinstance(mod, _LAST_AXIS_MODULES) or node.op == "call_function" and node.target in (
+            _F.linear, _F.scaled_dot_product_attention):
+        return -1
+    if isinstance(mod, _DIM1_MODULES) or node.op == "call_function" and node.target in _CONV_FUNCTIONS:
+        return 1
+    return None
+
+
+def channel_axes(model: nn.Module, example: torch.Tensor = None) -> dict:
+    """``node name -> the axis that holds its channels`` in ``trace(model)``: 1 for ``[N, C, *]`` maps,
+    the last axis for the ``[N, T, D]`` tokens of a transformer (where a Linear or LayerNorm acts).
+
+    With ``example`` (a batch) the graph analysis of :func:`permutation_spec` decides it for every node
+    (non-negative axes): the axis whose units a layer wrote, preferring one that a permutation group
+    indexes (a residual stream) -- so also after permutes, views and additions. Without it, or where the
+    analysis stops at an op it does not know, a node takes its layer's axis (:func:`layer_channel_axis`)
+    or, through element-wise ops and additions, that of its first operand that has one (``-1`` for the
+    last axis); the rest are 1."""
+    gm = trace(model)
+    axes = _graph_channel_axes(gm)
+    if example is None:
+        return axes
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(as_input(example[:2], gm))
+        an = _Analysis(gm, gm.state_dict(keep_vars=True))
+        an.run()
+        an.close()
+    except ValueError:
+        return axes  # an op the analysis does not know: the graph alone decides
+    sp = an.spaces
+    made = {sp.find(s) for s in an.producers}
+    for node, value in an.out.items():
+        if not isinstance(value, tuple) or len(value) < 2:
+            continue
+        roots = [sp.find(p[0]) for p in value]
+        free = [i for i in range(1, len(value)) if not sp.is_fixed(roots[i]) and sp.size[roots[i]] > 1]
+        written = [i for i in range(1, len(value)) if roots[i] in made]
+        axis = (free or written or [None])[-1]
+        if axis is not None:
+            axes[node.name] = axis
+        elif axes[node.name] < 0:
+            axes[node.name] %= len(value)
+    return axes
+
+
+def _graph_channel_axes(gm: fx.GraphModule) -> dict:
+    """:func:`channel_axes` from the graph alone (no shapes): see there."""
+    axes = {}
+    for node in gm.graph.nodes:
+        axis = layer_channel_axis(gm, node)
+        if axis is None and _keeps_axes(gm, node):
+            axis = next((axes[a.name] for a in node.all_input_nodes if axes.get(a.name) is not None), None)
+        elif axis is None and node.op == "call_function" and node.target is operator.getitem:
+            source = node.args[0]  # the attention output of nn.MultiheadAttention's (output, weights)
+            axis = -1 if node.args[1] == 0 and layer_channel_axis(gm, source) == -1 else None
+        axes[node.name] = axis
+    return {name: 1 if axis is None else axis for name, axis in axes.items()}
+
+
+def _keeps_axes(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """An element-wise op or an addition/product (with broadcasting): every axis stays where it is."""
+    t = node.target
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(t), _ELEMENTWISE_MODULES)
+    if node.op == "call_function":
+        return t in _ELEMENTWISE_FUNCTIONS or t in _JOIN_FUNCTIONS
+    return node.op == "call_method" and (t in _ELEMENTWISE_METHODS or t in _JOIN_METHODS)
+
+
 # ---------------------------------------------------------------- building the spec
 def permutation_spec(model: nn.Module, example_input: torch.Tensor, verify: bool = True,
                      rtol: float | None = None) -> PermutationSpec:
@@ -901,77 +1294,179 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor, verify: bool
 
 
 def _assemble(an: _Analysis) -> PermutationSpec:
-    """The groups of an analysed graph: one per free space that indexes some state_dict entry."""
+    """The groups of an analysed graph: one per free space that indexes some state_dict entry (a space
+    cut into parts gives its entries to the parts; a space of ``[heads, head_dim]`` factors is a head
+    group, :class:`Group`)."""
+    an.close()
     sp = an.spaces
-    entries = {}  # root -> [(key, axis, inner)]
-    sites, keys_of = {}, {}
-    for key, canonical in an.alias.items():
-        keys_of.setdefault(canonical, []).append(key)
-    for (key, axis), (space, inner) in an.bound.items():
-        root = sp.find(space)
-        if not sp.is_fixed(root) and sp.size[root] > 1:
-            for alias in keys_of.get(key, [key]):
-                entries.setdefault(root, []).append((alias, axis, inner))
-            sites.setdefault(root, []).extend(an.sites.get((key, axis), []))
-    names, groups, taken = {}, {}, set()
-    for node, value in an.out.items():
-        for pair in value if isinstance(value, tuple) else ():
-            root = sp.find(pair[0])
-            if root not in entries or root in names:
-                continue
-            producers = list(dict.fromkeys(p for s, ps in an.producers.items() if sp.find(s) == root for p in ps))
-            name = producers[0] if producers else node.name
-            while name in taken:
-                name += "_"
-            names[root], groups[name] = name, Group(size=sp.size[root], residual=len(producers) > 1)
-            taken.add(name)
-            groups[name].entries = entries[root]
-            groups[name].nodes = list(dict.fromkeys(sites[root]))
+    entries, sites = _placed_entries(an)
+    order = [sp.find(p[0]) for v in an.out.values() for val in (v if isinstance(v, list) else [v])
+             for p in val or ()] + list(entries)
+    heads = _head_factors(an)
+    names, groups, notes = {}, {}, []
+    for root in dict.fromkeys(r for r in order if r in entries):
+        outer, inner = heads.get(root, (None, None))
+        if outer is not None and sp.is_fixed(outer) and sp.is_fixed(inner):
+            continue  # neither the heads nor the dimensions inside them may move
+        producers = list(dict.fromkeys(p for s, ps in an.producers.items() if sp.find(s) == root for p in ps))
+        label = next((an.labels[s] for s in an.labels if sp.find(s) == root), None)
+        name = producers[0] if producers else label or _first_node(an, root) or entries[root][0].key
+        while name in groups:
+            name += "_"
+        names[root] = name
+        groups[name] = Group(size=sp.size[root], entries=entries[root], residual=len(producers) > 1,
+                             nodes=list(dict.fromkeys(sites[root])))
+        if outer is not None:
+            groups[name].heads, groups[name].within = sp.size[outer], not sp.is_fixed(inner)
+            head_set = None if sp.is_fixed(outer) else names.setdefault(("heads", outer), name)
+            groups[name].head_set = head_set
     for node in dict.fromkeys(an.consumer_inputs):
         value = an.out[node]
         root = sp.find(value[1][0]) if len(value) >= 2 else None
         if root in names:
             groups[names[root]].probes.append(node.name)
-    notes = [n for root, ns in an.notes.items() for n in ns]
+    notes += [n for root, ns in an.notes.items() for n in ns]
     for name, g in groups.items():
         if not g.probes:
             notes.append(f"group {name!r}: its units never sit on dim 1 of a conv or linear input (channels "
-                         "on the last axis of [N, ..., D] tensors): activation matching cannot measure it, "
-                         "align it with method='weight'")
+                         "on the last axis of [N, ..., D] tensors, or attention heads): activation matching "
+                         "aligns it by weight matching")
     node_groups = {n.name: names[sp.find(v[1][0])] for n, v in an.out.items()
                    if isinstance(v, tuple) and len(v) >= 2 and v[1][1] == 1 and sp.find(v[1][0]) in names}
     return PermutationSpec(groups=groups, node_groups=node_groups, notes=notes)
 
 
+def _placed_entries(an: _Analysis) -> tuple:
+    """``(root -> [Entry], root -> [graph nodes])``: every bound (key, axis) given to
+    the free space that indexes it, or, for a space cut into parts, to its parts at their offsets."""
+    sp = an.spaces
+    layout = {root: sorted((offset, sp.find(ps[0])) for offset, ps in parts.items())
+              for root, parts in an.segment_layout().items()}
+    keys_of, entries, sites = {}, {}, {}
+    for key, canonical in an.alias.items():
+        keys_of.setdefault(canonical, []).append(key)
+
+    def place(root, key, axis, inner, start):
+        if root in layout:
+            for offset, part in layout[root]:
+                place(part, key, axis, inner, start + offset * inner)
+        elif not sp.is_fixed(root) and sp.size[root] > 1:
+            for alias in keys_of.get(key, [key]):
+                entries.setdefault(root, []).append(Entry(alias, axis, inner, start))
+            sites.setdefault(root, []).extend(an.sites.get((key, axis), []))
+
+    for (key, axis), (space, inner) in an.bound.items():
+        place(sp.find(space), key, axis, inner, 0)
+    return entries, sites
+
+
+def _head_factors(an: _Analysis) -> dict:
+    """``root -> (heads root, head-dim root)`` of every space that is ``[heads, head_dim]``."""
+    sp = an.spaces
+    return {sp.find(s): (sp.find(fs[0]), sp.find(fs[1])) for s, fs, _ in an.composites
+            if len(fs) == 2 and not sp.is_fixed(s)}
+
+
+def _first_node(an: _Analysis, root):
+    for node, value in an.out.items():
+        for val in value if isinstance(value, list) else [value]:
+            if any(an.spaces.find(p[0]) == root for p in val or ()):
+                return node.name
+    return None
+
+
 def check_spec(spec: PermutationSpec, model: nn.Module) -> None:
     """Raise ``ValueError`` if an entry names a missing tensor or an axis of the wrong length."""
     state = model.state_dict()
+    sliced = {(key, axis) for g in spec.groups.values() for key, axis, _, start in g.entries if start}
     for name, g in spec.groups.items():
         where = f" (graph nodes {', '.join(g.nodes[:6])})" if g.nodes else ""
-        for key, axis, inner in g.entries:
+        for key, axis, inner, start in g.entries:
             if key not in state:
                 raise ValueError(f"spec group {name!r}{where} names {key!r}, which the model does not have")
-            if state[key].shape[axis] != g.size * inner:
+            whole = state[key].shape[axis]
+            if whole < start + g.size * inner if (key, axis) in sliced else whole != g.size * inner:
                 raise ValueError(
-                    f"spec group {name!r}{where}: {key!r} axis {axis} has {state[key].shape[axis]} entries, "
-                    f"expected {g.size} x {inner}"
+                    f"spec group {name!r}{where}: {key!r} axis {axis} has {whole} entries, "
+                    f"expected {g.size} x {inner}" + (f" from entry {start} on" if start else "")
                 )
 
 
 # ---------------------------------------------------------------- verification
-def _permute_axis(t: torch.Tensor, axis: int, inner: int, perm: torch.Tensor) -> torch.Tensor:
-    """``t`` reordered along ``axis`` viewed as ``[len(perm), inner]`` (as ``alignment.permute_axis``)."""
+def permute_axis(t: torch.Tensor, axis: int, inner: int, perm: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Reorder ``t`` along ``axis``, viewed as ``[len(perm), inner]`` from entry ``start`` on:
+    ``t'[.., start + i, ..] = t[.., start + perm[i], ..]`` (per block of ``inner``); the rest of the
+    axis is kept. A new tensor."""
+    perm = perm.to(t.device)
+    length = len(perm) * inner
+    if start or length != t.shape[axis]:
+        head, part, tail = t.split((start, length, t.shape[axis] - start - length), dim=axis)
+        return torch.cat((head, permute_axis(part, axis, inner, perm), tail), dim=axis)
+    if inner == 1:
+        return t.index_select(axis, perm)
     shape = t.shape
     split = shape[:axis] + (len(perm), inner) + shape[axis + 1:]
-    return t.reshape(split).index_select(axis, perm.to(t.device)).reshape(shape)
+    return t.reshape(split).index_select(axis, perm).reshape(shape)
 
 
 def _permuted_state(state: dict, spec: PermutationSpec, perms: dict) -> dict:
     """The state_dict tensors that ``perms`` (``group -> LongTensor``) changes, permuted."""
     out = {}
     for g, perm in perms.items():
-        for key, axis, inner in spec.groups[g].entries:
-            out[key] = _permute_axis(out.get(key, state[key]), axis, inner, perm)
+        for key, axis, inner, start in spec.groups[g].entries:
+            out[key] = permute_axis(out.get(key, state[key]), axis, inner, perm, start)
+    return out
+
+
+# ---------------------------------------------------------------- head-structured permutations
+def compose_heads(head_perm: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """``head_perm [H]`` and ``within [H, d]`` (row h: the permutation inside new head h) -> the
+    flat ``[H * d]`` permutation ``perm[h * d + i] = head_perm[h] * d + within[h, i]``."""
+    d = within.shape[1]
+    return (head_perm[:, None] * d + within).reshape(-1)
+
+
+def split_heads(perm: torch.Tensor, heads: int):
+    """The inverse of :func:`compose_heads`: ``(head_perm [H], within [H, d])``, or None when ``perm``
+    does not move whole heads."""
+    d = len(perm) // heads
+    blocks = perm.reshape(heads, d)
+    head_perm = blocks[:, 0] // d
+    if not torch.equal(blocks // d, head_perm[:, None].expand(heads, d)):
+        return None
+    return head_perm, blocks - head_perm[:, None] * d
+
+
+def is_structured(perm: torch.Tensor, group: Group) -> bool:
+    """Whether ``perm`` keeps ``group``'s function: whole heads moved (none, without a head set), the
+    dimensions inside each head kept unless ``group.within``. Any permutation for a plain group."""
+    if group.heads == 1:
+        return True
+    parts = split_heads(torch.as_tensor(perm), group.heads)
+    if parts is None:
+        return False
+    head_perm, within = parts
+    heads_ok = group.head_set is not None or torch.equal(head_perm, torch.arange(group.heads))
+    return heads_ok and (group.within or torch.equal(within, torch.arange(group.head_dim).expand_as(within)))
+
+
+def random_group_permutations(spec: PermutationSpec, gen: torch.Generator, groups=None, move_heads=True) -> dict:
+    """A random permutation of each of ``groups`` (default all) that keeps the function: any one for a
+    plain group (``torch.randperm``); for head groups a random ``sigma`` shared by the head set (the
+    identity unless ``move_heads``) and a random ``tau_h`` inside every head (where ``within``)."""
+    sigma = {}
+    out = {}
+    for name in spec.groups if groups is None else groups:
+        g = spec.groups[name]
+        if g.heads == 1:
+            out[name] = _moving_permutation(g.size, gen)
+            continue
+        if move_heads and g.head_set is not None and g.head_set not in sigma:
+            sigma[g.head_set] = _moving_permutation(g.heads, gen)
+        heads = sigma.get(g.head_set, torch.arange(g.heads)) if move_heads else torch.arange(g.heads)
+        within = (torch.stack([torch.randperm(g.head_dim, generator=gen) for _ in range(g.heads)]) if g.within
+                  else torch.arange(g.head_dim).repeat(g.heads, 1))
+        out[name] = compose_heads(heads, within)
     return out
 
 
@@ -1022,14 +1517,17 @@ def verify_spec(model: nn.Module, spec: PermutationSpec, example_input: torch.Te
     dtype = next((t.dtype for t in state.values() if t.is_floating_point()), torch.float32)
     rtol = _default_rtol(dtype) if rtol is None else rtol
     gen = torch.Generator().manual_seed(seed)
-    perms = {g: _moving_permutation(grp.size, gen) for g, grp in spec.groups.items()}
+    perms = random_group_permutations(spec, gen)
+    alone = random_group_permutations(spec, gen, move_heads=False)  # heads kept: a head group alone
     with torch.no_grad():
         reference = _tensors(model(x))
         scale = max((float(r.abs().max()) for r in reference if r.numel()), default=0.0)
         if not all(torch.isfinite(r).all() for r in reference):
             raise ValueError("permutation_spec cannot verify the spec: the network's output on the example input "
                              "is not finite. Pass verify=False, or an input on which the output is finite.")
-        checks = [(g, {g: perms[g]}) for g in spec.groups] + ([(None, perms)] if len(perms) > 1 else [])
+        checks = [(g, {g: perms[g] if spec.groups[g].heads == 1 else alone[g]}) for g in spec.groups]
+        checks += [(members, {m: perms[m] for m in members}) for members in spec.head_sets().values()]
+        checks += [(None, perms)] if len(perms) > 1 else []
         for g, subset in checks:
             changed = {k: t for k, t in _permuted_state(state, spec, subset).items() if canonical.get(k, k) == k}
             outputs = _tensors(torch.func.functional_call(model, changed, (x,), strict=False))
@@ -1050,9 +1548,12 @@ def _verification_error(spec, g, deviation, rtol):
     if g is None:
         what = f"permuting all {len(spec.groups)} groups together"
         nodes = ""
+    elif isinstance(g, list):
+        what = f"moving the heads of groups {', '.join(map(repr, g))} together"
+        nodes = f" Their graph nodes: {', '.join(n for m in g for n in spec.groups[m].nodes[:4])}."
     else:
         grp = spec.groups[g]
-        keys = ", ".join(f"{k} axis {a}" for k, a, _ in grp.entries[:4]) + (", ..." if len(grp.entries) > 4 else "")
+        keys = ", ".join(f"{k} axis {a}" for k, a, _, _ in grp.entries[:4]) + (", ..." if len(grp.entries) > 4 else "")
         nodes = f" Its graph nodes: {', '.join(grp.nodes[:8])}; probes: {', '.join(grp.probes[:4]) or 'none'}."
         what = f"permuting group {g!r} ({grp.size} units; {keys})"
     return ValueError(

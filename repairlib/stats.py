@@ -17,14 +17,18 @@ import operator
 import torch
 from torch import fx, nn
 
-from repairlib.spec import trace
+from repairlib.spec import channel_axes, layer_channel_axis, trace
 
 
-def channel_samples(x: torch.Tensor, channels: int | None = None) -> torch.Tensor:
+def channel_samples(x: torch.Tensor, channels: int | None = None, axis: int = 1) -> torch.Tensor:
     """``[N, C, *spatial]`` (or ``[N, C * inner]``, with ``channels=C``) -> ``[N, C, L]``: the ``L``
-    samples of every channel in each example. A view of ``x`` where the layout allows; float16 and
-    bfloat16 become float32."""
+    samples of every channel in each example. With the channels on another ``axis`` (the last of a
+    transformer's ``[N, T, D]`` tokens, ``axis=-1``) -> ``[N * T, D, 1]``: every position is a sample
+    of each feature. A view of ``x`` where the layout allows; float16 and bfloat16 become float32."""
     x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    if x.dim() > 2 and axis % x.dim() != 1:
+        x = x.movedim(axis, -1)
+        return x.reshape(-1, x.shape[-1] if channels is None else channels, 1)
     return x.reshape(x.shape[0], x.shape[1] if channels is None else channels, -1)
 
 
@@ -152,7 +156,7 @@ class Moments:
     """Pooled per-channel mean and variance of one activation, optionally its cross moments.
 
     ``update(x)`` with an activation ``x: [N, C, *]`` (see :func:`channel_samples`; ``channels``
-    for ``[N, C * inner]`` layouts); ``update(x, y)`` also accumulates the co-moment of ``x_i`` and
+    for ``[N, C * inner]`` layouts, ``axis`` for channels elsewhere, e.g. ``-1`` for ``[N, T, D]``); ``update(x, y)`` also accumulates the co-moment of ``x_i`` and
     ``y_j`` (``cross="full"``: the ``[C, C]`` matrix; ``"diag"``: only i = j). Inputs are never
     modified; :meth:`update_batch` also returns this batch's ``(mean, variance)`` of ``x``.
 
@@ -165,10 +169,10 @@ class Moments:
     whose squares would leave float32's range is summed in units of a power of two per channel.
     """
 
-    def __init__(self, cross=None, channels=None):
+    def __init__(self, cross=None, channels=None, axis=1):
         if cross not in (None, "full", "diag"):
             raise ValueError(f"cross must be None, 'full' or 'diag', got {cross!r}")
-        self.cross, self.channels = cross, channels
+        self.cross, self.channels, self.axis = cross, channels, axis
         self.n = 0
         self._shift = None  # K of x (and y): None, or float32 [C]
         self._sums = None  # float64 S1_x, S2_x[, S1_y, S2_y[, S_xy]]
@@ -210,9 +214,9 @@ class Moments:
         return (batch_mean if self._shift[0] is None else batch_mean + self._shift[0]), batch_var
 
     def _add(self, x, y=None):
-        streams = [channel_samples(x, self.channels)]
+        streams = [channel_samples(x, self.channels, self.axis)]
         if y is not None:
-            streams.append(channel_samples(y, self.channels))
+            streams.append(channel_samples(y, self.channels, self.axis))
         nb = streams[0].shape[0] * streams[0].shape[2]
         if self.n == 0:
             self._shift = [None] * len(streams)
@@ -321,7 +325,9 @@ def capture(model: nn.Module, names, channels=None):
     hooks capture them, which also works for untraceable models); the graph is cut after the last
     requested node. ``channels``: ``None`` returns the values as they are; a list of channel counts
     (one per name, ``None`` for ``shape[1]``), or ``True`` for ``shape[1]`` everywhere, returns each
-    as ``[N, C, L]`` samples (:func:`channel_samples`). A value that a later in-place op of the
+    as ``[N, C, L]`` samples (:func:`channel_samples`). ``None`` entries (and ``True``) take the value's
+    channels where they are (:func:`repairlib.spec.channel_axes`, decided on the first batch): the last axis of a
+    transformer's ``[N, T, D]`` tokens gives ``[N * T, D, 1]``. A value that a later in-place op of the
     network could overwrite (``ReLU(inplace=True)``, ``+=``, ...) is copied where it is taken; the
     others are not copied (:func:`overwritten_nodes`).
     """
@@ -332,6 +338,34 @@ def capture(model: nn.Module, names, channels=None):
     submodules = dict(model.named_modules())
     if names and all(n in submodules for n in names) and not _all_nodes(model, names):
         return _hook_capture(model, names, submodules, channels)
+    if channels is None or all(c is not None for c in channels):  # [N, C * inner] probes: dim 1
+        return _graph_capture(model, names, channels, [1] * len(names))
+    cut = []
+
+    def run(x):  # the channel axes need one batch (shapes) when some value is not a layer's output
+        if not cut:
+            located = value_axes(model, [n for n, c in zip(names, channels) if c is None], x)
+            axes = [1 if c is not None else located.pop(0) for c in channels]
+            cut.append(_graph_capture(model, names, channels, axes))
+        return cut[0](x)
+
+    return run
+
+
+def value_axes(model: nn.Module, names, example) -> list:
+    """The channel axis of each named value of ``trace(model)``: its layer's where that decides it
+    (a conv: 1, a Linear: the last), else :func:`repairlib.spec.channel_axes` on ``example``."""
+    gm = trace(model)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    axes = [layer_channel_axis(gm, nodes[n]) if n in nodes else 1 for n in names]
+    if any(a is None for a in axes):
+        found = channel_axes(model, example)
+        axes = [found.get(n, 1) if a is None else a for n, a in zip(names, axes)]
+    return axes
+
+
+def _graph_capture(model, names, channels, axes):
+    """:func:`capture` on the traced graph, each value's channels on ``axes``."""
     gm = trace(model)
     graph, copies = fx.Graph(), {}
     graph.graph_copy(gm.graph, copies)  # every node but the output
@@ -348,7 +382,7 @@ def capture(model: nn.Module, names, channels=None):
                 value = graph.call_method("clone", (value,))
         if channels is not None:
             with graph.inserting_after(value):
-                value = graph.call_function(channel_samples, (value, channels[i]))
+                value = graph.call_function(channel_samples, (value, channels[i], axes[i]))
         taken.append(value)
     graph.output(tuple(taken))
     cut = fx.GraphModule(gm, graph)

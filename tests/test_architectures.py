@@ -35,7 +35,8 @@ def timm_model(name, **kwargs):
 #   "exact": (a), (b) and (c) pass;  "kept": (a) and (b) pass, and weight matching (coordinate descent over the
 #   groups) may stop in a local optimum: it does for torchvision's depthwise networks (fan-out init)
 #   and for ResNet-50; "error: <text>": permutation_spec stops with a ValueError naming the graph node, the
-#   reason and <text>. Groups on the last axis of [N, T, D] tokens (ViT, Mixer, ResMLP MLPs) have no probe.
+#   reason and <text>. Groups on the last axis of [N, T, D] tokens (ViT, Mixer, ResMLP MLPs) and attention heads
+#   have no probe (activation matching weight-matches them).
 ARCHITECTURES = {
     "tv_resnet18": (lambda: tv.resnet18(num_classes=10), 32, "exact"),
     "tv_resnet50": (lambda: tv.resnet50(num_classes=10), 64, "kept", slow),

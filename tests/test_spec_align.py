@@ -109,7 +109,7 @@ def test_permutation_property(built, seed, name):
 def test_every_weight_of_hidden_layers_is_covered(built):
     """Nothing that indexes hidden units is missed: only the input and output layers stay unpermuted."""
     model, _, spec = built["resnet20_bn"]
-    covered = {k for g in spec.groups.values() for k, _, _ in g.entries}
+    covered = {k for g in spec.groups.values() for k, *_ in g.entries}
     missed = [k for k in model.state_dict() if k not in covered and not k.endswith("num_batches_tracked")]
     assert missed == ["fc.bias"]
     residual = [g for g in spec.groups.values() if g.residual]
@@ -121,17 +121,17 @@ def test_residual_stream_is_one_group_in_torchvision_resnet50(built):
     _, _, spec = built["tv_resnet50"]
     stream = [n for n, g in spec.groups.items() if g.residual]
     assert len(stream) == 4
-    keys = {k for k, _, _ in spec.groups[stream[0]].entries}
+    keys = {k for k, *_ in spec.groups[stream[0]].entries}
     assert {"layer1.0.conv3.weight", "layer1.0.downsample.0.weight", "layer1.0.downsample.1.running_var",
             "layer1.2.bn3.weight", "layer2.0.conv1.weight", "layer2.0.downsample.0.weight"} <= keys
     # the stem feeds a 1x1 downsampling shortcut, so it is a group of its own, not part of the stream
-    assert not spec.groups["conv1"].residual and ("bn1.running_var", 0, 1) in spec.groups["conv1"].entries
-    assert ("fc.weight", 1, 1) in spec.groups[stream[-1]].entries
+    assert not spec.groups["conv1"].residual and ("bn1.running_var", 0, 1, 0) in spec.groups["conv1"].entries
+    assert ("fc.weight", 1, 1, 0) in spec.groups[stream[-1]].entries
 
 
 def test_flatten_into_linear_uses_inner_blocks(built):
     _, _, spec = built["unlisted"]
-    (name,) = [n for n, g in spec.groups.items() if ("head.weight", 1, 49) in g.entries]
+    (name,) = [n for n, g in spec.groups.items() if ("head.weight", 1, 49, 0) in g.entries]
     assert spec.groups[name].size == 8
 
 
@@ -337,10 +337,10 @@ def test_linear_on_tokens_permutes_the_feature_axis(tokens):
     model, x = TokenMLP(tokens), torch.randn(3, tokens * 5)
     spec = permutation_spec(model, x)
     hidden = spec.groups["fc1"]
-    assert hidden.size == 16 and set(hidden.entries) == {("fc1.weight", 0, 1), ("fc1.bias", 0, 1), ("fc2.weight", 1, 1)}
-    assert hidden.probes == [] and any("'fc1'" in n and "method='weight'" in n for n in spec.notes)
+    assert hidden.size == 16 and set(hidden.entries) == {("fc1.weight", 0, 1, 0), ("fc1.bias", 0, 1, 0), ("fc2.weight", 1, 1, 0)}
+    assert hidden.probes == [] and any("'fc1'" in n and "weight matching" in n for n in spec.notes)
     stream = spec.groups["embed"]
-    assert stream.residual and ("norm.weight", 0, 1) in stream.entries and ("head.weight", 1, 1) in stream.entries
+    assert stream.residual and ("norm.weight", 0, 1, 0) in stream.entries and ("head.weight", 1, 1, 0) in stream.entries
     assert stream.probes == ["mean"]  # the [N, D] head input is measurable
     permuted = permute(model, random_permutations(spec, seed=3), spec)
     with torch.no_grad():
@@ -372,8 +372,8 @@ def test_weight_sharing_gives_one_group():
     spec = permutation_spec(model, x)
     assert list(spec.groups) == ["stem"]
     entries = set(spec.groups["stem"].entries)
-    assert {("block.weight", 0, 1), ("block.weight", 1, 1), ("twin.weight", 0, 1), ("twin.weight", 1, 1),
-            ("twin.bias", 0, 1), ("head.weight", 1, 1)} <= entries
+    assert {("block.weight", 0, 1, 0), ("block.weight", 1, 1, 0), ("twin.weight", 0, 1, 0), ("twin.weight", 1, 1, 0),
+            ("twin.bias", 0, 1, 0), ("head.weight", 1, 1, 0)} <= entries
     permuted = permute(model, random_permutations(spec, seed=1), spec)
     assert permuted.twin.weight is permuted.block.weight
     with torch.no_grad():
@@ -446,7 +446,7 @@ def test_channel_shuffle_is_fixed_and_said_so_and_the_rest_is_permuted():
     model, x = ShuffleNetBlock(), torch.randn(2, 3, 8, 8)
     spec = permutation_spec(model, x)
     assert set(spec.groups) == {"mid", "se_reduce", "out"}  # the shuffled stem channels stay fixed
-    assert {("ln_weight", 0, 1), ("bn_var", 0, 1), ("se_expand.weight", 0, 1), ("out.weight", 1, 1)} <= set(
+    assert {("ln_weight", 0, 1, 0), ("bn_var", 0, 1, 0), ("se_expand.weight", 0, 1, 0), ("out.weight", 1, 1, 0)} <= set(
         spec.groups["mid"].entries)
     assert "node 'view': split into axes of [2, 4]" in spec.summary()
     permuted = permute(model, random_permutations(spec, seed=2), spec)
