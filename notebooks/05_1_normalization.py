@@ -75,8 +75,10 @@ batch_size = None
 lr = None
 norm_recipes = None
 seeds = None
+seed_pairs = None
 
 # %%
+import math
 import time
 
 start = time.time()
@@ -86,12 +88,14 @@ from IPython.display import Markdown
 
 import repairlib
 from repairlib import book, data, plots, zoo
-from repairlib.book import paper_vs_ours
+from repairlib.book import evidence, paper_vs_ours
+from repairlib.evaluation import per_example
 
 cfg = book.settings(
     profile, "5.1", dataset=dataset, norms=norms, widths=widths,
     curve_width=curve_width, epochs=epochs, train_subset=train_subset,
-    batch_size=batch_size, lr=lr, norm_recipes=norm_recipes, seeds=seeds
+    batch_size=batch_size, lr=lr, norm_recipes=norm_recipes, seeds=seeds,
+    seed_pairs=seed_pairs
 )
 cfg
 
@@ -115,13 +119,13 @@ def recipe(norm):
     return {"epochs": cfg["epochs"], "lr": cfg["lr"], **cfg["norm_recipes"].get(norm, {})}
 
 
-def pair(norm, width):
+def pair(norm, width, seeds=cfg["seeds"]):
     """Two ResNet20s trained with different seeds: (A, B aligned to A, REPAIR's endpoint statistics)."""
     config = {"arch": "resnet20", "width": width, "norm": norm}
     model_a, model_b = [
         zoo.trained(config, cfg["dataset"], epochs=recipe(norm)["epochs"], seed=seed, train_subset=cfg["train_subset"],
                     batch_size=cfg["batch_size"], lr=recipe(norm)["lr"], device=cfg["device"])
-        for seed in cfg["seeds"]
+        for seed in seeds
     ]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
     return model_a, repairlib.permute(model_b, alignment), alignment.endpoint_stats
@@ -134,25 +138,57 @@ def pair(norm, width):
 # the interpolation curves peak) and returns Eq. 1's barrier: how far the midpoint falls below the
 # average of the endpoints, in test loss (higher is worse) and in test accuracy (the error barrier).
 # `correct="repair"` applies REPAIR (section 4.2: one pass of the midpoint over the training images
-# renormalises every convolution's output channels to the interpolated endpoint statistics).
+# renormalises every convolution's output channels to the interpolated endpoint statistics). Every
+# network is evaluated image by image (`evidence.curve`), once, for every seed pair of the profile: the
+# settings of the curves below at every alpha, the others at the midpoint. The figures and the table
+# show the mean over the seed pairs; the verdicts at the end resample the test images.
 
 # %%
-sweep, curve_pairs = {}, {}
-for norm in cfg["norms"]:
-    for width in cfg["widths"]:
-        model_a, model_b, stats = pair(norm, width)
-        if width == cfg["curve_width"]:
-            curve_pairs[norm] = (model_a, model_b, stats)
-        before = repairlib.barrier(model_a, model_b, test, [0.5])
-        after = repairlib.barrier(model_a, model_b, test, [0.5], correct="repair", stats_data=train, stats=stats,
-                                  endpoints=before["endpoints"])
-        sweep[norm, width] = {"before": before, "after": after}
-        ends = before["endpoints"]
-        print(f"{NAMES[norm]:>9} x{width:<2}  endpoints {ends['a']['accuracy']:6.1%} {ends['b']['accuracy']:6.1%}"
-              f"   midpoint {before['accuracy'][0]:6.1%} -> {after['accuracy'][0]:6.1%} with REPAIR"
-              f"   loss barrier {before['barrier_loss']:6.3f} -> {after['barrier_loss']:6.3f}")
+PAIRS, wide = evidence.pair_settings(cfg), max(cfg["widths"])
+SETTINGS = [(n, w) for n in cfg["norms"] for w in cfg["widths"]] + [
+    (n, cfg["curve_width"]) for n in ("bn", "ln") if n in cfg["norms"] and cfg["curve_width"] not in cfg["widths"]]
 
-# %% mystnb={"figure": {"caption": "Loss barrier (Eq. 1, test loss at the midpoint minus the endpoints' mean; linear scale) between aligned ResNet20s against their width multiplier (log2 scale), for BatchNorm, LayerNorm and Fixup networks, without (dashed) and with (solid) REPAIR. Paper Fig. 4 left; at the cpu profile Fashion-MNIST, 4,000 training images, width 1 only.", "name": "fig-5-1-loss-barrier"}}
+
+def alphas_of(norm, width):
+    return cfg["alphas"] if width == cfg["curve_width"] and norm in ("bn", "ln") else [0.5]
+
+
+def results(norm, width, seeds):
+    """Per-example test results of one setting and seed pair: endpoints, aligned and REPAIRed curves,
+    and at the widest BatchNorm setting the BatchNorm reset of the midpoint; and the networks."""
+    model_a, model_b, stats = pair(norm, width, seeds)
+    alphas = alphas_of(norm, width)
+    out = {"a": per_example(model_a, test), "b": per_example(model_b, test),
+           "aligned": evidence.curve(model_a, model_b, test, alphas),
+           "repair": evidence.curve(model_a, model_b, test, alphas, "repair", train, stats=stats)}
+    if norm == "bn" and width == wide:
+        out["reset"] = evidence.curve(model_a, model_b, test, [0.5], "reset_bn", train)
+    return out, (model_a, model_b, stats)
+
+
+def at_mid(r, norm, width):
+    """The results with the curves cut to their midpoint, alpha = 0.5 (``[1, N]``)."""
+    i = evidence.midpoint(alphas_of(norm, width))
+    return {k: {w: x[i:i + 1] for w, x in v.items()} if k in ("aligned", "repair") else v for k, v in r.items()}
+
+
+measured, curve_pairs = [], {}
+for settings in PAIRS:
+    measured.append({})
+    for norm, width in SETTINGS:
+        measured[-1][norm, width], models = results(norm, width, settings["seeds"])
+        if len(measured) == 1 and width == cfg["curve_width"]:
+            curve_pairs[norm] = models
+mids = [{key: at_mid(r, *key) for key, r in m.items()} for m in measured]
+sweep = {key: {when: evidence.average([evidence.summary(m[key], [0.5], label) for m in mids])
+               for when, label in (("before", "aligned"), ("after", "repair"))} for key in SETTINGS}
+for (norm, width), r in sweep.items():
+    before, after, ends = r["before"], r["after"], r["before"]["endpoints"]
+    print(f"{NAMES[norm]:>9} x{width:<2}  endpoints {ends['a']['accuracy']:6.1%} {ends['b']['accuracy']:6.1%}"
+          f"   midpoint {before['accuracy'][0]:6.1%} -> {after['accuracy'][0]:6.1%} with REPAIR"
+          f"   loss barrier {before['barrier_loss']:6.3f} -> {after['barrier_loss']:6.3f}   (mean of {len(PAIRS)} pair(s))")
+
+# %% mystnb={"figure": {"caption": "Paper Fig. 4 left. Loss barrier (Eq. 1, test loss at the midpoint minus the endpoints' mean; linear scale; mean over the seed pairs) between aligned ResNet20s against their width multiplier (log2 scale), for BatchNorm, LayerNorm and Fixup networks, without (dashed) and with (solid) REPAIR. At the cpu profile Fashion-MNIST, 4,000 training images, width 1 only.", "name": "fig-5-1-loss-barrier"}}
 COLORS = {"bn": "C0", "ln": "C1", "fixup": "C2"}
 
 
@@ -169,7 +205,7 @@ def width_figure(key, ylabel, scale=1.0):
 
 width_figure("barrier_loss", "test loss barrier")
 
-# %% mystnb={"figure": {"caption": "The same barriers in test accuracy: the endpoints' mean accuracy minus the midpoint's, in percentage points (linear scale), against the width multiplier (log2 scale); dashed without, solid with REPAIR. Paper Fig. 10 left (and, for LayerNorm, Fig. 8 left).", "name": "fig-5-1-accuracy-barrier"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 10 left (and, for LayerNorm, Fig. 8 left). The same barriers in test accuracy: the endpoints' mean accuracy minus the midpoint's, in percentage points (linear scale; mean over the seed pairs), against the width multiplier (log2 scale); dashed without, solid with REPAIR.", "name": "fig-5-1-accuracy-barrier"}}
 width_figure("barrier_accuracy", "test error barrier (percentage points)", scale=100)
 
 # %% [markdown]
@@ -187,16 +223,12 @@ width_figure("barrier_accuracy", "test error barrier (percentage points)", scale
 # REPAIR. REPAIR's goals move with $\alpha$: at each point the channel statistics are set to
 # $(1-\alpha)$ A's plus $\alpha$ B's (Eqs. 3, 4), measured once for the whole curve.
 
-# %% mystnb={"figure": {"caption": "Test accuracy (%, linear scale) of the networks interpolated between two aligned ResNet20s, against the interpolation coefficient alpha (0 = network A, 1 = network B), for BatchNorm (blue) and LayerNorm (orange), without (dashed) and with (solid) REPAIR. Paper Fig. 4 right.", "name": "fig-5-1-curves-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 4 right. Test accuracy (%, linear scale) of the networks interpolated between two aligned ResNet20s (first seed pair), against the interpolation coefficient alpha (0 = network A, 1 = network B), for BatchNorm (blue) and LayerNorm (orange), without (dashed) and with (solid) REPAIR.", "name": "fig-5-1-curves-accuracy"}}
 curves = {}
 for norm in [n for n in ("bn", "ln") if n in cfg["norms"]]:
-    model_a, model_b, stats = curve_pairs.get(norm) or pair(norm, cfg["curve_width"])
-    curve_pairs[norm] = (model_a, model_b, stats)
-    before = repairlib.barrier(model_a, model_b, test, cfg["alphas"])
-    curves[f"{NAMES[norm]}, before REPAIR"] = before
-    curves[f"{NAMES[norm]}, after REPAIR"] = repairlib.barrier(
-        model_a, model_b, test, cfg["alphas"], correct="repair", stats_data=train, stats=stats,
-        endpoints=before["endpoints"])
+    first = measured[0][norm, cfg["curve_width"]]
+    curves[f"{NAMES[norm]}, before REPAIR"] = evidence.summary(first, cfg["alphas"], "aligned")
+    curves[f"{NAMES[norm]}, after REPAIR"] = evidence.summary(first, cfg["alphas"], "repair")
 CURVE_STYLES = {label: {"color": COLORS["bn" if label.startswith("Batch") else "ln"],
                         "linestyle": "--" if "before" in label else "-"} for label in curves}
 for label, c in curves.items():
@@ -205,7 +237,7 @@ for label, c in curves.items():
 plots.curve(cfg["alphas"], {k: [100 * a for a in c["accuracy"]] for k, c in curves.items()}, "test accuracy (%)",
             f"ResNet20 x{cfg['curve_width']}, {cfg['dataset']}", styles=CURVE_STYLES)
 
-# %% mystnb={"figure": {"caption": "The same interpolation curves in test loss (cross-entropy, linear scale) against alpha; BatchNorm blue, LayerNorm orange, dashed without and solid with REPAIR. Paper Fig. 10 right.", "name": "fig-5-1-curves-loss"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 10 right. The same interpolation curves (first seed pair) in test loss (cross-entropy, linear scale) against alpha; BatchNorm blue, LayerNorm orange, dashed without and solid with REPAIR.", "name": "fig-5-1-curves-loss"}}
 plots.curve(cfg["alphas"], {k: c["loss"] for k, c in curves.items()}, "test loss",
             f"ResNet20 x{cfg['curve_width']}, {cfg['dataset']}", styles=CURVE_STYLES)
 
@@ -214,7 +246,7 @@ plots.curve(cfg["alphas"], {k: c["loss"] for k, c in curves.items()}, "test loss
 #
 # For BatchNorm networks the paper's authors also reset the BatchNorm statistics of the midpoint
 # (their ResNet20 x4 notebook: 11.69% before, 90.31% after); we measure the same reset at our widest
-# width with `correct="reset_bn"`. Section 5.2 shows that for networks with a BatchNorm after every
+# width with `correct="reset_bn"`. Every number is the mean over the seed pairs. Section 5.2 shows that for networks with a BatchNorm after every
 # convolution this reset and REPAIR of the convolution outputs are nearly the same correction.
 
 # %%
@@ -235,15 +267,13 @@ def midpoint_row(norm):
 rows = {}
 if "bn" in cfg["norms"]:
     rows["resnet20x8_bn"] = midpoint_row("bn")
-    bn_a, bn_b, _ = pair("bn", wide) if wide != cfg["curve_width"] else curve_pairs["bn"]
-    reset = repairlib.barrier(bn_a, bn_b, test, [0.5], correct="reset_bn", stats_data=train,
-                              endpoints=sweep["bn", wide]["before"]["endpoints"])
-    rows["resnet20x4_bn_reset"] = {**rows["resnet20x8_bn"], "after": f"{reset['accuracy'][0]:.1%}"}
+    reset = evidence.average([evidence.means(m["bn", wide]["reset"])["accuracy"][0] for m in measured])
+    rows["resnet20x4_bn_reset"] = {**rows["resnet20x8_bn"], "after": f"{reset:.1%}"}
 if "ln" in cfg["norms"]:
     rows["resnet20x8_ln"] = midpoint_row("ln")
 if {"bn", "ln"} <= set(cfg["norms"]):
-    mid = cfg["alphas"].index(0.5) if 0.5 in cfg["alphas"] else len(cfg["alphas"]) // 2
-    acc = {k: f"{c['accuracy'][mid]:.1%}" for k, c in curves.items()}
+    acc = {f"{NAMES[n]}, {when} REPAIR": f"{sweep[n, cfg['curve_width']][when]['accuracy'][0]:.1%}"
+           for n in ("bn", "ln") for when in ("before", "after")}
     rows["resnet20_bn_vs_ln"] = {
         "before": f"{acc['BatchNorm, before REPAIR']} / {acc['LayerNorm, before REPAIR']}",
         "after": f"{acc['BatchNorm, after REPAIR']} / {acc['LayerNorm, after REPAIR']}",
@@ -251,8 +281,67 @@ if {"bn", "ln"} <= set(cfg["norms"]):
     rows["resnet20x16_loss_barrier"] = {
         "after": " / ".join(f"{NAMES[n]} {sweep[n, wide]['after']['barrier_loss']:.3f}" for n in ("bn", "ln")),
         "note": f"BatchNorm {setting('bn')}; LayerNorm {setting('ln')}"}
-book.save_results("5.1", profile, cfg, rows, start)
 Markdown(paper_vs_ours(rows))
+
+# %% [markdown]
+# ## Does it match the paper?
+#
+# Each claim of section 5.1 as a statistic of the per-image midpoint results ($\alpha = 0.5$) of every
+# seed pair: barriers (Eq. 1), gains of REPAIR and differences between the normalisations, at the
+# widest width of the profile (the BatchNorm-LayerNorm comparison at `curve_width`); a trend over width
+# needs at least two widths.
+
+# %%
+def mid(m, key, label, what="correct"):
+    return m[key][label][what][:, 0]
+
+
+def bar(m, key, label, what="accuracy"):
+    return evidence.barrier(m[key][label], m[key]["a"], m[key]["b"], [0.5], what)
+
+
+def smallest(fn, keys):
+    return torch.stack([fn(k) for k in keys]).min(0).values
+
+
+def gain(norm):
+    return lambda m: mid(m, (norm, wide), "repair") - mid(m, (norm, wide), "aligned")
+
+
+def ends(m, norm):
+    return (m[norm, wide]["a"]["correct"] + m[norm, wide]["b"]["correct"]) / 2
+
+
+GRID, CW = [(n, w) for n in cfg["norms"] for w in cfg["widths"]], cfg["curve_width"]
+statistics = {
+    "fig4_left": lambda m: smallest(lambda k: bar(m, k, "aligned", "loss") - bar(m, k, "repair", "loss"), GRID),
+    "fig10_left": lambda m: smallest(lambda k: bar(m, k, "aligned") - bar(m, k, "repair"), GRID),
+    **{key: gain(norm) for key, norm in (("resnet20x8_bn", "bn"), ("resnet20x8_ln", "ln"), ("sec51_fixup", "fixup"))
+       if norm in cfg["norms"]},
+}
+if len(cfg["widths"]) >= 2:  # the largest slope over the norms
+    log2 = [math.log2(w) for w in cfg["widths"]]
+    statistics["fig4_left_trend"] = lambda m: torch.stack([evidence.slope(log2, torch.stack(
+        [bar(m, (n, w), "repair", "loss") for w in cfg["widths"]], -1)) for n in cfg["norms"]]).max(0).values
+if "bn" in cfg["norms"]:
+    statistics["resnet20x4_bn_reset"] = lambda m: mid(m, ("bn", wide), "reset") - mid(m, ("bn", wide), "aligned")
+if "ln" in cfg["norms"]:
+    statistics["fig8_left"] = lambda m: bar(m, ("ln", wide), "repair") - bar(m, ("ln", wide), "aligned")
+if {"bn", "ln"} <= set(cfg["norms"]):
+    statistics.update({
+        "resnet20x16_loss_barrier": lambda m: torch.maximum(bar(m, ("bn", wide), "repair", "loss"),
+                                                            bar(m, ("ln", wide), "repair", "loss")),
+        "fig4_middle": lambda m: bar(m, ("bn", wide), "aligned") - bar(m, ("ln", wide), "aligned"),
+        "resnet20_bn_vs_ln": lambda m: mid(m, ("bn", CW), "repair") - mid(m, ("ln", CW), "repair"),
+        "sec51_ln_cost": lambda m: ends(m, "bn") - ends(m, "ln"),
+        "fig10_right": lambda m: smallest(lambda n: mid(m, (n, CW), "aligned", "loss") - mid(m, (n, CW), "repair", "loss"),
+                                          ("bn", "ln")),
+    })
+scale = {"profile": profile, "dataset": cfg["dataset"], "seeds": evidence.seed_pairs(cfg), "arch": "resnet20",
+         "model": f"ResNet20 x{wide} ({', '.join(NAMES[n] for n in cfg['norms'])})", "width": wide, "alpha": 0.5}
+records = [evidence.measure(key, stat, mids, **scale) for key, stat in statistics.items()]
+book.save_results("5.1", profile, cfg, rows, start, measurements=records)
+Markdown(evidence.match_box(records, section="5.1"))
 
 # %% [markdown]
 # ## Checks that hold at any scale
