@@ -5,8 +5,8 @@ looks like Colab (torch and the rest already there) and runs a notebook at the s
 
 Measured on the 2-core development machine, 2026-12-01, load average 8 (other jobs running): the
 slow test 61 s (clone 0.2 s, jupytext 3 s, venv 6 s, pip install 17 s, import check 6 s, kernel and
-probe notebook 13 s, the quickstart at smoke 16 s), 86 s with pytest's start; an earlier run under
-load 30 took 107 s. pip downloads only the build backend (setuptools, for the wheel it builds from
+probe notebook 13 s, the quickstart at smoke 16 s), 86 s with pytest's start; after the commit
+that put the notes into the notebooks 87 s (load 9-11); a run under load 30 took 107 s. pip downloads only the build backend (setuptools, for the wheel it builds from
 the clone) unless its cache has it; every other requirement is already installed, as on Colab.
 """
 
