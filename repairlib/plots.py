@@ -336,4 +336,4 @@ def rendered_font_sizes(fig, column_px: int = COLUMN_PX, dpi: int = BOOK_DPI) ->
     width_px = int.from_bytes(buffer.getvalue()[16:20], "big")  # the PNG header's IHDR width
     scale = min(1.0, column_px / width_px)
     return [(t.get_text(), t.get_fontsize() * scale) for t in fig.findobj(Text)
-            if t.get_visible() and t.get_text().strip() and t.get_figure(root=True) is fig]
+            if t.get_visible() and t.get_text().strip()]
