@@ -64,6 +64,7 @@ conv_lr = None
 alphas = None
 conv_alphas = None
 seeds = None
+seed_pairs = None
 
 # %%
 import time
@@ -71,16 +72,19 @@ import time
 start = time.time()
 
 import torch
+from IPython.display import Markdown
 
 import repairlib
 from repairlib import analysis, book, data, plots
+from repairlib.book import evidence
+from repairlib.evaluation import per_example
 
 cfg = book.settings(
     profile, "C", mlp=mlp, mlp_dataset=mlp_dataset, mlp_epochs=mlp_epochs,
     mlp_train_subset=mlp_train_subset, conv=conv, conv_dataset=conv_dataset,
     conv_epochs=conv_epochs, conv_train_subset=conv_train_subset,
     conv_batch_size=conv_batch_size, conv_lr=conv_lr, alphas=alphas,
-    conv_alphas=conv_alphas, seeds=seeds
+    conv_alphas=conv_alphas, seeds=seeds, seed_pairs=seed_pairs
 )
 cfg
 
@@ -89,18 +93,29 @@ cfg
 #
 # The networks are the ones the other pages use (`zoo.trained` caches them). Aligning B to A permutes
 # its units, so most of its weight matrices look different, yet it computes exactly the same function:
-# a permutation of hidden units is a symmetry of the network.
+# a permutation of hidden units is a symmetry of the network. Every seed pair of the profile gets the
+# same treatment; the figures show the first pair, the verdicts at the end use them all.
 
 # %%
 FAMILIES = {family: book.describe(cfg[family]) for family in ("mlp", "conv")}
-nets, train, test, difference = {}, {}, {}, {}
+PAIRS = evidence.pair_settings(cfg)
+nets, pairs_of, train, test, difference = {}, {}, {}, {}, {}
+
+
+def three(settings, family):
+    """A, B as trained and B aligned to A (with REPAIR's statistics of the aligned pair), and the permutation."""
+    a, b = book.trained_pair(settings, family)
+    perms = repairlib.align(a, b, train[family], stats_scope="conv")
+    return {"a": a, "unaligned": b, "aligned": repairlib.permute(b, perms), "stats": perms.endpoint_stats}, perms
+
+
 for family, name in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
     train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
     test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
-    a, b = book.trained_pair(cfg, family)
-    perms = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's statistics of the aligned pair
-    nets[family] = {"a": a, "unaligned": b, "aligned": repairlib.permute(b, perms), "stats": perms.endpoint_stats}
+    nets[family], perms = three(PAIRS[0], family)
+    pairs_of[family] = [nets[family]] + [three(settings, family)[0] for settings in PAIRS[1:]]
+    a, b = nets[family]["a"], nets[family]["unaligned"]
     moved = sum(int((p != torch.arange(len(p))).sum()) for p in perms.values()) / sum(len(p) for p in perms.values())
     difference[family] = analysis.output_difference(b, nets[family]["aligned"], test[family])
     print(f"{name:>28} on {dataset}: the alignment moves {moved:.0%} of B's hidden units; largest change of "
@@ -116,34 +131,39 @@ print("a permutation leaves outputs unchanged:",
 #
 # For each pair: the path from A to B as trained (*unaligned*) and from A to B aligned to A
 # (*aligned*), each as plain interpolation and with REPAIR applied at every $\alpha$ (exact variant,
-# statistics of the training data). We report test accuracy.
+# statistics of the training data). We report test accuracy, image by image (`evidence.curve`), so
+# that the verdicts at the end can resample the test images.
 
 # %%
-curves = {}
-for family, n in nets.items():
-    alphas = cfg["conv_alphas"] if family == "conv" else cfg["alphas"]
-    first = repairlib.barrier(n["a"], n["unaligned"], test[family], alphas)
-    curves[family] = {"unaligned": first}
-    ends = first["endpoints"]  # B aligned computes the same function as B: evaluate the endpoints once
-    curves[family]["unaligned + REPAIR"] = repairlib.barrier(
-        n["a"], n["unaligned"], test[family], alphas, correct="repair", stats_data=train[family], endpoints=ends)
-    curves[family]["aligned"] = repairlib.barrier(n["a"], n["aligned"], test[family], alphas, endpoints=ends)
-    curves[family]["aligned + REPAIR"] = repairlib.barrier(
-        n["a"], n["aligned"], test[family], alphas, correct="repair", stats_data=train[family],
-        stats=n["stats"], endpoints=ends)
+ALPHAS = {"mlp": cfg["alphas"], "conv": cfg["conv_alphas"]}
+
+
+def four_paths(n, family):
+    """Per-example test results of the endpoints and of the four paths of one pair."""
+    t, d, alphas = test[family], train[family], ALPHAS[family]
+    return {"a": per_example(n["a"], t), "b": per_example(n["aligned"], t),  # B aligned computes B's function
+            "unaligned": evidence.curve(n["a"], n["unaligned"], t, alphas),
+            "unaligned + REPAIR": evidence.curve(n["a"], n["unaligned"], t, alphas, "repair", d),
+            "aligned": evidence.curve(n["a"], n["aligned"], t, alphas),
+            "aligned + REPAIR": evidence.curve(n["a"], n["aligned"], t, alphas, "repair", d, stats=n["stats"])}
+
+
+measured = {family: [four_paths(n, family) for n in pairs_of[family]] for family in nets}
+PATHS = ("unaligned", "unaligned + REPAIR", "aligned", "aligned + REPAIR")
+curves = {family: {k: evidence.summary(measured[family][0], ALPHAS[family], k) for k in PATHS} for family in nets}
 STYLES = {"unaligned": {"linestyle": ":", "color": "C3"}, "unaligned + REPAIR": {"color": "C1"},
           "aligned": {"linestyle": "--", "color": "C0"}, "aligned + REPAIR": {"color": "C2"}}
 for family, fc in curves.items():
-    print(f"{FAMILIES[family]}: test accuracy at alpha =", fc["aligned"]["alphas"])
+    print(f"{FAMILIES[family]} (first seed pair): test accuracy at alpha =", fc["aligned"]["alphas"])
     for name, c in fc.items():
         print(f"  {name:>18}: " + " ".join(f"{a:6.1%}" for a in c["accuracy"])
               + f"   accuracy barrier {c['barrier_accuracy']:6.1%}")
 
-# %% mystnb={"figure": {"caption": "Appendix C, Fig. 14 for MLPs: test accuracy along the linear path between two independently trained MLPs, unaligned and aligned, each without and with REPAIR (exact variant, applied at every alpha). Network, data set and test subset of the page's profile (provenance table).", "name": "no-alignment-mlp"}}
+# %% mystnb={"figure": {"caption": "Appendix C, Fig. 14 for MLPs: test accuracy along the linear path between two independently trained MLPs (first seed pair), unaligned and aligned, each without and with REPAIR (exact variant, applied at every alpha). Network, data set and test subset of the page's profile (provenance table).", "name": "no-alignment-mlp"}}
 plots.curve(curves["mlp"]["aligned"]["alphas"], {k: [100 * a for a in c["accuracy"]] for k, c in curves["mlp"].items()},
             "test accuracy (%)", f"{FAMILIES['mlp']}, {cfg['mlp_dataset']}", styles=STYLES)
 
-# %% mystnb={"figure": {"caption": "The same for two ResNet20s with BatchNorm: unaligned and aligned interpolation, each without and with REPAIR of the conv outputs (which in a BatchNorm network amounts to re-estimating the BatchNorm statistics).", "name": "no-alignment-conv"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 14, the same for two ResNet20s with BatchNorm (first seed pair): unaligned and aligned interpolation, each without and with REPAIR of the conv outputs (which in a BatchNorm network amounts to re-estimating the BatchNorm statistics).", "name": "no-alignment-conv"}}
 plots.curve(curves["conv"]["aligned"]["alphas"], {k: [100 * a for a in c["accuracy"]] for k, c in curves["conv"].items()},
             "test accuracy (%)", f"{FAMILIES['conv']}, {cfg['conv_dataset']}", styles=STYLES)
 
@@ -156,7 +176,7 @@ plots.curve(curves["conv"]["aligned"]["alphas"], {k: [100 * a for a in c["accura
 # unaligned network averages unrelated units, and no rescaling of each unit can turn that average into
 # a useful feature: there REPAIR without alignment stays far below the endpoints, and only the aligned
 # and REPAIRed path keeps a working midpoint. Alignment without REPAIR helps at the midpoint but still
-# suffers from variance collapse. The numbers from this run:
+# suffers from variance collapse. The numbers from this run (first seed pair):
 
 # %%
 def accuracy_at(curve, alpha):
@@ -169,6 +189,35 @@ for family, fc in curves.items():
     for name, c in fc.items():
         print(f"  {name:>18}: near the endpoints (alpha {near:.2f} and {1 - near:.2f}) "
               f"{accuracy_at(c, near):6.1%} and {accuracy_at(c, 1 - near):6.1%}, midpoint {accuracy_at(c, 0.5):6.1%}")
+
+# %% [markdown]
+# ## Does it match the paper?
+#
+# The two readings of Fig. 14 as statistics of the per-image results of every seed pair, for both
+# families: at the midpoint, the aligned and REPAIRed path against the unaligned and REPAIRed one;
+# at the alpha nearest 0.25, REPAIR alone against plain unaligned interpolation.
+
+
+# %%
+def at(m, path, alpha, alphas):
+    """Accuracy ``[B]`` at the interior alpha nearest ``alpha`` (never an endpoint)."""
+    return m[path]["correct"][:, min(evidence.interior(alphas), key=lambda i: abs(alphas[i] - alpha))]
+
+
+records = []
+for family in nets:
+    alphas = ALPHAS[family]
+    statistics = {"fig14": lambda m, a=alphas: at(m, "aligned + REPAIR", 0.5, a) - at(m, "unaligned + REPAIR", 0.5, a),
+                  "fig14_ends": lambda m, a=alphas: at(m, "unaligned + REPAIR", 0.25, a) - at(m, "unaligned", 0.25, a)}
+    records += [evidence.measure(key, stat, measured[family], profile=profile, dataset=cfg[f"{family}_dataset"],
+                                 model=FAMILIES[family], seeds=evidence.seed_pairs(cfg), arch=cfg[family]["arch"])
+                for key, stat in statistics.items()]
+for r in records:
+    claim = {"fig14": ("alignment is needed for a good REPAIRed midpoint", "REPAIR alone reaches the aligned midpoint"),
+             "fig14_ends": ("REPAIR alone helps near the endpoints", "REPAIR alone does not help near the endpoints")}
+    print(f"{r['model']}: " + evidence.in_words(r, *claim[r["key"]]))
+book.save_results("C", profile, cfg, {}, start, measurements=records)
+Markdown(evidence.match_box(records, section="C"))
 
 # %%
 book.show_provenance(profile, cfg, start)
