@@ -12,8 +12,8 @@ executed copies to ``book/executed/<profile>/`` and builds the book with ``jupyt
 Profiles (DESIGN.md, "Scale profiles"):
 
 - ``smoke``: every code path in seconds on 2 CPU cores; the numbers mean nothing (nbval in the tests).
-- ``cpu``: real Fashion-MNIST experiments; the whole book (8 notebooks, empty checkpoint zoo) in about
-  20 minutes on 2 CPU cores. The book's pages are executed at this profile.
+- ``cpu``: real Fashion-MNIST experiments, two seed pairs per measurement; the book's pages are
+  executed at this profile (measured times: ``benchmarks/README.md``).
 - ``paper``: the paper's data sets, widths and Table 1 epochs, for a GPU with the data at hand.
 
 One module per concept, each importing only those above it; every name is re-exported here
@@ -29,6 +29,8 @@ One module per concept, each importing only those above it; every name is re-exp
 - :mod:`repairlib.book.results`: the paper's numbers, ours (``book/results/*.json``), the Markdown tables
   and the coverage index;
 - :mod:`repairlib.book.runner`: papermill over the notebooks, then ``jupyter-book build`` (:func:`run_book`).
+- :mod:`repairlib.book.colab`: the first cell of every notebook (install command from ``_config.yml``'s
+  repository URL, and the estimated time on a free Colab GPU from the measured cpu times).
 """
 
 from repairlib.book.coverage import (
