@@ -72,17 +72,21 @@ vgg_train_subset = None
 vgg_batch_size = None
 vgg_lr = None
 seeds = None
+seed_pairs = None
 
 # %%
+import math
 import time
 
 start = time.time()
 
+import torch
 from IPython.display import Markdown
 
 import repairlib
 from repairlib import book, data, plots, zoo
-from repairlib.book import paper_vs_ours
+from repairlib.book import evidence, paper_vs_ours
+from repairlib.evaluation import per_example
 from repairlib.models import VGG_CONFIGS
 
 cfg = book.settings(
@@ -92,7 +96,7 @@ cfg = book.settings(
     resnet_batch_size=resnet_batch_size, resnet_lr=resnet_lr,
     vgg_dataset=vgg_dataset, vgg_depths=vgg_depths, vgg_epochs=vgg_epochs,
     vgg_train_subset=vgg_train_subset, vgg_batch_size=vgg_batch_size, vgg_lr=vgg_lr,
-    seeds=seeds
+    seeds=seeds, seed_pairs=seed_pairs
 )
 cfg
 
@@ -101,7 +105,8 @@ cfg
 #
 # `midpoint_barriers` trains (or loads from the zoo) two networks of one configuration with different
 # seeds, aligns B to A while gathering REPAIR's endpoint statistics in the same pass, and returns the
-# midpoint barrier without and with REPAIR.
+# midpoint barrier without and with REPAIR: for every seed pair of the profile, image by image (for the
+# verdicts at the end), and their mean over the pairs (for the figures and the table).
 
 # %%
 loaders = {}
@@ -115,23 +120,32 @@ def data_of(dataset):
     return loaders[dataset]
 
 
-def midpoint_barriers(config, dataset, epochs, train_subset, batch_size=None, lr=None):
-    """Eq. 1 at alpha = 0.5 between two aligned networks of `config`, before and after REPAIR."""
+def one_pair(config, dataset, seeds, epochs, train_subset, batch_size, lr):
+    """Per-example test results of the endpoints and the midpoint (before REPAIR, exact, closed form)."""
     train, test = data_of(dataset)
     model_a, model_b = [zoo.trained(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                                    batch_size=batch_size, lr=lr, device=cfg["device"]) for seed in cfg["seeds"]]
+                                    batch_size=batch_size, lr=lr, device=cfg["device"]) for seed in seeds]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
-    model_b = repairlib.permute(model_b, alignment)
-    before = repairlib.barrier(model_a, model_b, test, [0.5])
-    after = repairlib.barrier(model_a, model_b, test, [0.5], correct="repair", stats_data=train,
-                              stats=alignment.endpoint_stats, endpoints=before["endpoints"])
-    closed = repairlib.barrier(model_a, model_b, test, [0.5], correct="closed_form",
-                               stats_data=train, stats=alignment.endpoint_stats, endpoints=before["endpoints"])
-    ends = before["endpoints"]
+    model_b, stats = repairlib.permute(model_b, alignment), alignment.endpoint_stats
+    return {"a": per_example(model_a, test), "b": per_example(model_b, test),
+            **{when: evidence.curve(model_a, model_b, test, [0.5], correct, train, stats=stats)
+               for when, correct in (("before", "none"), ("after", "repair"), ("closed_form", "closed_form"))}}, stats
+
+
+def midpoint_barriers(config, dataset, epochs, train_subset, batch_size=None, lr=None):
+    """Eq. 1 at alpha = 0.5 between two aligned networks of `config`, before and after REPAIR (mean over
+    the seed pairs), and the per-example results of every pair ("examples")."""
+    examples = []
+    for settings in evidence.pair_settings(cfg):
+        results, stats = one_pair(config, dataset, settings["seeds"], epochs, train_subset, batch_size, lr)
+        examples.append(results)
+    r = {when: evidence.average([evidence.summary(e, [0.5], when) for e in examples])
+         for when in ("before", "after", "closed_form")}
+    ends, before, after = r["before"]["endpoints"], r["before"], r["after"]
     print(f"{config['arch']:>8} {dataset:>13} { {k: v for k, v in config.items() if k != 'arch'}!s:>26}: "
           f"endpoints {ends['a']['accuracy']:6.1%} {ends['b']['accuracy']:6.1%}   midpoint "
-          f"{before['accuracy'][0]:6.1%} -> {after['accuracy'][0]:6.1%} with REPAIR")
-    return {"before": before, "after": after, "closed_form": closed, "points": len(alignment.endpoint_stats.points)}
+          f"{before['accuracy'][0]:6.1%} -> {after['accuracy'][0]:6.1%} with REPAIR (mean of {len(examples)} pair(s))")
+    return {**r, "points": len(stats.points), "examples": examples}
 
 
 def sweep_figure(xs, results, key, ylabel, xlabel, title, log2=True, scale=1.0):
@@ -148,7 +162,7 @@ def sweep_figure(xs, results, key, ylabel, xlabel, title, log2=True, scale=1.0):
 # %% [markdown]
 # ## Width: 10-layer MLPs (Fig. 6 left, Fig. 12 left)
 
-# %% mystnb={"figure": {"caption": "Error barrier at the midpoint (endpoints' mean test accuracy minus the midpoint's, in percentage points, linear scale) between two aligned 10-layer MLPs against their width (log2 scale), without (dashed) and with (solid) REPAIR, one colour per data set. Paper Fig. 6 left; at the cpu profile Fashion-MNIST only.", "name": "fig-5-3-mlp-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 6 left. Error barrier at the midpoint (endpoints' mean test accuracy minus the midpoint's, in percentage points, linear scale; mean over the seed pairs) between two aligned 10-layer MLPs against their width (log2 scale), without (dashed) and with (solid) REPAIR, one colour per data set. At the cpu profile Fashion-MNIST only.", "name": "fig-5-3-mlp-accuracy"}}
 mlp = {}
 for dataset in cfg["datasets"]:
     mlp[dataset] = {width: midpoint_barriers({"arch": "mlp", "depth": cfg["mlp_depth"], "width": width},
@@ -157,7 +171,7 @@ for dataset in cfg["datasets"]:
 sweep_figure(cfg["mlp_widths"], mlp, "barrier_accuracy", "test error barrier (percentage points)",
              "hidden units per layer", f"{cfg['mlp_depth']}-layer MLPs", scale=100)
 
-# %% mystnb={"figure": {"caption": "The MLP barriers in test loss (midpoint loss minus the endpoints' mean, linear scale) against width (log2 scale); dashed without, solid with REPAIR. Paper Fig. 12 left.", "name": "fig-5-3-mlp-loss"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 12 left. The MLP barriers in test loss (midpoint loss minus the endpoints' mean, linear scale; mean over the seed pairs) against width (log2 scale); dashed without, solid with REPAIR.", "name": "fig-5-3-mlp-loss"}}
 sweep_figure(cfg["mlp_widths"], mlp, "barrier_loss", "test loss barrier", "hidden units per layer",
              f"{cfg['mlp_depth']}-layer MLPs")
 
@@ -166,7 +180,7 @@ sweep_figure(cfg["mlp_widths"], mlp, "barrier_loss", "test loss barrier", "hidde
 #
 # Standard BatchNorm ResNet20s; width multiplier 1 means 16, 32 and 64 channels in the three stages.
 
-# %% mystnb={"figure": {"caption": "Error barrier at the midpoint (percentage points, linear scale) between two aligned ResNet20s against the width multiplier (log2 scale), without (dashed) and with (solid) REPAIR, one colour per data set. Paper Fig. 6 middle; at the cpu profile Fashion-MNIST, width 1 only.", "name": "fig-5-3-resnet-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 6 middle. Error barrier at the midpoint (percentage points, linear scale; mean over the seed pairs) between two aligned ResNet20s against the width multiplier (log2 scale), without (dashed) and with (solid) REPAIR, one colour per data set. At the cpu profile Fashion-MNIST, width 1 only.", "name": "fig-5-3-resnet-accuracy"}}
 resnet = {}
 for dataset in cfg["datasets"]:
     resnet[dataset] = {width: midpoint_barriers({"arch": "resnet20", "width": width, "norm": cfg["resnet_norm"]},
@@ -176,7 +190,7 @@ for dataset in cfg["datasets"]:
 sweep_figure(cfg["resnet_widths"], resnet, "barrier_accuracy", "test error barrier (percentage points)",
              "width multiplier", "ResNet20", scale=100)
 
-# %% mystnb={"figure": {"caption": "The ResNet20 barriers in test loss (linear scale) against the width multiplier (log2 scale); dashed without, solid with REPAIR. Paper Fig. 12 middle.", "name": "fig-5-3-resnet-loss"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 12 middle. The ResNet20 barriers in test loss (linear scale; mean over the seed pairs) against the width multiplier (log2 scale); dashed without, solid with REPAIR.", "name": "fig-5-3-resnet-loss"}}
 sweep_figure(cfg["resnet_widths"], resnet, "barrier_loss", "test loss barrier", "width multiplier", "ResNet20")
 
 # %% [markdown]
@@ -184,7 +198,7 @@ sweep_figure(cfg["resnet_widths"], resnet, "barrier_loss", "test loss barrier", 
 #
 # VGG networks without normalisation layers, of increasing depth, on one data set.
 
-# %% mystnb={"figure": {"caption": "Error barrier at the midpoint (percentage points, linear scale) between two aligned VGGs against their depth (11 to 19 layers, linear scale), without (dashed) and with (solid) REPAIR. Paper Fig. 6 right (CIFAR-10); at the cpu profile Fashion-MNIST, depths 11 and 13.", "name": "fig-5-3-vgg-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 6 right (CIFAR-10). Error barrier at the midpoint (percentage points, linear scale; mean over the seed pairs) between two aligned VGGs against their depth (11 to 19 layers, linear scale), without (dashed) and with (solid) REPAIR. At the cpu profile Fashion-MNIST, depths 11 and 13.", "name": "fig-5-3-vgg-accuracy"}}
 vgg = {cfg["vgg_dataset"]: {depth: midpoint_barriers({"arch": "vgg", "depth": depth, "width": cfg["vgg_width"]},
                                                      cfg["vgg_dataset"], cfg["vgg_epochs"], cfg["vgg_train_subset"],
                                                      cfg["vgg_batch_size"], cfg["vgg_lr"])
@@ -192,7 +206,7 @@ vgg = {cfg["vgg_dataset"]: {depth: midpoint_barriers({"arch": "vgg", "depth": de
 sweep_figure(cfg["vgg_depths"], vgg, "barrier_accuracy", "test error barrier (percentage points)",
              "VGG depth (layers)", "VGG", log2=False, scale=100)
 
-# %% mystnb={"figure": {"caption": "The VGG barriers in test loss (linear scale) against depth (linear scale); dashed without, solid with REPAIR. Paper Fig. 12 right.", "name": "fig-5-3-vgg-loss"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 12 right. The VGG barriers in test loss (linear scale; mean over the seed pairs) against depth (linear scale); dashed without, solid with REPAIR.", "name": "fig-5-3-vgg-loss"}}
 sweep_figure(cfg["vgg_depths"], vgg, "barrier_loss", "test loss barrier", "VGG depth (layers)", "VGG",
              log2=False)
 
@@ -202,7 +216,7 @@ sweep_figure(cfg["vgg_depths"], vgg, "barrier_loss", "test loss barrier", "VGG d
 # The paper's pattern, in every panel: the dashed line (aligned interpolation) lies well above the
 # solid one (with REPAIR); both fall as width grows; the dashed VGG line rises with depth while the
 # solid one stays flat. The table lists every point of the three sweeps; the paper gives these only as
-# figures, so there is no number of its to set beside them.
+# figures, so there is no number of its to set beside them. Every number is the mean over the seed pairs.
 
 # %%
 lines = [("| network | data set | setting | endpoints | midpoint before → after REPAIR | error barrier before → after "
@@ -236,8 +250,75 @@ if 11 in cfg["vgg_depths"]:
         "endpoints": f"{ends['a']['accuracy']:.1%} / {ends['b']['accuracy']:.1%}",
         "note": f"VGG11 x{cfg['vgg_width']}, {cfg['vgg_dataset']}, {cfg['vgg_epochs']} epochs on "
                 f"{cfg['vgg_train_subset'] or 'all'} images"}
-book.save_results("5.3", profile, cfg, rows, start)
 Markdown(paper_vs_ours(rows))
+
+# %% [markdown]
+# ## Does it match the paper?
+#
+# Each claim of section 5.3 as a statistic of the per-image midpoint results of every seed pair:
+# REPAIR's cut of the barrier (the smallest over a sweep's settings), and the slope of a barrier over
+# log2 width or over depth where the sweep has at least two points (the least favourable data set).
+
+# %%
+SWEEPS = {"mlp": (mlp, cfg["mlp_widths"], True), "resnet": (resnet, cfg["resnet_widths"], True),
+          "vgg": (vgg, cfg["vgg_depths"], False)}
+measured = [{family: {d: {x: r["examples"][i] for x, r in by_x.items()} for d, by_x in results.items()}
+             for family, (results, _, _) in SWEEPS.items()} for i in range(len(evidence.seed_pairs(cfg)))]
+
+
+def bar(e, when, what="accuracy"):
+    return evidence.barrier(e[when], e["a"], e["b"], [0.5], what)
+
+
+def every(m, families):
+    return [e for f in families for by_x in m[f].values() for e in by_x.values()]
+
+
+def smallest_cut(families, what="accuracy"):
+    return lambda m: torch.stack([bar(e, "before", what) - bar(e, "after", what) for e in every(m, families)]).min(0).values
+
+
+def slopes(m, family, when, what="accuracy"):
+    """``[data sets, B]``: the slope of the barrier over log2 width (or depth) per data set."""
+    _, xs, log2 = SWEEPS[family]
+    at = [math.log2(x) if log2 else float(x) for x in xs]
+    return torch.stack([evidence.slope(at, torch.stack([bar(by_x[x], when, what) for x in xs], -1))
+                        for by_x in m[family].values()])
+
+
+statistics = {
+    "fig1_right": smallest_cut(SWEEPS), "fig6_left": smallest_cut(["mlp"]), "fig6_middle": smallest_cut(["resnet"]),
+    "fig12_left": smallest_cut(["mlp"], "loss"), "fig12_middle": smallest_cut(["resnet"], "loss"),
+    "abstract_cut_range": lambda m: torch.stack([1 - bar(e, "after") / bar(e, "before").clamp_min(1e-4)
+                                                 for e in every(m, SWEEPS)]).min(0).values,
+}
+for key, family in (("fig6_left_trend", "mlp"), ("fig6_middle_trend", "resnet")):
+    if len(SWEEPS[family][1]) >= 2:
+        statistics[key] = lambda m, f=family: slopes(m, f, "after").max(0).values
+if len(cfg["vgg_depths"]) >= 2:
+    statistics["fig6_right"] = lambda m: slopes(m, "vgg", "before").min(0).values
+    statistics["fig6_right_flat"] = lambda m: slopes(m, "vgg", "after")[0]
+    statistics["fig12_right"] = lambda m: slopes(m, "vgg", "before", "loss").min(0).values
+if 11 in cfg["vgg_depths"]:
+    statistics["vgg11_cifar10"] = lambda m: (bar(m["vgg"][cfg["vgg_dataset"]][11], "before")
+                                             - bar(m["vgg"][cfg["vgg_dataset"]][11], "after"))  # the midpoint's gain
+if "mnist" in cfg["datasets"]:  # a claim about MNIST alone
+    statistics["sec53_mnist"] = lambda m: bar(m["mlp"]["mnist"][min(cfg["mlp_widths"])], "after")
+if max(cfg["resnet_widths"]) >= 16:  # a claim about the widest ResNet20s alone
+    statistics["sec52_wide_resnet20"] = lambda m: torch.stack(
+        [bar(by_x[max(cfg["resnet_widths"])], "after") for by_x in m["resnet"].values()]).max(0).values
+scale = {"profile": profile, "dataset": ", ".join(dict.fromkeys([*cfg["datasets"], cfg["vgg_dataset"]])),
+         "seeds": evidence.seed_pairs(cfg), "alpha": 0.5,
+         "model": f"MLPs {cfg['mlp_widths']}, ResNet20s {cfg['resnet_widths']}, VGG{cfg['vgg_depths']}"}
+records = [evidence.measure(key, stat, measured, **scale) for key, stat in statistics.items()]
+book.save_results("5.3", profile, cfg, rows, start, measurements=records)
+for key, what in (("fig6_left_trend", "The MLP barrier after REPAIR"), ("fig6_right", "The VGG barrier before REPAIR")):
+    r = next((r for r in records if r["key"] == key), None)
+    if r is not None:
+        trend = {"fig6_left_trend": ("falls as width grows, as in the paper", "does not fall as width grows"),
+                 "fig6_right": ("grows with depth, as in the paper", "does not grow with depth")}[key]
+        print(what, evidence.in_words(r, *trend))
+Markdown(evidence.match_box(records, section="5.3"))
 
 # %% [markdown]
 # ## Checks that hold at any scale
