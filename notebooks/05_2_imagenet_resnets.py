@@ -70,8 +70,10 @@ lr = None
 scopes = None
 seeds = None
 alphas = None
+seed_pairs = None
 
 # %%
+import math
 import time
 
 start = time.time()
@@ -81,13 +83,14 @@ from IPython.display import Markdown
 
 import repairlib
 from repairlib import book, data, plots, zoo
-from repairlib.book import paper_vs_ours
+from repairlib.book import evidence, paper_vs_ours
+from repairlib.evaluation import per_example
 from repairlib.points import correction_points
 
 cfg = book.settings(
     profile, "5.2", dataset=dataset, models=models, epochs=epochs,
     train_subset=train_subset, batch_size=batch_size, lr=lr, scopes=scopes,
-    seeds=seeds, alphas=alphas
+    seeds=seeds, alphas=alphas, seed_pairs=seed_pairs
 )
 cfg
 
@@ -97,7 +100,8 @@ cfg
 # Each architecture is trained twice with the paper's recipe for ImageNet ResNets (two seeds), and B
 # is aligned to A by activation matching (`repairlib.align`). Every residual stage shares one
 # permutation among all the layers that write to or read from its residual stream. The alignment pass
-# also gathers REPAIR's endpoint statistics at the convolution outputs (`stats_scope="conv"`).
+# also gathers REPAIR's endpoint statistics at the convolution outputs (`stats_scope="conv"`). Every
+# seed pair of the profile gets its own networks: the figures show the first pair, the verdicts use all.
 
 # %%
 ARCH_NAMES = {"tv_resnet18": "ResNet18", "tv_resnet50": "ResNet50"}
@@ -110,15 +114,23 @@ def arch_name(config):
     return ARCH_NAMES.get(config["arch"], config["arch"]) + (f" (width_per_group {width})" if width else "")
 
 
-pairs = {}
-for config in cfg["models"]:
+def aligned(config, seeds):
+    """(A, B aligned to A, B as trained, REPAIR's endpoint statistics) of one seed pair."""
     model_a, model_b = [
         zoo.trained(config, cfg["dataset"], epochs=cfg["epochs"], seed=seed, train_subset=cfg["train_subset"],
                     batch_size=cfg["batch_size"], lr=cfg["lr"], device=cfg["device"])
-        for seed in cfg["seeds"]
+        for seed in seeds
     ]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
-    pairs[arch_name(config)] = (model_a, repairlib.permute(model_b, alignment), model_b, alignment.endpoint_stats)
+    return model_a, repairlib.permute(model_b, alignment), model_b, alignment.endpoint_stats
+
+
+PAIRS = evidence.pair_settings(cfg)
+pairs, all_pairs = {}, [{} for _ in PAIRS]  # the first seed pair's networks; every pair's
+for config in cfg["models"]:
+    for i, settings in enumerate(PAIRS):
+        all_pairs[i][arch_name(config)] = aligned(config, settings["seeds"])
+    pairs[arch_name(config)] = model_a, _, _, _ = all_pairs[0][arch_name(config)]
     print(f"{arch_name(config)}: {type(model_a).__module__}.{type(model_a).__name__}, "
           f"{sum(p.numel() for p in model_a.parameters()) / 1e6:.1f}M parameters, "
           f"stem {tuple(model_a.conv1.weight.shape)}")
@@ -126,12 +138,12 @@ for config in cfg["models"]:
 # %% [markdown]
 # ## Four ways to interpolate (Fig. 5 left, Fig. 11)
 #
-# For every $\alpha$ on the path, `repairlib.barrier` evaluates the interpolated network after each
-# correction on the test images. REPAIR's goals at $\alpha$ are $(1-\alpha)$ times A's channel
+# For every $\alpha$ on the path, `evidence.curve` evaluates the interpolated network after each
+# correction on the test images, image by image, for every seed pair (the figures show the first). REPAIR's goals at $\alpha$ are $(1-\alpha)$ times A's channel
 # statistics plus $\alpha$ times B's; the BatchNorm reset needs no goals, it simply measures the
 # interpolated network.
 
-# %% mystnb={"figure": {"caption": "Test accuracy (%, linear scale) of networks interpolated between two aligned torchvision ResNets against alpha (0 = A, 1 = B): without correction (dotted), with BatchNorm statistics reset (dashed), with REPAIR of the convolution outputs (blue) and of the convolution and residual-block outputs (red). Paper Fig. 5 left (ResNet50, ImageNet); at the cpu profile ResNet18 on Fashion-MNIST.", "name": "fig-5-2-curves-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 5 left (ResNet50, ImageNet; at the cpu profile ResNet18 on Fashion-MNIST, first seed pair). Test accuracy (%, linear scale) of networks interpolated between two aligned torchvision ResNets against alpha (0 = A, 1 = B): without correction (dotted), with BatchNorm statistics reset (dashed), with REPAIR of the convolution outputs (blue) and of the convolution and residual-block outputs (red).", "name": "fig-5-2-curves-accuracy"}}
 SCOPE_LABELS = {"conv": "REPAIR, conv outputs", "all": "REPAIR, conv + block outputs"}
 CORRECTIONS = {"aligned, no correction": {}, "reset BatchNorm statistics": {"correct": "reset_bn"},
                **{SCOPE_LABELS[s]: {"correct": "repair", "scope": s} for s in cfg["scopes"]}}
@@ -140,15 +152,21 @@ STYLES = {"aligned, no correction": {"linestyle": ":", "color": "0.4"},
           "REPAIR, conv outputs": {"color": "C0"}, "REPAIR, conv + block outputs": {"color": "C3"}}
 MID = cfg["alphas"].index(0.5) if 0.5 in cfg["alphas"] else len(cfg["alphas"]) // 2
 
-curves = {}
-for name, (model_a, model_b, _, stats) in pairs.items():
-    ends = None
+def paths(model_a, model_b, _, stats):
+    """Per-example test results of the endpoints and of every correction's curve."""
+    out = {"a": per_example(model_a, test), "b": per_example(model_b, test)}
     for label, kwargs in CORRECTIONS.items():
         given = {"stats": stats} if kwargs.get("scope") == "conv" else {}
-        c = repairlib.barrier(model_a, model_b, test, cfg["alphas"], stats_data=train, endpoints=ends,
-                              **kwargs, **given)
+        out[label] = evidence.curve(model_a, model_b, test, cfg["alphas"], stats_data=train, **kwargs, **given)
+    return out
+
+
+measured = [{name: paths(*nets) for name, nets in p.items()} for p in all_pairs]
+curves = {}
+for name in pairs:
+    for label in CORRECTIONS:
+        c = curves[name, label] = evidence.summary(measured[0][name], cfg["alphas"], label)
         ends = c["endpoints"]
-        curves[name, label] = c
         print(f"{name} {label:>30}: midpoint {c['accuracy'][MID]:6.1%}   error barrier "
               f"{c['barrier_accuracy']:6.1%}   loss barrier {c['barrier_loss']:.3f}")
     print(f"{name} endpoints: {ends['a']['accuracy']:.1%} / {ends['b']['accuracy']:.1%}")
@@ -157,7 +175,7 @@ first = next(iter(pairs))
 plots.curve(cfg["alphas"], {label: [100 * a for a in curves[first, label]["accuracy"]] for label in CORRECTIONS},
             "test accuracy (%)", f"{first}, {cfg['dataset']}", styles=STYLES)
 
-# %% mystnb={"figure": {"caption": "The same interpolations in test loss (cross-entropy, linear scale) against alpha. Paper Fig. 11 (ImageNet panel); at the cpu profile ResNet18 on Fashion-MNIST.", "name": "fig-5-2-curves-loss"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 11 left (ImageNet; at the cpu profile ResNet18 on Fashion-MNIST, first seed pair). The same interpolations in test loss (cross-entropy, linear scale) against alpha.", "name": "fig-5-2-curves-loss"}}
 plots.curve(cfg["alphas"], {label: curves[first, label]["loss"] for label in CORRECTIONS}, "test loss",
             f"{first}, {cfg['dataset']}", styles=STYLES)
 
@@ -172,7 +190,8 @@ plots.curve(cfg["alphas"], {label: curves[first, label]["loss"] for label in COR
 # interpolated standard deviation $(1-\alpha)\sigma_A + \alpha\sigma_B$ and the square root of the
 # interpolated variance $\sqrt{(1-\alpha)\sigma_A^2 + \alpha\sigma_B^2}$, which is close to 1 when the
 # two networks' channels have similar scales, and by the images each statistic is measured on. We
-# compare the two corrected midpoints directly.
+# compare the two corrected midpoints directly, and measure their gap at the midpoint over every
+# seed pair with a bootstrap over the test images (the paper's "mathematically equivalent": a gap of 0).
 
 # %%
 for name, (model_a, model_b, _, stats) in pairs.items():
@@ -185,8 +204,21 @@ for name, (model_a, model_b, _, stats) in pairs.items():
     gap = max(abs(r - s) for r, s in zip(curves[name, "REPAIR, conv outputs"]["accuracy"],
                                          curves[name, "reset BatchNorm statistics"]["accuracy"]))
     print(f"{name}: midpoint predictions of conv-only REPAIR and BN reset agree on {agree:.1%} of a test batch; "
-          f"largest accuracy gap along the path {gap:.1%}; "
-          f"the two agree within 2 points: {gap <= 0.02}")
+          f"largest accuracy gap along the path {gap:.1%} (first seed pair)")
+MAIN = next((n for n in pairs if n.startswith("ResNet50")), next(iter(pairs)))  # the paper's claims are ResNet50's
+CONV, FULL = SCOPE_LABELS["conv"], SCOPE_LABELS["all" if "all" in cfg["scopes"] else "conv"]
+scale = {"profile": profile, "dataset": cfg["dataset"], "seeds": evidence.seed_pairs(cfg), "model": MAIN,
+         "alpha": cfg["alphas"][MID]}
+
+
+def mid(m, label, what="correct", name=MAIN):
+    return m[name][label][what][:, MID]
+
+
+gap = evidence.measure("sec52_reset", lambda m: mid(m, CONV) - mid(m, "reset BatchNorm statistics"), measured, **scale)
+print(f"{MAIN}, midpoint accuracy of conv-only REPAIR minus BN reset {gap['mean']:+.1%} (95% interval "
+      f"{gap['ci95'][0]:+.1%} to {gap['ci95'][1]:+.1%}): the two",
+      evidence.in_words(gap, "agree within half a point", "differ by more than half a point"))
 
 # %% [markdown]
 # ## Larger networks, smaller barriers (Fig. 5 right)
@@ -194,7 +226,7 @@ for name, (model_a, model_b, _, stats) in pairs.items():
 # The midpoint of every architecture of the profile, without correction and with full REPAIR. At the
 # `paper` profile these are ResNet18 and ResNet50 on ImageNet; at the `cpu` profile ResNet18 only.
 
-# %% mystnb={"figure": {"caption": "Test accuracy (%, linear scale) along the interpolation path for each architecture of the profile, aligned without correction (dashed) and with full REPAIR (solid), against alpha. Paper Fig. 5 right (ResNet18, ResNet50, ResNet50x2 on ImageNet); at the cpu profile ResNet18 on Fashion-MNIST only.", "name": "fig-5-2-architectures"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 5 right (ResNet18, ResNet50, ResNet50x2 on ImageNet; at the cpu profile ResNet18 on Fashion-MNIST only, first seed pair). Test accuracy (%, linear scale) along the interpolation path for each architecture of the profile, aligned without correction (dashed) and with full REPAIR (solid), against alpha.", "name": "fig-5-2-architectures"}}
 series, styles = {}, {}
 for i, name in enumerate(pairs):
     for label, linestyle in (("aligned, no correction", "--"), ("REPAIR, conv + block outputs", "-")):
@@ -221,26 +253,58 @@ plots.filter_pairs(model_a.conv1.weight, model_b.conv1.weight, unaligned=origina
 
 # %%
 name = next(iter(pairs))
-mid = {label: curves[name, label]["accuracy"][MID] for label in CORRECTIONS}
-bar = {label: curves[name, label]["barrier_accuracy"] for label in CORRECTIONS}
-ends = curves[name, "aligned, no correction"]["endpoints"]
-setting = f"{name}, {cfg['dataset']}, {cfg['epochs']} epochs on {cfg['train_subset'] or 'all'} images"
+mean = {label: evidence.average([evidence.summary(m[name], cfg["alphas"], label) for m in measured])
+        for label in CORRECTIONS}
+at_mid = {label: c["accuracy"][MID] for label, c in mean.items()}
+bar = {label: c["barrier_accuracy"] for label, c in mean.items()}
+ends = mean["aligned, no correction"]["endpoints"]
+setting = (f"{name}, {cfg['dataset']}, {cfg['epochs']} epochs on {cfg['train_subset'] or 'all'} images, "
+           f"mean of {len(PAIRS)} seed pair(s)")
 rows = {
     "resnet50_imagenet": {
-        "before": f"{mid['aligned, no correction']:.1%}",
-        "after": f"{mid['REPAIR, conv outputs']:.1%} conv only, {mid['REPAIR, conv + block outputs']:.1%} full",
+        "before": f"{at_mid['aligned, no correction']:.1%}",
+        "after": f"{at_mid[CONV]:.1%} conv only, {at_mid[FULL]:.1%} full",
         "endpoints": f"{ends['a']['accuracy']:.1%} / {ends['b']['accuracy']:.1%}", "note": setting},
     "resnet50_imagenet_barrier": {
         "before": f"{bar['aligned, no correction']:.1%}",
-        "after": f"{bar['REPAIR, conv outputs']:.1%} conv only, {bar['REPAIR, conv + block outputs']:.1%} full",
-        "note": setting},
+        "after": f"{bar[CONV]:.1%} conv only, {bar[FULL]:.1%} full", "note": setting},
     "resnet18_resnet50x2_imagenet": {
-        "before": " / ".join(f"{curves[n, 'aligned, no correction']['accuracy'][MID]:.1%}" for n in pairs),
-        "after": " / ".join(f"{curves[n, 'REPAIR, conv + block outputs']['accuracy'][MID]:.1%}" for n in pairs),
-        "note": " / ".join(pairs) + f", {cfg['dataset']}"},
+        "before": " / ".join(f"{evidence.average([evidence.means(m[n]['aligned, no correction'])['accuracy'][MID] for m in measured]):.1%}" for n in pairs),
+        "after": " / ".join(f"{evidence.average([evidence.means(m[n][FULL])['accuracy'][MID] for m in measured]):.1%}" for n in pairs),
+        "note": " / ".join(pairs) + f", {cfg['dataset']}, mean of {len(PAIRS)} seed pair(s)"},
 }
-book.save_results("5.2", profile, cfg, rows, start)
 Markdown(paper_vs_ours(rows))
+
+# %% [markdown]
+# ## Does it match the paper?
+#
+# Each claim of section 5.2 as a statistic of the per-image results of every seed pair, at the
+# midpoint: the gains of each correction, the barriers (Eq. 1 along the whole path) and their cuts;
+# the architecture trend needs at least two architectures, the double-width ResNet50 and the ResNet50
+# variance collapse (Fig. 2 right) the `paper` profile.
+
+# %%
+def barrier(m, label, name=MAIN):
+    return evidence.barrier(m[name][label], m[name]["a"], m[name]["b"], cfg["alphas"])
+
+
+classes = data.info(cfg["dataset"])["num_classes"]
+statistics = {
+    "sec52_chance": lambda m: mid(m, "aligned, no correction") - 1 / classes,
+    "fig1_middle": lambda m: 1 - barrier(m, FULL) / barrier(m, "aligned, no correction").clamp_min(1e-4),
+    "fig8_right": lambda m: mid(m, FULL) - mid(m, "reset BatchNorm statistics"),
+    "fig11_left": lambda m: mid(m, "aligned, no correction", "loss") - mid(m, FULL, "loss"),
+}
+if "all" in cfg["scopes"]:
+    statistics["resnet50_imagenet"] = lambda m: mid(m, FULL) - mid(m, CONV)
+    statistics["resnet50_imagenet_barrier"] = lambda m: 1 - barrier(m, FULL) / barrier(m, CONV).clamp_min(1e-4)
+if len(pairs) >= 2:
+    size = [math.log2(sum(p.numel() for p in nets[0].parameters())) for nets in pairs.values()]
+    statistics["resnet18_resnet50x2_imagenet"] = lambda m: evidence.slope(
+        size, torch.stack([barrier(m, FULL, n) for n in pairs], -1))
+records = [gap] + [evidence.measure(key, stat, measured, **scale) for key, stat in statistics.items()]
+book.save_results("5.2", profile, cfg, rows, start, measurements=records)
+Markdown(evidence.match_box(records, section="5.2"))
 
 # %% [markdown]
 # ## Checks that hold at any scale
