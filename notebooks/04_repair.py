@@ -211,6 +211,10 @@ STYLES = {"aligned": {"linestyle": "--", "color": "C0"}, "+ REPAIR (closed form)
 plots.curve(curves["conv"]["aligned"]["alphas"], {k: [100 * a for a in c["accuracy"]] for k, c in curves["conv"].items()},
             "test accuracy (%)", f"{FAMILIES['conv']}, {cfg['conv_dataset']}", styles=STYLES)
 
+# %% mystnb={"figure": {"caption": "Paper Fig. 11 right (ResNet18 on CIFAR-10). The same interpolations of the convolutional networks (first seed pair) in test loss (cross-entropy, linear scale) against alpha.", "name": "repair-curve-conv-loss"}}
+plots.curve(curves["conv"]["aligned"]["alphas"], {k: c["loss"] for k, c in curves["conv"].items()},
+            "test loss", f"{FAMILIES['conv']}, {cfg['conv_dataset']}", styles=STYLES)
+
 # %% mystnb={"figure": {"caption": "Paper Fig. 3 middle, for MLPs (no such panel in the paper). Test accuracy along the path between two aligned MLPs, without correction and with the closed-form and exact variants of REPAIR.", "name": "repair-curve-mlp"}}
 plots.curve(curves["mlp"]["aligned"]["alphas"], {k: [100 * a for a in c["accuracy"]] for k, c in curves["mlp"].items()},
             "test accuracy (%)", f"{FAMILIES['mlp']}, {cfg['mlp_dataset']}", styles=STYLES)
