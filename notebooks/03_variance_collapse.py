@@ -204,7 +204,7 @@ def matches_eq5(f):
 print("first-layer variance matches Eq. 5:", all(matches_eq5(f) for f in first_layer.values()))
 
 # %% mystnb={"figure": {"caption": "Paper Sec. 3.2 (no figure in the paper), checked unit by unit in the first layer of both interpolated networks (aligned and unaligned pairs, first seed pair). Left: the variance measured in the interpolated network against Eq. 5's prediction from the endpoints (log-log; the dotted diagonal is equality). Right: each unit's variance relative to its endpoints' mean against the correlation of the paired units; the dotted line is the equal-std simplification 0.5 + 0.5 corr. Training data of the page's profile.", "name": "variance-first-layer"}}
-fig = Figure(figsize=(9.5, 3.8), layout="constrained")
+fig = Figure(figsize=(6.6, 4.4), layout="constrained")  # shown at full size in the 740 px column
 left, right = fig.subplots(1, 2)
 for (family, pairing), f in first_layer.items():
     label = f"{FAMILIES[family]}, {pairing}"
@@ -218,7 +218,7 @@ rho = torch.linspace(-0.2, 1, 50)
 right.plot(rho, analysis.equal_std_factor(rho, alpha), ":", color="0.4", label="$0.5 + 0.5\\,\\rho$ (equal stds)")
 right.set(xlabel="correlation $\\rho$ of the paired units", ylabel="Var($X_\\alpha$) / mean endpoint Var",
           title=f"alpha = {alpha}")
-right.legend(frameon=False, fontsize=8)
+fig.legend(*right.get_legend_handles_labels(), loc="outside lower center", ncols=2, frameon=False)
 fig
 
 # %% [markdown]

@@ -239,8 +239,9 @@ plots.curve(cfg["alphas"], series, "test accuracy (%)", f"torchvision ResNets, {
 # ## Aligned first-layer filters (Fig. 9)
 #
 # The stem convolution's filters of network A, of network B after alignment (each filter moved to the
-# position of its best-correlated partner in A), and of B as trained. Alignment only reorders B's
-# filters. At the `cpu` profile the stem has one input channel, so the 7 x 7 filters are grey.
+# position of its best-correlated partner in A), side by side, pair by pair. Alignment only reorders
+# B's filters; the subtitle says how much more alike the pairs are than B's filters in their trained
+# order. At the `cpu` profile the stem has one input channel, so the 7 x 7 filters are grey.
 
 # %% mystnb={"figure": {"caption": "First-layer (stem) 7x7 convolution filters in pairs: filter i of network A (left in each pair) beside filter i of network B after B's channels were permuted to align with A (right), each filter scaled by its own largest magnitude (red positive, blue negative, white zero; filters with three input channels are shown in colour), the correlation of the pair's weights below it, best-matched pairs first. The subtitle compares the pairs' mean correlation with that of B in its trained order. Paper Fig. 9 (ResNet50, ImageNet, colour filters); at the cpu profile grey filters of ResNet18 on Fashion-MNIST.", "name": "fig-5-2-filters"}}
 name = next(iter(pairs))
