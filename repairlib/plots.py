@@ -219,6 +219,47 @@ def filters(weights, title: str | None = None, ncols: int | None = None) -> Figu
     return fig
 
 
+def sweep_panels(xs, panels: dict, xlabel: str, log2: bool = False, styles: dict | None = None) -> Figure:
+    """Side-by-side panels over the same x values, one legend below them (e.g. accuracy and loss against
+    the number of merged networks). ``panels``: {title: (ylabel, {label: values at each x})}; every panel
+    should use the same labels. ``log2`` as in :func:`barrier_vs`."""
+    if not panels:
+        raise ValueError("sweep_panels: no panels given")
+    fig = Figure(figsize=(3.6 * len(panels), 3.4), layout="constrained")
+    for i, (title, (ylabel, series)) in enumerate(panels.items()):
+        x, series = _series(xs, series, f"panel {title!r}")
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for label, values in series.items():
+            ax.plot(x, values, marker="o", markersize=4, label=label, **(styles or {}).get(label, {}))
+        if log2:
+            ax.set_xscale("log", base=2)
+            ax.minorticks_off()
+        ax.set_xticks(x, [f"{v:g}" for v in x])
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    if len(labels) > 1:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), frameon=False)
+    return fig
+
+
+def grouped_bars(groups: dict, ylabel: str, title: str | None = None) -> Figure:
+    """Bars in groups: ``groups`` = {group label: {bar label: value or None}}; a None bar is left out
+    (e.g. a correction that does not apply to that network). Each bar label keeps one colour."""
+    if not groups:
+        raise ValueError("grouped_bars: no groups given")
+    labels = list(dict.fromkeys(k for bars in groups.values() for k in bars))
+    fig, ax = _figure(figsize=(1.1 + 1.3 * len(groups), 3.6))
+    width = 0.8 / len(labels)
+    for j, label in enumerate(labels):
+        xs = [i + (j - (len(labels) - 1) / 2) * width for i, bars in enumerate(groups.values())
+              if bars.get(label) is not None]
+        ys = [bars[label] for bars in groups.values() if bars.get(label) is not None]
+        ax.bar(xs, ys, width, label=label, color=f"C{j}")
+    ax.set_xticks(range(len(groups)), list(groups))  # default size: >= 9 pt in the column (tests/test_plots.py)
+    return _finish(fig, ax, "", ylabel, title, len(labels))
+
+
 def _signed_unit(w: np.ndarray) -> np.ndarray:
     """Each filter (the first axis) divided by its own largest magnitude: values in [-1, 1], 0 stays 0."""
     top = np.abs(w).max(axis=tuple(range(1, w.ndim)), keepdims=True)

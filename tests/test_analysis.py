@@ -203,3 +203,74 @@ def test_a_permuted_network_has_the_same_outputs_and_another_network_does_not():
     assert analysis.output_difference(a, b, d)["max_diff"] > 1e-3
     aligned = permute(b, align(a, b, d))
     assert analysis.output_difference(b, aligned, d)["max_diff"] < 1e-10 * same["max_output"]
+
+
+# ---------------------------------------------------------------- N networks
+def test_ensembles_average_softmax_outputs_and_pick_the_best_single_network():
+    from conftest import TinyCNN, image_data
+
+    from repairlib.evaluation import evaluate
+
+    torch.manual_seed(0)
+    nets = [TinyCNN().double().eval() for _ in range(3)]
+    data = [(x.double(), y) for x, y in image_data(n=64)]
+    result = analysis.ensembles(nets, data, sizes=(1, 3))
+    for net, member in zip(nets, result["members"]):
+        alone = evaluate(net, data)
+        assert member["accuracy"] == alone["accuracy"] and member["loss"] == pytest.approx(alone["loss"])
+    assert set(result["ensemble"]) == {1, 3} and result["ensemble"][1] == result["members"][0]
+    x, y = torch.cat([x for x, _ in data]), torch.cat([y for _, y in data])
+    with torch.no_grad():
+        p = sum(torch.softmax(n(x), 1) for n in nets) / 3
+    assert result["ensemble"][3]["accuracy"] == pytest.approx(float((p.argmax(1) == y).double().mean()))
+    assert result["ensemble"][3]["loss"] == pytest.approx(float(-p[torch.arange(len(y)), y].log().mean()))
+    best = result["best_single"][3]
+    assert best["accuracy"] == max(m["accuracy"] for m in result["members"])
+    assert result["members"][best["index"]]["loss"] == best["loss"] and result["best_single"][1]["index"] == 0
+    with pytest.raises(ValueError, match=r"sizes must lie in 1\.\.3"):
+        analysis.ensembles(nets, data, sizes=(4,))
+
+
+@pytest.mark.parametrize("align", ["activation", "weight"])
+def test_merge_many_each_equals_merge_many_per_correction(align):
+    from conftest import TinyBN, image_data
+
+    import repairlib
+
+    torch.manual_seed(1)
+    nets = [TinyBN(width=6).double().eval() for _ in range(3)]
+    data = [(x.double(), y) for x, y in image_data()]
+    corrections = ("repair", "rescale", "reset_bn", "none")
+    each = analysis.merge_many_each(nets, data, corrections, weights=(0.5, 0.3, 0.2), align=align)
+    assert list(each["merged"]) == list(corrections) and len(each["aligned"]) == 3
+    for c in corrections:
+        one = repairlib.merge_many(nets, data, weights=(0.5, 0.3, 0.2), align=align, correct=c)
+        mine, theirs = each["merged"][c].state_dict(), one.state_dict()
+        assert mine.keys() == theirs.keys()
+        for k in mine:
+            torch.testing.assert_close(mine[k], theirs[k], rtol=1e-9, atol=1e-12, msg=f"{c}: {k}")
+    assert analysis.merge_many_each(nets, data, ["none"])["stats"] is None
+    unfused = analysis.merge_many_each(nets, data, ["repair"], weights=(0.5, 0.3, 0.2), align=align, fuse=False)
+    x = torch.cat([x for x, _ in data])
+    with torch.no_grad():
+        torch.testing.assert_close(unfused["merged"]["repair"](x), each["merged"]["repair"](x))
+    with pytest.raises(ValueError, match="correct"):
+        analysis.merge_many_each(nets, data, ["repiar"])
+
+
+def test_variance_ratios_many_of_two_networks_is_variance_ratio_at_the_midpoint():
+    a, b = mlp_pair(seed=3)
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(40, 64, generator=g, dtype=torch.float64), torch.randint(0, 3, (40,), generator=g))
+            for _ in range(3)]
+    each = analysis.merge_many_each([a, b], data, ["repair", "none"], fuse=False)
+    b_aligned = each["aligned"][1]
+    for c in ("none", "repair"):
+        ours = analysis.variance_ratios_many(each["merged"][c], each["stats"], data)
+        theirs = variance_ratio(each["merged"][c], a, b_aligned, data)
+        assert list(ours) == list(theirs)
+        assert ours == pytest.approx(theirs, rel=1e-9)
+    collapsed = analysis.variance_ratios_many(each["merged"]["none"], each["stats"], data)
+    repaired = analysis.variance_ratios_many(each["merged"]["repair"], each["stats"], data, weights=(1, 1))
+    assert max(collapsed.values()) < 0.9  # variance collapse
+    assert all(collapsed[p] < r < 1.05 for p, r in repaired.items())  # REPAIR: near 1 (std goals averaged)

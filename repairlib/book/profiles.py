@@ -16,6 +16,7 @@ NOTEBOOKS = {
     "5.3": "05_3_width_depth",
     "5.4": "05_4_split_data",
     "C": "C_no_alignment",
+    "many": "D_merge_many",
 }
 SECTIONS = tuple(NOTEBOOKS)
 
@@ -66,6 +67,15 @@ SMOKE = {
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
         "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0),
     },
+    "many": {  # merging N networks: N in sizes (seeds 0..max(sizes)-1), then a pair per architecture. A tiny
+        # MLP stands in for the VGG16 here: a VGG16 weight matching alone takes over a minute on one core
+        "sizes": (2, 3), "seeds": (0, 1, 2), "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16},
+        "mlp_epochs": 1, "mlp_train_subset": 256,
+        "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
+        "conv_batch_size": None, "conv_lr": None,
+        "vgg_dataset": FM, "vgg": {"arch": "mlp", "depth": 3, "width": 16}, "vgg_epochs": 1, "vgg_train_subset": 256,
+        "vgg_batch_size": None, "vgg_lr": None, "panel_examples": 128, "panel_stats_examples": 128,
+    },
 }
 
 # cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
@@ -110,6 +120,14 @@ CPU = {
     },
     "5.4": {"dataset": FM, "model": RESNET20_BN, **CPU_RESNET20, "major": 0.8, "alphas": ALPHAS11, **CPU_EXAMPLES},
     "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0), **CPU_EXAMPLES},
+    # merging N networks: the MLPs and ResNet20s of the other sections (seeds 0-7, so seeds 0 and 1 are
+    # shared), the N-sweep evaluated on all 10,000 test images. The correction panel's VGG16 (width 1, the
+    # narrowest models.vgg builds) is trained like 5.3's VGGs and measured on fewer images: a VGG16 pass
+    # costs ~7 ResNet20 passes and its weight matching ~1 minute.
+    "many": {"sizes": (2, 4, 8), "seeds": tuple(range(8)), **CPU_MLP, **CPU_CONV, "stats_examples": 500,
+             "eval_examples": None, "vgg_dataset": FM, "vgg": {"arch": "vgg", "depth": 16, "width": 1},
+             "vgg_epochs": 2, "vgg_train_subset": 2000, "vgg_batch_size": 100, "vgg_lr": 0.04,
+             "panel_examples": 1000, "panel_stats_examples": 250},
 }
 
 # paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
@@ -151,6 +169,15 @@ PAPER = {
         "conv_dataset": "cifar10", "conv": {"arch": "resnet20", "width": 4, "norm": "bn"}, "conv_epochs": 200,
         "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None,
         "conv_alphas": tuple(i / 20 for i in range(21)),
+    },
+    "many": {  # the MLP and ResNet20 x4 of appendix C; VGG16 on CIFAR-10 as in the rescale follow-up
+        "sizes": (2, 4, 8), "seeds": tuple(range(8)), "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100,
+        "mlp_train_subset": None,
+        "conv_dataset": "cifar10", "conv": {"arch": "resnet20", "width": 4, "norm": "bn"}, "conv_epochs": 200,
+        "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None,
+        "vgg_dataset": "cifar10", "vgg": {"arch": "vgg", "depth": 16, "width": 1}, "vgg_epochs": 100,
+        "vgg_train_subset": None, "vgg_batch_size": None, "vgg_lr": None, "panel_examples": None,
+        "panel_stats_examples": 5000,
     },
 }
 
