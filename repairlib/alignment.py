@@ -14,6 +14,7 @@ alignment per network.
 """
 
 import copy
+import warnings
 
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -237,7 +238,51 @@ def reference_correlations(models: list, data, spec: PermutationSpec, points=(),
             c = moments[(0, i)][p].corr_xy()
             summed[g] = c if g not in summed else summed[g] + c
         corr[i] = {g: summed[g] for g in spec.groups if g in summed}
+    if len(models) > 1:
+        samples = {}
+        for p in probes:
+            g = probe_group[p]
+            samples[g] = max(samples.get(g, 0), moments[(0, 1)][p].n)
+        warn_undetermined(undetermined_groups(corr, samples))
     return corr, {pair: {p: m[p] for p in points if p in m} for pair, m in moments.items()}
+
+
+def undetermined_groups(corr: dict, samples: dict) -> dict:
+    """``group -> reason`` for the groups whose activation-matching assignment the data do not determine.
+
+    ``corr``: ``network i -> {group -> [size, size]}`` correlations with the reference (Eq. 2); ``samples``:
+    ``group -> n``, the samples its probes saw (examples x positions; the most over its probes). Two
+    causes: fewer samples than units (the correlation matrix has rank below ``n``, so many assignments
+    score alike), and ties, units of either network with identical correlation rows (to 1e-9), e.g. units
+    dead or constant on the data, whose correlations are all 0 (:meth:`Moments.corr_xy`)."""
+    reasons = {}
+    for scores in corr.values():
+        for g, c in scores.items():
+            size = c.shape[0]
+            if g in samples and samples[g] < size:
+                reasons.setdefault(g, f"{samples[g]} samples for {size} units")
+                continue
+            tied = max(_tied_rows(c), _tied_rows(c.T))
+            if tied:
+                reasons.setdefault(g, f"{tied} units with tied correlations")
+    return reasons
+
+
+def _tied_rows(c: torch.Tensor) -> int:
+    """How many rows of ``c [n, n]`` equal another row (to 1e-9)."""
+    _, inverse, counts = torch.unique(torch.round(c.double(), decimals=9), dim=0, return_inverse=True,
+                                      return_counts=True)
+    return int((counts[inverse] > 1).sum())
+
+
+def warn_undetermined(reasons: dict) -> None:
+    """One warning naming the groups of :func:`undetermined_groups` (``group -> reason``), if any."""
+    if reasons:
+        named = "; ".join(f"{g!r}: {r}" for g, r in list(reasons.items())[:5])
+        more = f" (and {len(reasons) - 5} more)" if len(reasons) > 5 else ""
+        warnings.warn(f"activation matching: the data do not determine the assignment of {len(reasons)} "
+                      f"group(s): {named}{more}; their permutations are one of several that fit equally well. "
+                      "Use more (or more varied) data, or align with method='weight'", stacklevel=4)
 
 
 def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter=100, seed=0, fixed=None,

@@ -452,3 +452,26 @@ def test_channel_shuffle_is_fixed_and_said_so_and_the_rest_is_permuted():
     permuted = permute(model, random_permutations(spec, seed=2), spec)
     with torch.no_grad():
         torch.testing.assert_close(permuted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_activation_matching_warns_when_the_data_do_not_determine_a_group():
+    """Issue 13: fewer samples than units, or tied correlation rows (dead units), leave a group's assignment
+    open; ONE warning names those groups. Enough data on live units gives no warning."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = models.mlp(depth=2, width=16)
+    other = copy.deepcopy(model)
+    groups = list(permutation_spec(model, torch.randn(2, 1, 28, 28)).groups)
+    with pytest.warns(UserWarning, match=r"do not determine the assignment of 2 group\(s\).*8 samples for 16 units") as w:
+        align(model, other, [(torch.randn(8, 1, 28, 28), None)])
+    assert sum("do not determine" in str(x.message) for x in w) == 1
+    assert all(repr(g) in str(w[0].message) for g in groups)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        align(model, other, [(torch.randn(256, 1, 28, 28), None)])
+    dead = copy.deepcopy(model)
+    with torch.no_grad():
+        dead[1].bias[:3] = -1e3  # three units of the first group never fire: identical (zero) correlation rows
+    with pytest.warns(UserWarning, match=rf"1 group\(s\): '{groups[0]}': 3 units with tied correlations"):
+        align(dead, copy.deepcopy(dead), [(torch.randn(256, 1, 28, 28), None)])
