@@ -298,6 +298,8 @@ def test_provenance_fields():
     assert info["profile"] == "paper" and info["dataset"] == "mnist, cifar10" and info["seeds"] == [3, 4]
     assert info["wall_time_s"] > 0 and info["torch"] == torch.__version__
     assert info["commit"] != "unknown" if (ROOT / ".git").exists() else True
+    pairs = book.provenance_record("cpu", {"seeds": (0, 1), "seed_pairs": ((0, 1), (2, 3))})
+    assert pairs["seeds"] == [[0, 1], [2, 3]]  # the pairs the page measured, not only the first
     assert book.provenance_record("cpu", {})["wall_time_s"] is None
     with pytest.raises(ValueError, match="unknown profile"):
         book.provenance_record("fast", {})

@@ -67,7 +67,9 @@ def provenance_record(profile: str, params: dict, start: float | None = None) ->
         "profile": check_profile(profile),
         "dataset": _datasets(params),
         "device": device_name(params.get("device")),
-        "seeds": list(params.get("seeds", [])),
+        # the pairs behind the page's measurements where the profile has them, else the one pair
+        "seeds": ([list(pair) for pair in params["seed_pairs"]] if params.get("seed_pairs")
+                  else list(params.get("seeds", []))),
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_time_s": None if start is None else round(time.time() - start, 1),
