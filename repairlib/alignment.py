@@ -286,7 +286,7 @@ def warn_undetermined(reasons: dict) -> None:
 
 
 def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter=100, seed=0, fixed=None,
-                    starts=("sorted", "identity")) -> dict:
+                    starts=("sorted",)) -> dict:
     """Ainsworth et al.'s weight matching: coordinate descent over the solver units (data-free).
 
     Maximises the summed inner product of paired weights, ``sum over tensors <W_a, P(W_b)>``
@@ -303,20 +303,39 @@ def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter
     et al.'s start. Coordinate descent from the identity stops in a local optimum where groups are coupled
     only weakly (through depthwise convolutions, whose 9 weights per channel carry little signal, or
     through attention heads): a planted permutation of torchvision's MobileNetV3-Small is missed in all 27
-    groups from the identity, found in all from the sorted start. Keeping the better of both never does
-    worse than the identity start alone.
+    groups from the identity, found in all from the sorted start. On two independently initialised networks
+    the sorted start also ends higher (objective 5204.4 vs 5203.0 on ResNet-18, 8424.8 vs 8410.5 on
+    MobileNetV3-Small) at about twice the identity start's cost; ``starts=("sorted", "identity")`` keeps the
+    better of both (never worse than Ainsworth et al.'s start alone, about three times its cost). A start that reaches the objective's Cauchy-Schwarz bound
+    (:func:`_objective_bound`: ``model_b`` is a permuted copy of ``model_a``) is optimal: no descent runs
+    from it and no further start is tried.
     """
     fixed = dict(fixed or {})
     units = [u for u in spec.units() if not any(g in fixed for g in u)]
+    bound = _objective_bound(spec, state_a, state_b, keys)
     best, best_value = None, -float("inf")
     for start in starts:
         perms = dict(fixed)
         perms.update(_start_permutations(spec, units, start, state_a, state_b, keys))
-        perms = _coordinate_descent(spec, units, perms, state_a, state_b, keys, max_iter, seed)
+        if matching_objective(spec, state_a, state_b, perms, keys) < bound:
+            perms = _coordinate_descent(spec, units, perms, state_a, state_b, keys, max_iter, seed)
         value = matching_objective(spec, state_a, state_b, perms, keys)
         if value > best_value:
             best, best_value = perms, value
+        if best_value >= bound:
+            break
     return best
+
+
+def _objective_bound(spec: PermutationSpec, state_a, state_b, keys=None) -> float:
+    """The largest value :func:`matching_objective` can take, less rounding: ``sum ||W_a|| ||W_b||`` over
+    the spec's tensors (Cauchy-Schwarz), times ``1 - 1e-9``. Reached only where ``P(W_b) = W_a``, e.g. a
+    permuted copy: no descent can improve on it, and no other start is needed."""
+    total = 0.0
+    for key in spec.axes_of():
+        if keys is None or key in keys:
+            total += float(state_a[key].double().norm() * state_b[key].double().norm())
+    return total * (1 - 1e-9)
 
 
 def _start_permutations(spec: PermutationSpec, units: list, start: str, state_a, state_b, keys) -> dict:
@@ -381,9 +400,9 @@ def _sorted_score(spec, g, state_a, state_b, keys) -> torch.Tensor:
     for key, axis, inner, start in grp.entries:
         if keys is not None and key not in keys:
             continue
-        rows = [w.narrow(axis, start, grp.size * inner).double().movedim(axis, 0).reshape(grp.size, inner, -1)
+        rows = [w.narrow(axis, start, grp.size * inner).float().movedim(axis, 0).reshape(grp.size, inner, -1)
                 .sort(dim=-1).values.reshape(grp.size, -1) for w in (state_a[key], state_b[key])]
-        score += rows[0] @ rows[1].T
+        score += (rows[0] @ rows[1].T).double()  # float32: a start only, which the descent refines
     return score
 
 
