@@ -119,6 +119,72 @@ def _fold_into_bn(gm, node, scale, shift) -> bool:
     return True
 
 
+_PASS_THROUGH = (nn.ReLU, nn.ReLU6, nn.Identity, nn.Dropout, nn.MaxPool2d, nn.AvgPool2d, nn.MaxPool1d, nn.AvgPool1d)
+
+
+def _channels(gm, node):
+    """The number of channels (dim 1) of ``node``'s value, read from the graph's modules: a conv/linear's
+    outputs, a BatchNorm's features, a concatenation's sum, through activations and pooling; else None."""
+    layer = module_of(gm, node)
+    if isinstance(layer, LAYERS):
+        return layer.weight.shape[0]
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        return layer.num_features
+    if isinstance(layer, _PASS_THROUGH):
+        return _channels(gm, node.args[0])
+    if _is_channel_cat(node):
+        sizes = [_channels(gm, a) for a in node.args[0]]
+        return None if None in sizes else sum(sizes)
+    return None
+
+
+def _is_channel_cat(node) -> bool:
+    """``torch.cat(tensors, 1)`` (channels of ``[B, C, *]`` values)."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+    return (node.op == "call_function" and node.target is torch.cat and isinstance(node.args[0], (list, tuple))
+            and dim == 1)
+
+
+def _commutes_with_affine(gm, node) -> bool:
+    """A module that maps ``s x + t`` to ``s f(x) + t`` per channel: average pooling without padding
+    (DenseNet's transitions), an identity or dropout (eval)."""
+    module = module_of(gm, node)
+    return (isinstance(module, (nn.Identity, nn.Dropout))
+            or isinstance(module, (nn.AvgPool1d, nn.AvgPool2d)) and not any(torch.tensor(module.padding).flatten()))
+
+
+def _fold_through_cats(gm, node, scale, shift) -> bool:
+    """A bias-free conv whose every user (after average pooling, :func:`_commutes_with_affine`) is a
+    channel concatenation feeding only an affine BatchNorm (a DenseNet layer's new features, read by every
+    later layer's ``norm1``; a transition's output): ``scale`` into the conv's
+    weight, ``shift`` into each BatchNorm's bias on the conv's slice of channels,
+    ``BN(x + t) = BN(x) + w t / sqrt(v + eps)``. Exact; state_dict keys unchanged. False (nothing
+    changed) where the pattern does not hold or a slice's offset cannot be read from the graph."""
+    layer = module_of(gm, node)
+    if not isinstance(layer, LAYERS) or layer.bias is not None or calls_of(gm, node.target) != 1 or not node.users:
+        return False
+    value = node
+    while len(value.users) == 1 and _commutes_with_affine(gm, next(iter(value.users))):
+        value = next(iter(value.users))
+    slices = []
+    for cat in value.users:
+        bn_node = absorbable_bn(gm, cat) if _is_channel_cat(cat) and list(cat.args[0]).count(value) == 1 else None
+        if bn_node is None:
+            return False
+        args = list(cat.args[0])
+        sizes = [_channels(gm, a) for a in args[:args.index(value)]]
+        bn = module_of(gm, bn_node)
+        if None in sizes or sum(sizes) + len(shift) > bn.num_features:
+            return False
+        slices.append((bn, sum(sizes)))
+    layer.weight.mul_(_view(scale, layer.weight))
+    for bn, offset in slices:
+        part = slice(offset, offset + len(shift))
+        inv_std = torch.rsqrt(bn.running_var[part].to(bn.weight) + bn.eps)
+        bn.bias[part] += bn.weight[part] * shift.to(bn.weight) * inv_std
+    return True
+
+
 def _affine_module(scale, shift, like: nn.Module, axis: int = 1) -> ChannelAffine:
     p = next(like.parameters(), torch.empty(0))
     return ChannelAffine(scale.to(p.device, model_dtype(like)), shift.to(p.device, model_dtype(like)), axis)
@@ -140,21 +206,32 @@ def insert_affines(model: nn.Module, affines: dict, axes: dict | None = None) ->
 def fuse_affines(model: nn.Module, affines: dict, axes: dict | None = None) -> nn.Module:
     """A copy of ``model`` with every affine folded into its layer (or the BatchNorm after it).
 
-    Returns a plain copy of the original architecture when every point folds (scope ``"conv"``; a
-    Linear on ``[N, T, D]`` tokens folds per output feature), else an fx GraphModule with
-    :class:`ChannelAffine` nodes at the residual-stream points only, on their channel ``axes`` (``point
-    -> axis``, :func:`repairlib.spec.channel_axes`; default from the graph).
+    Folding, in this order: a bias-free layer's affine into the BatchNorm after it; a bias-free conv
+    read only through channel concatenations into the BatchNorms after them (DenseNet); else into the
+    layer's own weight and bias (created if the layer has none: the one fold that adds a state_dict key,
+    for a bias-free layer with no BatchNorm after it).
+
+    Returns a plain copy of the original architecture when every point folds (scope ``"conv"``, on every
+    torchvision classifier: it loads with ``strict=True`` into a fresh instance; a Linear on ``[N, T, D]``
+    tokens folds per output feature). The one case that cannot be folded is a residual-stream point
+    (scope ``"all"``): an identity shortcut carries the stream past every layer, so no layer's weights can
+    scale it. Then the result is a ``torch.fx.GraphModule`` with :class:`ChannelAffine` nodes at those
+    points only (state_dict keys ``repair_<node>.scale`` / ``.shift``, on their channel ``axes``: ``point
+    -> axis``, :func:`repairlib.spec.channel_axes`; default from the graph), which does not load into the
+    input's class; its ``unfolded_points`` attribute lists those points.
     """
     net = copy.deepcopy(model)
     gm = trace(net)  # shares net's layers: folding into gm's modules edits net
-    inserted = False
+    inserted = []
     axes = channel_axes(model) if axes is None else axes
     for node in nodes_named(gm, affines):
         scale, shift = affines[node.name]
-        if not (_fold_into_bn(gm, node, scale, shift) or _fold_into_layer(gm, node, scale, shift)):
+        if not (_fold_into_bn(gm, node, scale, shift) or _fold_through_cats(gm, node, scale, shift)
+                or _fold_into_layer(gm, node, scale, shift)):
             insert_after(gm, node, _affine_module(scale, shift, model, axes.get(node.name, 1)), "repair")
-            inserted = True
+            inserted.append(node.name)
     if inserted:
         gm.recompile()
+        gm.unfolded_points = inserted
         return gm
     return net
