@@ -1,5 +1,6 @@
 """The networks of the paper: MLP, VGG, CIFAR ResNet20/ResNet18 (BatchNorm, LayerNorm or Fixup) and
-torchvision's ImageNet ResNets.
+torchvision's ImageNet ResNets; beyond the paper, small timm ViTs and ConvNeXts (arch "vit", "convnext")
+for 28 or 32 px images.
 
 Every model maps images ``[B, C, H, W]`` (28 or 32 px) to logits ``[B, num_classes]``, keeps channels on
 dim 1, and has no data-dependent Python control flow, so ``torch.fx.symbolic_trace`` sees every layer.
@@ -252,6 +253,42 @@ def _tv_resnet(name):
     return make
 
 
+def vit(embed_dim=48, depth=3, num_heads=4, mlp_ratio=2, patch_size=7, image_size=28, pool="avg", in_channels=3,
+        num_classes=10) -> nn.Module:
+    """A small timm ``VisionTransformer`` (pretrained=False): ``patch_size`` patches of an
+    ``image_size`` px image (28 px / 7 = 4 x 4 = 16 tokens and a class token), ``depth`` pre-norm blocks
+    of ``num_heads``-head attention (fused qkv) and an MLP of ``mlp_ratio * embed_dim`` GELU units,
+    learned position embeddings; ``pool`` "avg" reads out the mean of the patch tokens (trains faster
+    under SGD than the class token), "token" the class token. No dropout, no layer scale."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    for value, what in ((embed_dim, "embed_dim"), (depth, "depth"), (num_heads, "num_heads"),
+                        (mlp_ratio, "mlp_ratio"), (patch_size, "patch_size"), (image_size, "image_size")):
+        _positive_int(value, what)
+    if pool not in ("avg", "token"):
+        raise ValueError(f"pool must be 'avg' or 'token', got {pool!r}")
+    if embed_dim % num_heads:
+        raise ValueError(f"embed_dim={embed_dim} is not a multiple of num_heads={num_heads}")
+    return VisionTransformer(img_size=image_size, patch_size=patch_size, in_chans=_positive_int(in_channels, "in_channels"),
+                             num_classes=num_classes, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                             mlp_ratio=mlp_ratio, global_pool=pool)
+
+
+def convnext(width=16, depth=1, patch_size=1, in_channels=3, num_classes=10) -> nn.Module:
+    """A small timm ``ConvNeXt`` (pretrained=False): a ``patch_size`` patchify stem and timm's four stages
+    of ``depth`` blocks each (7x7 depthwise conv, channels-last LayerNorm, a 4x inverted MLP with GELU),
+    stage ``i`` with ``width * 2**i`` channels and a 2x2 stride-2 downsampling before stages 2-4 (28 px,
+    patch 1: 28, 14, 7 and 3 px maps; timm downsamples in stage 1 too when the stem has stride 2, so 28 px
+    images admit no patch 2). Layer scale starts at 1 (``ls_init_value=1.0``; timm's 1e-6 suits
+    AdamW, under SGD the blocks barely train in a short run)."""
+    from timm.models.convnext import ConvNeXt
+
+    for value, what in ((width, "width"), (depth, "depth"), (patch_size, "patch_size")):
+        _positive_int(value, what)
+    return ConvNeXt(in_chans=_positive_int(in_channels, "in_channels"), num_classes=num_classes,
+                    depths=(depth,) * 4, dims=tuple(width * 2 ** i for i in range(4)), patch_size=patch_size,
+                    ls_init_value=1.0)
+
 ARCHS = {
     "mlp": mlp,
     "vgg": vgg,
@@ -259,6 +296,8 @@ ARCHS = {
     "resnet18": resnet18,
     "tv_resnet18": _tv_resnet("tv_resnet18"),
     "tv_resnet50": _tv_resnet("tv_resnet50"),
+    "vit": vit,
+    "convnext": convnext,
 }
 
 
@@ -324,7 +363,8 @@ def build(config: dict) -> nn.Module:
 
 
 def arch_of(model: nn.Module) -> str:
-    """The recipe family of a model built here: "mlp", "vgg", "resnet20" or "resnet18", "tv_resnet"."""
+    """The recipe family of a model built here: "mlp", "vgg", "resnet20" or "resnet18", "tv_resnet", "vit",
+    "convnext"."""
     if isinstance(model, MLP):
         return "mlp"
     if isinstance(model, VGG):
@@ -333,4 +373,8 @@ def arch_of(model: nn.Module) -> str:
         return "resnet18" if len(model.layers) == 8 else "resnet20"
     if type(model).__module__.startswith("torchvision.models"):
         return "tv_resnet"
+    if type(model).__module__ == "timm.models.vision_transformer":
+        return "vit"
+    if type(model).__module__ == "timm.models.convnext":
+        return "convnext"
     raise ValueError(f"cannot tell the architecture of a {type(model).__name__}; pass recipe= explicitly")

@@ -35,7 +35,7 @@ import copy
 import itertools
 import math
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
 import torch
@@ -1270,7 +1270,7 @@ def _keeps_axes(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 # ---------------------------------------------------------------- building the spec
 def permutation_spec(model: nn.Module, example_input: torch.Tensor, verify: bool = True,
-                     rtol: float | None = None) -> PermutationSpec:
+                     rtol: float | None = None, heads: bool = True) -> PermutationSpec:
     """Trace ``model`` and group every (parameter or buffer, axis) that must share one permutation.
 
     ``example_input``: one batch (``[N, ...]``, any N >= 1) used to propagate shapes; the model is
@@ -1279,6 +1279,11 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor, verify: bool
     that does not keep the network's function raises ``ValueError`` naming it and its graph
     nodes. Returns a :class:`PermutationSpec` whose groups are named after the layer that starts
     them; :meth:`PermutationSpec.summary` lists them and says which channels stay fixed and why.
+
+    ``heads=False`` (for comparisons only) then turns every attention head group into a plain group of
+    independent units (``heads=1``, no head set), as a spec finder that ignores heads would describe it:
+    its permutations may move dimensions between heads, which changes the network's function (the
+    verification runs on the head-structured groups first).
     """
     model = copy.deepcopy(model).eval()
     gm = trace(model)
@@ -1290,6 +1295,8 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor, verify: bool
     check_spec(spec, model)
     if verify:
         verify_spec(model, spec, example_input, rtol)
+    if not heads:
+        spec.groups = {name: replace(g, heads=1, head_set=None, within=True) for name, g in spec.groups.items()}
     return spec
 
 

@@ -17,6 +17,7 @@ NOTEBOOKS = {
     "5.4": "05_4_split_data",
     "C": "C_no_alignment",
     "many": "D_merge_many",
+    "transformers": "E_transformers",
 }
 SECTIONS = tuple(NOTEBOOKS)
 
@@ -76,6 +77,12 @@ SMOKE = {
         "vgg_dataset": FM, "vgg": {"arch": "mlp", "depth": 3, "width": 16}, "vgg_epochs": 1, "vgg_train_subset": 256,
         "vgg_batch_size": None, "vgg_lr": None, "panel_examples": 128, "panel_stats_examples": 128,
     },
+    "transformers": {  # beyond the paper: a ViT pair and a ConvNeXt pair (repairlib.models.vit / convnext)
+        "vit_dataset": FM, "vit": {"arch": "vit", "embed_dim": 16, "depth": 1, "num_heads": 2}, "vit_epochs": 1,
+        "vit_train_subset": 128, "vit_batch_size": None, "vit_lr": None,
+        "convnext_dataset": FM, "convnext": {"arch": "convnext", "width": 8, "depth": 1}, "convnext_epochs": 1,
+        "convnext_train_subset": 128, "convnext_batch_size": None, "convnext_lr": None,
+    },
 }
 
 # cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
@@ -92,6 +99,8 @@ CPU_RESNET20 = {"epochs": 2, "train_subset": 4000, "batch_size": 100, "lr": 0.08
 # accuracies they give carry a standard error of about 2 points.
 CPU_EXAMPLES = {"stats_examples": 500, "eval_examples": 500}
 CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v in CPU_RESNET20.items()}}
+CPU_VIT = {"arch": "vit", "embed_dim": 48, "depth": 3, "num_heads": 4, "mlp_ratio": 2, "patch_size": 7}
+CPU_CONVNEXT = {"arch": "convnext", "width": 16, "depth": 1}
 CPU = {
     "common": {"seeds": (0, 1), "stats_examples": 1000, "eval_examples": 1000,
                "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None},
@@ -128,6 +137,14 @@ CPU = {
              "eval_examples": None, "vgg_dataset": FM, "vgg": {"arch": "vgg", "depth": 16, "width": 1},
              "vgg_epochs": 2, "vgg_train_subset": 2000, "vgg_batch_size": 100, "vgg_lr": 0.04,
              "panel_examples": 1000, "panel_stats_examples": 250},
+    # beyond the paper: two small timm ViTs (embedding 48, 3 blocks of 4 heads, 7 px patches) and two ConvNeXts
+    # (16-128 channels, one block per stage), SGD recipes of repairlib.train ("vit", "convnext")
+    "transformers": {
+        "vit_dataset": FM, "vit": CPU_VIT, "vit_epochs": 4, "vit_train_subset": 8000, "vit_batch_size": None,
+        "vit_lr": None, "convnext_dataset": FM, "convnext": CPU_CONVNEXT, "convnext_epochs": 2,
+        "convnext_train_subset": 6000, "convnext_batch_size": None, "convnext_lr": None,
+        "stats_examples": 500, "eval_examples": 2000,
+    },
 }
 
 # paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
@@ -178,6 +195,14 @@ PAPER = {
         "vgg_dataset": "cifar10", "vgg": {"arch": "vgg", "depth": 16, "width": 1}, "vgg_epochs": 100,
         "vgg_train_subset": None, "vgg_batch_size": None, "vgg_lr": None, "panel_examples": None,
         "panel_stats_examples": 5000,
+    },
+    "transformers": {  # beyond the paper (not run by the book): wider ViTs and ConvNeXts on all of CIFAR-10
+        "vit_dataset": "cifar10",
+        "vit": {"arch": "vit", "embed_dim": 192, "depth": 6, "num_heads": 6, "mlp_ratio": 4, "patch_size": 4,
+                "image_size": 32},
+        "vit_epochs": 100, "vit_train_subset": None, "vit_batch_size": None, "vit_lr": None,
+        "convnext_dataset": "cifar10", "convnext": {"arch": "convnext", "width": 48, "depth": 2},
+        "convnext_epochs": 100, "convnext_train_subset": None, "convnext_batch_size": None, "convnext_lr": None,
     },
 }
 

@@ -1,0 +1,360 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Beyond the paper: REPAIR in vision transformers and ConvNeXts
+#
+# The paper studies MLPs, VGGs and ResNets. This page asks the same questions of two architectures it
+# does not cover: a small vision transformer (timm's `VisionTransformer`) and a small ConvNeXt (timm's
+# `ConvNeXt`: depthwise 7x7 convolutions, channels-last LayerNorm, inverted MLPs). Everything here is
+# this project's own measurement; no figure on this page is a figure of the paper.
+#
+# Two things are new compared with a ResNet.
+#
+# * **Attention heads.** A permutation of the query/key dimensions or of the value dimensions keeps a
+#   transformer's function only if it moves *whole heads* (and permutes the dimensions inside each
+#   head consistently): attention contracts the dimensions of one head and keeps heads apart.
+#   `repairlib.permutation_spec` finds these head groups in the traced graph and the solvers only
+#   return head-structured permutations. `permutation_spec(..., heads=False)` describes the same
+#   dimensions as independent units instead, as a spec finder that ignores heads would; the last
+#   section measures what that costs.
+# * **Where REPAIR acts.** The statistics live on the last axis of `[N, T, D]` token tensors (a
+#   ConvNeXt block's MLP, too, works channels-last). At scope `"conv"` REPAIR corrects the outputs of
+#   every linear and conv layer: the patch embedding, the attention output projection, the MLP hidden
+#   units and the MLP output (in a ConvNeXt also the depthwise convolutions); scope `"all"` adds the
+#   residual stream.
+#
+# At the `cpu` profile: two ViTs (embedding 48, 3 blocks of 4 heads, 4 x 4 patches of 7 px and a class
+# token, read out by the mean of the patch tokens) and two ConvNeXts (channels 16-128 over four stages
+# of one block) on Fashion-MNIST, trained with SGD (`repairlib.train`'s "vit" / "convnext" recipe:
+# AdamW is the norm for these networks, but this trainer is SGD only) for a few hundred steps, so
+# their accuracies are far below what these architectures reach with a full run; the barriers are
+# those of these short-trained networks. Training all four takes a few minutes on two CPU cores; with
+# the networks cached the page runs in about a minute.
+
+# %% tags=["hide-cell"]
+# Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.
+import importlib.util
+import subprocess
+import sys
+
+if importlib.util.find_spec("repairlib") is None:
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "repairlib[book] @ git+https://github.com/repairlib/repair-book"])
+
+# %% tags=["parameters"]
+import os
+
+profile = os.environ.get("REPAIR_PROFILE", "cpu")  # "smoke" | "cpu" | "paper"
+# overrides of repairlib.book.settings(profile, ...); None = the profile's value
+vit = None
+vit_dataset = None
+vit_epochs = None
+vit_train_subset = None
+vit_batch_size = None
+vit_lr = None
+convnext = None
+convnext_dataset = None
+convnext_epochs = None
+convnext_train_subset = None
+convnext_batch_size = None
+convnext_lr = None
+alphas = None
+seeds = None
+stats_examples = None
+eval_examples = None
+
+# %%
+import time
+
+start = time.time()
+
+import torch
+
+import repairlib
+from repairlib import analysis, book, data, metrics, plots
+from repairlib.book import evidence
+from repairlib.evaluation import per_example
+
+cfg = book.settings(
+    profile, "transformers", vit=vit, vit_dataset=vit_dataset, vit_epochs=vit_epochs,
+    vit_train_subset=vit_train_subset, vit_batch_size=vit_batch_size, vit_lr=vit_lr, convnext=convnext,
+    convnext_dataset=convnext_dataset, convnext_epochs=convnext_epochs,
+    convnext_train_subset=convnext_train_subset, convnext_batch_size=convnext_batch_size,
+    convnext_lr=convnext_lr, alphas=alphas, seeds=seeds, stats_examples=stats_examples,
+    eval_examples=eval_examples
+)
+cfg
+
+# %% [markdown]
+# ## Two pairs of networks
+#
+# Each family is trained twice, from the two seeds of the profile (`zoo.trained` caches them). REPAIR's
+# statistics and the activation matching use `stats_examples` training images; every accuracy and loss
+# on this page is measured on the first `eval_examples` test images.
+
+# %%
+FAMILIES = ("vit", "convnext")
+NAMES = {"vit": "ViT", "convnext": "ConvNeXt"}
+ALPHAS = [float(t) for t in cfg["alphas"]]
+MID = evidence.midpoint(ALPHAS)
+nets, train, test = {}, {}, {}
+for family in FAMILIES:
+    dataset = cfg[f"{family}_dataset"]
+    train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
+    test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
+    nets[family] = dict(zip("ab", book.trained_pair(cfg, family)))
+    params = sum(p.numel() for p in nets[family]["a"].parameters())
+    print(f"{NAMES[family]:>8} ({book.describe(cfg[family])}, {params:,} parameters), {dataset}, "
+          f"{cfg[f'{family}_epochs']} epochs on {cfg[f'{family}_train_subset'] or 'all'} training images")
+SCALE = (f"{profile} profile, {plots.dataset_label(cfg['vit_dataset'])}, {test['vit'].num_examples:,} test images, "
+         f"seeds {tuple(cfg['seeds'])}, {cfg['vit_epochs']} (ViT) / {cfg['convnext_epochs']} (ConvNeXt) epochs")
+print(SCALE)
+
+# %% [markdown]
+# ## Permutation groups: heads as heads, or as independent units
+#
+# The spec of each network, found from its graph. The ViT's query/key and value/output dimensions are
+# head groups (*4 heads x 16*), moved together per attention layer; the MLP hidden units and the
+# residual stream are plain groups. The ConvNeXt has no attention, so there the two kinds of spec are
+# the same. Aligning B to A with the head-structured spec permutes B without changing its function;
+# with heads as independent units the aligned B is a different network.
+
+# %%
+specs, aligned, perms_of = {}, {}, {}
+for family in FAMILIES:
+    a, b = nets[family]["a"], nets[family]["b"]
+    x = next(iter(train[family]))[0]
+    specs[family] = {"heads": repairlib.permutation_spec(a, x), "units": repairlib.permutation_spec(a, x, heads=False)}
+    head_groups = [g for g, grp in specs[family]["heads"].groups.items() if grp.heads > 1]
+    print(f"{NAMES[family]}: {len(specs[family]['heads'].groups)} permutation groups, {len(head_groups)} of them "
+          "attention head groups")
+    for kind, spec in specs[family].items():
+        if kind == "units" and not head_groups:
+            aligned[family][kind], perms_of[family][kind] = aligned[family]["heads"], perms_of[family]["heads"]
+            continue
+        perms = repairlib.align(a, b, train[family], spec=spec, stats_scope="conv" if kind == "heads" else None)
+        aligned.setdefault(family, {})[kind] = repairlib.permute(b, perms, spec)
+        perms_of.setdefault(family, {})[kind] = perms
+        change = analysis.output_difference(b, aligned[family][kind], test[family])
+        print(f"  heads as {kind:>5}: largest change of an output logit of B after the alignment "
+              f"{change['max_diff']:.1e} (largest logit {change['max_output']:.1f})")
+
+# %% [markdown]
+# ## Three interpolation paths per family
+#
+# For each pair: plain interpolation between A and B as trained (*naive*), between A and B aligned to
+# A with the head-structured spec (*aligned*), and the aligned path with REPAIR (exact variant, scope
+# `"conv"`, statistics of the training images) applied at every alpha. The endpoints are measured once:
+# interpolation at alpha 0 and 1 is A and B, and REPAIR leaves them as they are.
+
+# %%
+PATHS = ("naive", "aligned", "aligned + REPAIR")
+STYLES = {"naive": {"linestyle": ":", "color": "C3"}, "aligned": {"linestyle": "--", "color": "C0"},
+          "aligned + REPAIR": {"color": "C2"}, "heads as units": {"linestyle": "--", "color": "C1"},
+          "heads as units + REPAIR": {"color": "C4"}}
+
+
+def path(family, ends, b, correct="none", stats=None):
+    """Per-example test results along A -> b: the endpoints' results ``ends`` (A, b) around the
+    interior alphas (``evidence.curve``, after ``correct``)."""
+    inner = evidence.curve(nets[family]["a"], b, test[family], ALPHAS[1:-1], correct, train[family], stats=stats)
+    return {k: torch.cat([ends[0][k][None], inner[k], ends[1][k][None]]) for k in inner}
+
+
+def paths(family):
+    """Per-example test results of the endpoints and of each path (head-structured alignment)."""
+    a, b, t = nets[family]["a"], nets[family]["b"], test[family]
+    b_aligned, stats = aligned[family]["heads"], perms_of[family]["heads"].endpoint_stats
+    ends = (per_example(a, t), per_example(b, t))  # B aligned computes B's function
+    return {"a": ends[0], "b": ends[1], "naive": path(family, ends, b), "aligned": path(family, ends, b_aligned),
+            "aligned + REPAIR": path(family, ends, b_aligned, "repair", stats)}
+
+
+measured = {family: paths(family) for family in FAMILIES}
+curves = {family: {k: evidence.summary(measured[family], ALPHAS, k) for k in PATHS} for family in FAMILIES}
+for family, fc in curves.items():
+    ends = fc["naive"]["endpoints"]
+    print(f"{NAMES[family]}: endpoints A {ends['a']['accuracy']:.1%}, B {ends['b']['accuracy']:.1%} test accuracy; "
+          "at alpha =", " ".join(f"{t:6.2f}" for t in ALPHAS))
+    for name, c in fc.items():
+        print(f"  {name:>16} accuracy " + " ".join(f"{v:6.1%}" for v in c["accuracy"])
+              + f"   barrier {c['barrier_accuracy']:6.1%}")
+        print(f"  {'':>16}     loss " + " ".join(f"{v:6.3f}" for v in c["loss"]) + f"   barrier {c['barrier_loss']:6.3f}")
+
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: test accuracy along the linear path between two ViTs (embedding 48, 3 blocks, 4 heads) trained from different seeds, naive, aligned (attention heads matched as heads) and aligned + REPAIR (exact, scope \"conv\"). Scale: cpu profile, Fashion-MNIST, 2,000 test images, seeds 0 and 1; ViTs 4 epochs on 8,000 training images, ConvNeXts 2 epochs on 6,000 (the provenance table gives the run's values).", "name": "transformers-vit-curves"}}
+plots.curve(ALPHAS, {k: [100 * a for a in c["accuracy"]] for k, c in curves["vit"].items()},
+            "test accuracy (%)", f"ViT, {plots.dataset_label(cfg['vit_dataset'])}", styles=STYLES)
+
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: the same three paths for two ConvNeXts (channels 16-128, one block per stage). Scale: cpu profile, Fashion-MNIST, 2,000 test images, seeds 0 and 1; ViTs 4 epochs on 8,000 training images, ConvNeXts 2 epochs on 6,000 (the provenance table gives the run's values).", "name": "transformers-convnext-curves"}}
+plots.curve(ALPHAS, {k: [100 * a for a in c["accuracy"]] for k, c in curves["convnext"].items()},
+            "test accuracy (%)", f"ConvNeXt, {plots.dataset_label(cfg['convnext_dataset'])}", styles=STYLES)
+
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: test loss along the same paths, one line per family (colour) and path (line style). Scale as in the curves above.", "name": "transformers-loss"}}
+plots.curve(ALPHAS, {f"{NAMES[f]}, {k}": c["loss"] for f, fc in curves.items() for k, c in fc.items()},
+            "test loss", "test loss along the path",
+            styles={f"{NAMES[f]}, {k}": {"color": color, "linestyle": line}
+                    for f, color in zip(FAMILIES, ("C0", "C3")) for k, line in zip(PATHS, (":", "--", "-"))})
+
+
+# %% [markdown]
+# ## What the curves say
+#
+# The sentences below are generated from this run's numbers.
+
+# %%
+def change(delta, noise=0.01):
+    """'raises' / 'lowers' / 'leaves unchanged' for an accuracy difference (within +-1 point: unchanged)."""
+    return "raises" if delta > noise else "lowers" if delta < -noise else "leaves about unchanged"
+
+
+def midpoint_words(family):
+    fc, name = curves[family], NAMES[family]
+    ends = fc["naive"]["endpoints"]
+    mean_end = (ends["a"]["accuracy"] + ends["b"]["accuracy"]) / 2
+    naive, al, rep = (fc[k]["accuracy"][MID] for k in PATHS)
+    lines = [(f"{name}: the endpoints reach {ends['a']['accuracy']:.1%} and {ends['b']['accuracy']:.1%}; "
+              f"at alpha {ALPHAS[MID]:.2f} the naive midpoint reaches {naive:.1%}, the aligned one {al:.1%} and "
+              f"the aligned and REPAIRed one {rep:.1%}.")]
+    lines.append(f"Alignment {change(al - naive)} the midpoint ({al - naive:+.1%}); REPAIR on top "
+                 f"{change(rep - al)} it ({rep - al:+.1%}), leaving it {mean_end - rep:.1%} below the endpoints' mean "
+                 f"(accuracy barrier {fc['aligned + REPAIR']['barrier_accuracy']:.1%} against "
+                 f"{fc['aligned']['barrier_accuracy']:.1%} aligned and {fc['naive']['barrier_accuracy']:.1%} naive).")
+    if rep < al - 0.01:
+        lines.append("Here REPAIR of the conv/linear outputs hurts the aligned path: the corrected points include "
+                     "layers that write into the uncorrected residual stream (attention output projection, MLP "
+                     "output); the section on the residual stream below tries scope 'all'.")
+    return " ".join(lines)
+
+
+for family in FAMILIES:
+    print(midpoint_words(family))
+
+# %% [markdown]
+# ## Variance collapse, block by block
+#
+# The paper's variance ratio (section 3.1), the summed variance of a layer's units in the midpoint
+# network over the mean of the endpoints', at every scope-`"conv"` point in network order
+# (`repairlib.metrics.variance_ratio`, on the statistics images). A ratio below 1 is variance
+# collapse. REPAIR gives every unit the standard deviation $(\sigma_A + \sigma_B)/2$, whose square is at
+# most $(\sigma_A^2 + \sigma_B^2)/2$, so even a perfect correction leaves the ratio at or a little
+# below 1; the printed range says how close this run gets.
+
+# %%
+ratios = {}
+for family in FAMILIES:
+    a, b = nets[family]["a"], nets[family]["b"]
+    b_aligned, stats = aligned[family]["heads"], perms_of[family]["heads"].endpoint_stats
+    mid_aligned = repairlib.interpolate(a, b_aligned, 0.5)
+    models = {"naive": repairlib.interpolate(a, b, 0.5), "aligned": mid_aligned,
+              "aligned + REPAIR": repairlib.repair(mid_aligned, a, b_aligned, train[family], 0.5, stats=stats)}
+    # the endpoint statistics of the aligned pair serve the naive midpoint too: summed variances do not
+    # depend on the order of the units
+    ratios[family] = {k: metrics.variance_ratio(m, a, b_aligned, train[family], stats=stats) for k, m in models.items()}
+    points = list(ratios[family]["aligned"])
+    print(f"{NAMES[family]}: variance ratio at alpha 0.5, {len(points)} points")
+    for p in points:
+        print(f"  {p:>34} " + "  ".join(f"{k} {r[p]:5.2f}" for k, r in ratios[family].items()))
+
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: the variance ratio at alpha 0.5 of every corrected layer of the ViT, in network order (per block: attention output projection, MLP hidden units, MLP output; the first point is the patch embedding), naive, aligned, and aligned + REPAIR. Statistics of 500 training images; the rest of the scale as in the curves above.", "name": "transformers-vit-variance"}}
+plots.layer_ratios({k: list(r.values()) for k, r in ratios["vit"].items()}, "ViT, midpoint",
+                   styles={k: STYLES[k] for k in PATHS})
+
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: the same for the ConvNeXt (per block: depthwise conv, MLP hidden units, MLP output; the stem and the downsampling convolutions in between).", "name": "transformers-convnext-variance"}}
+plots.layer_ratios({k: list(r.values()) for k, r in ratios["convnext"].items()}, "ConvNeXt, midpoint",
+                   styles={k: STYLES[k] for k in PATHS})
+
+
+# %%
+def block_of(point):
+    """The block a correction point belongs to: 'blocks_2_mlp_fc1' -> 'blocks 2', 'stages_1_blocks_0_...' -> 'stage 1'."""
+    parts = point.split("_")
+    if parts[0] == "blocks":
+        return f"block {parts[1]}"
+    if parts[0] == "stages":
+        return f"stage {parts[1]}"
+    return "stem"
+
+
+for family in FAMILIES:
+    by_block = {}
+    for p, r in ratios[family]["aligned"].items():
+        by_block.setdefault(block_of(p), []).append(r)
+    worst = min(by_block, key=lambda k: min(by_block[k]))
+    mean = {k: sum(v) / len(v) for k, v in by_block.items()}
+    print(f"{NAMES[family]}: mean variance ratio of the aligned midpoint per block: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in mean.items())
+          + f". The strongest collapse is in {worst} ({min(by_block[worst]):.2f}); after REPAIR the ratios lie in "
+          f"{min(ratios[family]['aligned + REPAIR'].values()):.2f}-{max(ratios[family]['aligned + REPAIR'].values()):.2f}.")
+
+# %% [markdown]
+# ## Heads matched as heads, or as independent units
+#
+# With `heads=False` the query/key and value/output dimensions are matched like any other units: the
+# assignment may send a dimension of one head into another head. The permuted B then no longer
+# computes B's function (its accuracy at alpha = 1 shows by how much), and REPAIR cannot put back what
+# the permutation broke. The same paths with that alignment, for the ViT:
+
+# %%
+a, b = nets["vit"]["a"], nets["vit"]["b"]
+b_units = aligned["vit"]["units"]
+ends = (measured["vit"]["a"], per_example(b_units, test["vit"]))
+units = {"a": ends[0], "b": ends[1], "heads as units": path("vit", ends, b_units),
+         "heads as units + REPAIR": path("vit", ends, b_units, "repair")}
+unit_curves = {k: evidence.summary(units, ALPHAS, k) for k in ("heads as units", "heads as units + REPAIR")}
+heads_curves = {"aligned": curves["vit"]["aligned"], "aligned + REPAIR": curves["vit"]["aligned + REPAIR"]}
+b_acc = {"heads": curves["vit"]["aligned"]["accuracy"][-1], "units": unit_curves["heads as units"]["accuracy"][-1]}
+moved = {kind: sum(int((p != torch.arange(len(p))).sum()) for g, p in perms_of["vit"][kind].items()
+                   if specs["vit"]["heads"].groups[g].heads > 1) for kind in ("heads", "units")}
+print("ViT, at alpha =", " ".join(f"{t:6.2f}" for t in ALPHAS))
+for name, c in {**heads_curves, **unit_curves}.items():
+    label = name.replace("aligned", "heads as heads")
+    print(f"  {label:>24} accuracy " + " ".join(f"{v:6.1%}" for v in c["accuracy"])
+          + f"   barrier {c['barrier_accuracy']:6.1%}")
+
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: the ViT pair aligned with attention heads matched as whole heads (the library's default) and with the query/key and value/output dimensions matched as independent units (permutation_spec(..., heads=False)), each without and with REPAIR. At alpha = 1 the second is B permuted across heads, a different network. Scale as in the curves above.", "name": "transformers-heads"}}
+plots.curve(ALPHAS, {**{k.replace("aligned", "heads as heads"): [100 * v for v in c["accuracy"]] for k, c in heads_curves.items()},
+                     **{k: [100 * v for v in c["accuracy"]] for k, c in unit_curves.items()}},
+            "test accuracy (%)", "ViT: how heads are matched",
+            styles={"heads as heads": STYLES["aligned"], "heads as heads + REPAIR": STYLES["aligned + REPAIR"],
+                    **{k: STYLES[k] for k in unit_curves}})
+
+# %%
+h_mid, u_mid = heads_curves["aligned + REPAIR"]["accuracy"][MID], unit_curves["heads as units + REPAIR"]["accuracy"][MID]
+print(f"Matched as independent units, the query/key/value dimensions of B move {moved['units']} positions "
+      f"(as heads: {moved['heads']}), and B permuted that way reaches {b_acc['units']:.1%} test accuracy instead "
+      f"of its own {b_acc['heads']:.1%} ({b_acc['units'] - b_acc['heads']:+.1%}). "
+      f"With REPAIR the midpoint is {u_mid:.1%} against {h_mid:.1%} with heads matched as heads "
+      f"({u_mid - h_mid:+.1%}); without REPAIR {unit_curves['heads as units']['accuracy'][MID]:.1%} against "
+      f"{heads_curves['aligned']['accuracy'][MID]:.1%}. "
+      + ("Matching heads as heads is what keeps the aligned endpoint B itself."
+         if b_acc["units"] < b_acc["heads"] - 0.01 else
+         "On this pair the independent matching happens to cost the endpoint little."))
+
+# %% [markdown]
+# ## REPAIR of the residual stream
+#
+# Scope `"all"` also corrects the residual stream (the sums after every block, in a ViT the class
+# token and position embeddings' stream). At the midpoint of the aligned paths:
+
+# %%
+for family in FAMILIES:
+    a, b_aligned = nets[family]["a"], aligned[family]["heads"]
+    mid = repairlib.interpolate(a, b_aligned, 0.5)
+    full = repairlib.repair(mid, a, b_aligned, train[family], 0.5, scope="all")
+    acc_all = float(per_example(full, test[family])["correct"].double().mean())
+    print(f"{NAMES[family]}: aligned midpoint {curves[family]['aligned']['accuracy'][MID]:.1%}; REPAIR scope 'conv' "
+          f"{curves[family]['aligned + REPAIR']['accuracy'][MID]:.1%}, scope 'all' {acc_all:.1%}")
+
+# %%
+book.show_provenance(profile, cfg, start)
