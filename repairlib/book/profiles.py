@@ -33,8 +33,8 @@ MLP10 = {"arch": "mlp", "depth": 10, "width": 512}  # the paper's 10-layer MLP (
 RESNET20_BN = {"arch": "resnet20", "width": 1, "norm": "bn"}
 
 SMOKE = {
-    "common": {"seeds": (0, 1), "stats_examples": 128, "eval_examples": 128, "alphas": (0.0, 0.5, 1.0),
-               "device": None},
+    "common": {"seeds": (0, 1), "seed_pairs": ((0, 1),), "stats_examples": 128, "eval_examples": 128,
+               "alphas": (0.0, 0.5, 1.0), "device": None},
     "quickstart": {"dataset": FM, "model": {"arch": "mlp", "depth": 10, "width": 16}, "epochs": 1,
                    "train_subset": 256},
     "3": {
@@ -95,14 +95,16 @@ ALPHAS11 = tuple(i / 10 for i in range(11))
 CPU_RESNET20 = {"epochs": 2, "train_subset": 4000, "batch_size": 100, "lr": 0.08}  # sections 5.1-5.4
 # sections 3, 4, C: the same ResNet20 pair as 5.1-5.4 (one zoo entry per seed)
 # Statistics and test images per measurement. Each merged network costs a pass over both, so these set
-# the warm build's time (<= 3 minutes). 500 images give every conv channel 24k-392k samples; the test
-# accuracies they give carry a standard error of about 2 points.
-CPU_EXAMPLES = {"stats_examples": 500, "eval_examples": 500}
+# the warm build's time. 500 images give every conv channel 24k-392k samples; 2,000 test images give an
+# accuracy a standard error of about 1 point (each page's box shows the bootstrap interval).
+CPU_EXAMPLES = {"stats_examples": 500, "eval_examples": 2000}
 CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v in CPU_RESNET20.items()}}
 CPU_VIT = {"arch": "vit", "embed_dim": 48, "depth": 3, "num_heads": 4, "mlp_ratio": 2, "patch_size": 7}
 CPU_CONVNEXT = {"arch": "convnext", "width": 16, "depth": 1}
 CPU = {
-    "common": {"seeds": (0, 1), "stats_examples": 1000, "eval_examples": 1000,
+    # seed_pairs: the independent pairs behind every measurement in a "Does it match the paper?" box
+    # (repairlib.book.evidence.seed_pairs); figures show the first pair.
+    "common": {"seeds": (0, 1), "seed_pairs": ((0, 1), (2, 3)), "stats_examples": 1000, "eval_examples": 1000,
                "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None},
     "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
                    "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
@@ -149,7 +151,7 @@ CPU = {
 
 # paper: data sets, widths and Table 1 epochs (MLP 100, VGG 100, ResNet20 200, ResNet50/ImageNet 300).
 PAPER = {
-    "common": {"seeds": (0, 1), "stats_examples": 5000, "eval_examples": None,
+    "common": {"seeds": (0, 1), "seed_pairs": ((0, 1), (2, 3)), "stats_examples": 5000, "eval_examples": None,
                "alphas": tuple(i / 20 for i in range(21)), "device": None},
     "quickstart": {"dataset": "mnist", "model": MLP10, "epochs": 100, "train_subset": None},
     "3": {  # Fig. 2: 35-layer MLP on MNIST, VGG11 on CIFAR-10 (ResNet50 on ImageNet lives in 5.2)
