@@ -104,9 +104,9 @@ class Group:
 class PermutationSpec:
     """The permutation groups of a network: ``groups`` maps a group name to a :class:`Group`.
 
-    ``node_groups`` maps a graph node name to the group of its dim-1 channels (absent for fixed
-    spaces and for channels stored on another axis), which lets statistics measured at any node
-    (``[N, C, *]``, channels on dim 1) be permuted along with the network. ``notes`` says, per graph
+    ``node_groups`` maps a graph node name to the group of the units on its channel axis (dim 1 of
+    ``[N, C, *]`` maps, the last axis of ``[N, T, D]`` tokens: :func:`channel_axes`; absent for fixed
+    spaces), which lets statistics measured per channel at any node be permuted along with the network. ``notes`` says, per graph
     node, why channels there were kept fixed (a channel shuffle, a concatenation, ...) or cannot
     be measured.
     """
@@ -1228,20 +1228,26 @@ def channel_axes(model: nn.Module, example: torch.Tensor = None) -> dict:
         an.close()
     except ValueError:
         return axes  # an op the analysis does not know: the graph alone decides
-    sp = an.spaces
-    made = {sp.find(s) for s in an.producers}
+    made = {an.spaces.find(s) for s in an.producers}
     for node, value in an.out.items():
         if not isinstance(value, tuple) or len(value) < 2:
             continue
-        roots = [sp.find(p[0]) for p in value]
-        free = [i for i in range(1, len(value)) if not sp.is_fixed(roots[i]) and sp.size[roots[i]] > 1]
-        written = [i for i in range(1, len(value)) if roots[i] in made]
-        axis = (free or written or [None])[-1]
+        axis = _value_channel_axis(an.spaces, made, value)
         if axis is not None:
             axes[node.name] = axis
         elif axes[node.name] < 0:
             axes[node.name] %= len(value)
     return axes
+
+
+def _value_channel_axis(sp, made: set, value: tuple):
+    """The axis of a node's ``value`` (one ``(space, inner)`` pair per axis) that holds its channels: the
+    last axis after the batch whose units a permutation may move, else the last whose units a layer
+    wrote (``made``: those spaces' roots), else None."""
+    roots = [sp.find(pair[0]) for pair in value]
+    free = [i for i in range(1, len(value)) if not sp.is_fixed(roots[i]) and sp.size[roots[i]] > 1]
+    written = [i for i in range(1, len(value)) if roots[i] in made]
+    return (free or written or [None])[-1]
 
 
 def _graph_channel_axes(gm: fx.GraphModule) -> dict:
@@ -1338,9 +1344,21 @@ def _assemble(an: _Analysis) -> PermutationSpec:
             notes.append(f"group {name!r}: its units never sit on dim 1 of a conv or linear input (channels "
                          "on the last axis of [N, ..., D] tensors, or attention heads): activation matching "
                          "aligns it by weight matching")
-    node_groups = {n.name: names[sp.find(v[1][0])] for n, v in an.out.items()
-                   if isinstance(v, tuple) and len(v) >= 2 and v[1][1] == 1 and sp.find(v[1][0]) in names}
-    return PermutationSpec(groups=groups, node_groups=node_groups, notes=notes)
+    return PermutationSpec(groups=groups, node_groups=_node_groups(an, names), notes=notes)
+
+
+def _node_groups(an, names: dict) -> dict:
+    """``node name -> group`` of the units on the node's channel axis (:func:`channel_axes`: dim 1 of
+    ``[N, C, *]`` maps, the last axis of ``[N, T, D]`` tokens), where one group's units lie there one
+    entry each; statistics measured per channel at that node are permuted with that group."""
+    sp, made, out = an.spaces, {an.spaces.find(s) for s in an.producers}, {}
+    for node, value in an.out.items():
+        if not isinstance(value, tuple) or len(value) < 2:
+            continue
+        axis = _value_channel_axis(sp, made, value)
+        if axis is not None and value[axis][1] == 1 and sp.find(value[axis][0]) in names:
+            out[node.name] = names[sp.find(value[axis][0])]
+    return out
 
 
 def _placed_entries(an: _Analysis) -> tuple:
