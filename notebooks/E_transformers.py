@@ -155,10 +155,9 @@ for family in FAMILIES:
 #
 # For each pair: plain interpolation between A and B as trained (*naive*), between A and B aligned to
 # A with the head-structured spec (*aligned*), and the aligned path with REPAIR (exact variant, scope
-# `"conv"`, statistics of the training images) applied at every alpha. REPAIR's endpoint statistics are
-# measured on A and on the aligned B (`repairlib.endpoint_stats`), not taken from `align(...,
-# stats_scope=...)`: those leave B's units on the last axis of token tensors in B's own order (see the
-# note at the end). The endpoints are measured once:
+# `"conv"`, statistics of the training images) applied at every alpha. REPAIR's endpoint statistics
+# (per feature of the `[N, T, D]` tokens, over all positions) are measured once on A and the aligned B
+# (`repairlib.endpoint_stats`). The endpoints are measured once:
 # interpolation at alpha 0 and 1 is A and B, and REPAIR leaves them as they are.
 
 # %%
@@ -359,15 +358,6 @@ for family in FAMILIES:
     acc_all = float(per_example(full, test[family])["correct"].double().mean())
     print(f"{NAMES[family]}: aligned midpoint {curves[family]['aligned']['accuracy'][MID]:.1%}; REPAIR scope 'conv' "
           f"{curves[family]['aligned + REPAIR']['accuracy'][MID]:.1%}, scope 'all' {acc_all:.1%}")
-
-# %% [markdown]
-# **A note on the statistics.** `repairlib.align(..., stats_scope="conv")` returns REPAIR's endpoint
-# statistics from its matching pass, permuted to the aligned order through the spec's `node_groups`.
-# Points whose units sit on the last axis of `[N, T, D]` tensors (a ViT's and a ConvNeXt block's MLP)
-# have no entry there, so their statistics of B stay in B's original order. This page measures the
-# statistics of the aligned pair directly instead. With the statistics from `align`, an earlier run of
-# this page on the same cpu-profile networks gave the ViT an aligned + REPAIR midpoint of 60.8%, below
-# the aligned 68.2% (and 52.6% at alpha 0.75); measured directly, REPAIR raises it.
 
 # %%
 book.show_provenance(profile, cfg, start)
