@@ -400,9 +400,9 @@ def _sorted_score(spec, g, state_a, state_b, keys) -> torch.Tensor:
     for key, axis, inner, start in grp.entries:
         if keys is not None and key not in keys:
             continue
-        rows = [w.narrow(axis, start, grp.size * inner).float().movedim(axis, 0).reshape(grp.size, inner, -1)
+        rows = [w.narrow(axis, start, grp.size * inner).double().movedim(axis, 0).reshape(grp.size, inner, -1)
                 .sort(dim=-1).values.reshape(grp.size, -1) for w in (state_a[key], state_b[key])]
-        score += (rows[0] @ rows[1].T).double()  # float32: a start only, which the descent refines
+        score += rows[0] @ rows[1].T
     return score
 
 
