@@ -159,4 +159,9 @@ def check_same_class_out(make, model, x):
         assert set(unfolded) <= stream, f"non-residual points left unfolded: {sorted(set(unfolded) - stream)[:3]}"
         if not unfolded:
             assert type(out) is type(model)
-            make().load_state_dict(out.state_dict(), strict=True)
+            missing = make().load_state_dict(out.state_dict(), strict=False)
+            # Known gap (issue 13): Swin's PatchMerging reduction is a bias-free Linear read by a residual stream
+            # (no BatchNorm after it), so its correction is folded into a new bias.
+            allowed = {k for k in missing.unexpected_keys if k.endswith("reduction.bias")} if isinstance(
+                model, tv.SwinTransformer) else set()
+            assert not missing.missing_keys and set(missing.unexpected_keys) == allowed, missing
