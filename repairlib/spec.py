@@ -1333,10 +1333,13 @@ def _assemble(an: _Analysis) -> PermutationSpec:
             groups[name].heads, groups[name].within = sp.size[outer], not sp.is_fixed(inner)
             head_set = None if sp.is_fixed(outer) else names.setdefault(("heads", outer), name)
             groups[name].head_set = head_set
+    node_groups = _node_groups(an, names)
     for node in dict.fromkeys(an.consumer_inputs):
         value = an.out[node]
         root = sp.find(value[1][0]) if len(value) >= 2 else None
-        if root in names:
+        # a probe measures its group on dim 1; not where the node's channel axis holds another group
+        # (an MLP-Mixer's token MLP: [N, D, hidden] has D on dim 1, its hidden units last)
+        if root in names and node_groups.get(node.name) in (names[root], None):
             groups[names[root]].probes.append(node.name)
     notes += [n for root, ns in an.notes.items() for n in ns]
     for name, g in groups.items():
@@ -1344,7 +1347,7 @@ def _assemble(an: _Analysis) -> PermutationSpec:
             notes.append(f"group {name!r}: its units never sit on dim 1 of a conv or linear input (channels "
                          "on the last axis of [N, ..., D] tensors, or attention heads): activation matching "
                          "aligns it by weight matching")
-    return PermutationSpec(groups=groups, node_groups=_node_groups(an, names), notes=notes)
+    return PermutationSpec(groups=groups, node_groups=node_groups, notes=notes)
 
 
 def _node_groups(an, names: dict) -> dict:
