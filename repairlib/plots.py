@@ -58,10 +58,23 @@ def _show_figures_in_notebooks() -> None:
 _show_figures_in_notebooks()
 
 
-def _array(values, what: str) -> np.ndarray:
+def _floats(values) -> np.ndarray:
+    """A tensor (any device) or array-like as a float numpy array."""
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
-    array = np.asarray(values, dtype=float)
+    return np.asarray(values, dtype=float)
+
+
+def _weights4(weights, what: str) -> np.ndarray:
+    """Conv weights ``[C, in, kh, kw]`` as a float numpy array."""
+    w = _floats(weights)
+    if w.ndim != 4:
+        raise ValueError(f"{what} must have shape [C, in, kh, kw], got {w.shape}")
+    return w
+
+
+def _array(values, what: str) -> np.ndarray:
+    array = _floats(values)
     if array.ndim != 1:
         raise ValueError(f"{what} must be one-dimensional, got shape {array.shape}")
     return array
@@ -176,11 +189,7 @@ def channel_stats(goal, series: dict, title: str | None = None,
 
 def _filter_grid(weights, ncols: int | None) -> np.ndarray:
     """[C, in, kh, kw] -> one [rows*(kh+1), cols*(kw+1), 3] RGB image, each filter scaled to [0, 1]."""
-    if hasattr(weights, "detach"):
-        weights = weights.detach().cpu().numpy()
-    w = np.asarray(weights, dtype=float)
-    if w.ndim != 4:
-        raise ValueError(f"filters must have shape [C, in, kh, kw], got {w.shape}")
+    w = _weights4(weights, "filters")
     c, cin, kh, kw = w.shape
     w = w[:, :3] if cin >= 3 else np.repeat(w[:, :1], 3, axis=1)  # RGB, or grey from the first input
     low = w.min(axis=(1, 2, 3), keepdims=True)
@@ -272,15 +281,6 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     b = b.reshape(len(b), -1) - b.reshape(len(b), -1).mean(1, keepdims=True)
     norm = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return (a * b).sum(1) / np.where(norm > 0, norm, 1.0)
-
-
-def _weights4(weights, what: str) -> np.ndarray:
-    if hasattr(weights, "detach"):
-        weights = weights.detach().cpu().numpy()
-    w = np.asarray(weights, dtype=float)
-    if w.ndim != 4:
-        raise ValueError(f"{what} must have shape [C, in, kh, kw], got {w.shape}")
-    return w
 
 
 def filter_pairs(a, b, unaligned=None, title: str | None = None, labels=("A", "B"), ncols: int = 8,
