@@ -153,22 +153,22 @@ def _ours(row: dict) -> str:
 def results_table(directory=None, profiles=("cpu", "paper")) -> str:
     """The results page's Markdown table: every number of the paper's text beside ours.
 
-    One line per paper number and per profile that measured it; "pending" where none did yet. Our
-    cell reads "before → after (endpoints ...)".
+    Four columns, so it reads on a narrow page: | Setting | Sec. | Paper: before → after REPAIR
+    (endpoints) | Ours: before → after (endpoints); note *(profile, data set)* |. One line per paper
+    number and per profile that measured it; "pending" where none did yet.
     """
     measured = {}
     for record in load_results(directory, profiles):
         for key, row in record["rows"].items():
             measured.setdefault(key, []).append((record["profile"], record["provenance"].get("dataset"), row))
-    header = ["Setting", "Sec.", "Paper: before REPAIR", "Paper: after REPAIR", "Paper: endpoints",
-              "Ours: before → after", "Profile", "Data set"]
+    header = ["Setting", "Sec.", "Paper: before → after REPAIR", "Ours: before → after REPAIR"]
     rows = []
     for key, setting, section, before, after, ends in REFERENCE:
-        paper = [_cell(setting), section, _cell(before), _cell(after), _cell(ends)]
+        paper = [_cell(setting), section, _cell(_before_after(before, after, ends))]
         ours = measured.get(key) or [(None, None, None)]
         for profile, dataset, row in sorted(ours, key=lambda m: PROFILES.index(m[0]) if m[0] else 0):
-            rows.append(paper + (["pending", "–", "–"] if row is None
-                                 else [_cell(_ours(row)), profile, _cell(dataset)]))
+            rows.append(paper + (["pending"] if row is None
+                                 else [_cell(f"{_ours(row)} *({profile}, {dataset})*")]))
     return markdown_table(header, rows)
 
 
