@@ -29,11 +29,20 @@ class UserError(Exception):
 
 
 # ---------------------------------------------------------------- train
+def _number(text: str):
+    """An int where ``text`` is one ("4"), else a float ("0.5"): a width is a channel multiplier."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _add_train(sub):
     p = sub.add_parser("train", help="train one network and save a checkpoint")
     p.add_argument("--arch", required=True, help="mlp | vgg | resnet20 | resnet18")
     p.add_argument("--depth", type=int, default=None)
-    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--width", type=_number, default=None, help="mlp: hidden units; vgg, resnet: a channel "
+                   "multiplier (0.5 halves every layer)")
     p.add_argument("--norm", default=None, help="bn | ln | fixup | none")
     p.add_argument("--dataset", required=True)
     p.add_argument("--data-root", default=None)

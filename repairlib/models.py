@@ -10,6 +10,7 @@ after :func:`check_size` has bounded it: an MLP's depth at most ``MAX_MLP_DEPTH`
 """
 
 import inspect
+import math
 
 import torch
 from torch import nn
@@ -28,6 +29,19 @@ def _positive_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
     return value
+
+
+def _multiplier(value, what: str):
+    """A channel multiplier: a positive int, or a positive float for networks narrower (0.5) or between
+    the integer widths (1.5); raises ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number (a channel multiplier), got {value!r}")
+    return value
+
+
+def _channels(base: int, width) -> int:
+    """Channels of a layer with ``base`` channels at width 1: ``round(base * width)``, at least 1."""
+    return max(1, round(base * width))
 
 
 def _check_norm(norm, family: str):
@@ -89,13 +103,13 @@ class VGG(nn.Module):
         super().__init__()
         if depth not in VGG_CONFIGS:
             raise ValueError(f"unknown vgg depth {depth!r}; valid: {', '.join(map(str, VGG_CONFIGS))}")
-        width, norm = _positive_int(width, "vgg width"), _check_norm(norm, "vgg")
+        width, norm = _multiplier(width, "vgg width"), _check_norm(norm, "vgg")
         layers, c_in = [], _positive_int(in_channels, "in_channels")
         for item in VGG_CONFIGS[depth]:
             if item == "M":
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
                 continue
-            c_out = item * width
+            c_out = _channels(item, width)
             conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm is None)
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's VGG
             if conv.bias is not None:
@@ -113,7 +127,7 @@ class VGG(nn.Module):
 
 
 def vgg(depth=11, width=1, norm=None, in_channels=3, num_classes=10) -> VGG:
-    """VGG11/13/16/19 with channels 64*width ... 512*width; ``norm`` None or "bn"."""
+    """VGG11/13/16/19 with channels 64*width ... 512*width (rounded; width 0.25: 16 ... 128); ``norm`` None or "bn"."""
     return VGG(depth, width, norm, in_channels, num_classes)
 
 
@@ -187,8 +201,8 @@ class ResNet(nn.Module):
 
     def __init__(self, stages, width=1, norm="bn", in_channels=3, num_classes=10):
         super().__init__()
-        width, norm = _positive_int(width, "resnet width"), _check_norm(norm, "resnet")
-        c = stages[0][0] * width
+        width, norm = _multiplier(width, "resnet width"), _check_norm(norm, "resnet")
+        c = _channels(stages[0][0], width)
         self.conv1 = nn.Conv2d(_positive_int(in_channels, "in_channels"), c, 3, padding=1, bias=False)
         self.norm1 = _norm_layer(norm, c)
         self.bias1 = Bias() if norm == "fixup" else nn.Identity()
@@ -196,8 +210,8 @@ class ResNet(nn.Module):
         blocks = []
         for channels, count, stride in stages:
             for i in range(count):
-                blocks.append(BasicBlock(c, channels * width, stride if i == 0 else 1, norm))
-                c = channels * width
+                blocks.append(BasicBlock(c, _channels(channels, width), stride if i == 0 else 1, norm))
+                c = _channels(channels, width)
         self.layers = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.bias2 = Bias() if norm == "fixup" else nn.Identity()
@@ -228,7 +242,8 @@ class ResNet(nn.Module):
 
 
 def resnet20(width=1, norm="bn", in_channels=3, num_classes=10) -> ResNet:
-    """ResNet20: 3 stages x 3 blocks, 16/32/64 x width channels (about 0.27M parameters at width 1)."""
+    """ResNet20: 3 stages x 3 blocks, 16/32/64 x width channels, rounded (about 0.27M parameters at width 1;
+    width 0.5: 8/16/32)."""
     return ResNet([(16, 3, 1), (32, 3, 2), (64, 3, 2)], width, norm, in_channels, num_classes)
 
 

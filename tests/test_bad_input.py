@@ -159,7 +159,7 @@ CLI_CASES = {
     "train negative epochs": (["train", "--arch", "mlp", "--dataset", FM, "--epochs", "-3", "--out", "{dir}/t.pt"],
                               ["--epochs must be a positive integer, got -3"]),
     "train width 0": (["train", "--arch", "resnet20", "--width", "0", "--dataset", FM, "--epochs", "1",
-                       "--out", "{dir}/t.pt"], ["width must be a positive integer, got 0"]),
+                       "--out", "{dir}/t.pt"], ["width must be a positive number (a channel multiplier), got 0"]),
     "train unknown norm": (["train", "--arch", "resnet20", "--norm", "gn", "--dataset", FM, "--epochs", "1",
                             "--out", "{dir}/t.pt"], ["unknown norm 'gn'"]),
     "train --out is a directory": (TRAIN + ["--out", "{dir}"], ["is a directory"]),

@@ -91,6 +91,15 @@ def test_resnet20_final_block_has_64_times_width_channels():
         assert model.conv1.out_channels == 16 * width
 
 
+def test_fractional_widths_round_the_channels():
+    half = models.resnet20(width=0.5)
+    assert half.conv1.out_channels == 8 and half.fc.in_features == 32
+    narrow = models.vgg(19, width=0.25, in_channels=1)
+    convs = [m.out_channels for m in narrow.features if isinstance(m, nn.Conv2d)]
+    assert convs[0] == 16 and convs[-1] == 128 and len(convs) == 16
+    assert models.canonical_config({"arch": "vgg", "width": 0.25})["width"] == 0.25
+
+
 def test_vgg_channels_scale_with_width():
     model = models.vgg(11, width=2, in_channels=1)
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -132,10 +141,11 @@ def test_canonical_config_fills_defaults_and_normalises_norm():
     ({"arch": "transformer"}, "unknown arch 'transformer'; valid: mlp, vgg, resnet20"),
     ({"arch": "mlp", "depth": 0}, "depth must be a positive integer, got 0"),
     ({"arch": "mlp", "width": -3}, "width must be a positive integer, got -3"),
-    ({"arch": "resnet20", "width": 0}, "width must be a positive integer, got 0"),
-    ({"arch": "resnet18", "width": 1.5}, "width must be a positive integer, got 1.5"),
+    ({"arch": "resnet20", "width": 0}, "resnet width must be a positive number"),
+    ({"arch": "resnet18", "width": float("nan")}, "width must be a positive number"),
+    ({"arch": "resnet18", "width": "2"}, "width must be a positive number"),
     ({"arch": "vgg", "depth": 12}, "unknown vgg depth 12; valid: 11, 13, 16, 19"),
-    ({"arch": "vgg", "width": 0}, "width must be a positive integer, got 0"),
+    ({"arch": "vgg", "width": 0}, "width must be a positive number"),
     ({"arch": "resnet20", "norm": "group"}, "unknown norm 'group' for resnet; valid: bn, ln, fixup"),
     ({"arch": "vgg", "norm": "ln"}, "unknown norm 'ln' for vgg; valid: None, bn"),
     ({"arch": "resnet20", "depth": 20}, "resnet20 takes no argument 'depth'"),

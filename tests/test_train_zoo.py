@@ -380,7 +380,7 @@ def test_train_command_on_a_tiny_real_run(tmp_path, capsys):
 @pytest.mark.parametrize("args, match", [
     (["--arch", "transformer", "--dataset", DATA], "unknown arch 'transformer'"),
     (["--arch", "mlp", "--dataset", "imagenet22k"], "unknown data set 'imagenet22k'"),
-    (["--arch", "resnet20", "--width", "0", "--dataset", DATA], "width must be a positive integer, got 0"),
+    (["--arch", "resnet20", "--width", "0", "--dataset", DATA], "width must be a positive number \\(a channel multiplier\\), got 0"),
     (["--arch", "mlp", "--depth", "0", "--dataset", DATA], "depth must be a positive integer, got 0"),
     (["--arch", "mlp", "--dataset", "mnist", "--data-root", "EMPTY"], "data set 'mnist' \\(train\\) not found"),
     (["--arch", "mlp", "--dataset", DATA, "--train-subset", "0"], "--train-subset must be a positive integer"),
