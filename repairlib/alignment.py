@@ -3,7 +3,10 @@
 - Activation matching (Li et al. 2015; paper section 2.3, Eq. 2): maximise the summed correlation
   of paired units. The statistics of every matched unit of both networks are gathered in ONE pass
   over the data (permuting earlier layers does not change a unit's activations), then each group
-  is solved with ``scipy.optimize.linear_sum_assignment``.
+  is solved with ``scipy.optimize.linear_sum_assignment``. Units are measured at their group's probes
+  (:class:`repairlib.spec.Group`): conv channels on dim 1, a transformer's token features (MLP hidden
+  units, residual stream, merged value/output heads) on the last axis of ``[N, T, D]``, every position a
+  sample; groups without a probe (query/key heads) are weight-matched with the others held.
 - Weight matching (Ainsworth et al. 2022): data-free; maximise the summed inner product of paired
   weights by coordinate descent over the groups, one assignment problem per step.
 
@@ -34,6 +37,7 @@ from repairlib.spec import (
     permutation_spec,
     permute_axis,
     random_group_permutations,
+    split_heads,
 )
 
 
@@ -63,6 +67,13 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
     ``data``: any iterable of ``(inputs, targets)`` batches (targets unused). With
     ``method="weight"`` only its first batch is used, to trace shapes. ``spec`` defaults to
     :func:`repairlib.permutation_spec` of ``model_a``. Neither model is modified.
+
+    ``method="activation"`` correlates every group at its probes (``spec.groups[g].probes``): ``[N, C, *]``
+    channels on dim 1 (every pixel a sample), ``[N, T, D]`` token features on the last axis (every token a
+    sample: a ViT's MLP hidden units, its residual stream, and its value/output heads at the input of
+    the output projection, solved as whole heads, :func:`solve_unit`). Groups without a probe (a query/key
+    group, an MLP-Mixer's token-MLP units) are weight-matched, the other groups held at their activation
+    match and a head set's heads where its value/output group put them (:func:`solve_groups`).
 
     ``stats_scope="conv"|"all"`` also measures REPAIR's endpoint statistics (of ``model_a`` and of
     the *aligned* ``model_b``) in the same pass over ``data``: permuting B only reorders its
@@ -124,7 +135,7 @@ def solve_assignment(score: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(cols, dtype=torch.long)
 
 
-def solve_unit(spec: PermutationSpec, members: list, scores: dict) -> dict:
+def solve_unit(spec: PermutationSpec, members: list, scores: dict, sigma=None) -> dict:
     """The best permutations of one solver unit (:meth:`PermutationSpec.units`): ``{group: perm}``
     maximising ``sum_g sum_i scores[g][i, perm_g[i]]`` (``scores[g]``: ``[size, size]``).
 
@@ -133,7 +144,8 @@ def solve_unit(spec: PermutationSpec, members: list, scores: dict) -> dict:
     member the best ``tau`` inside the block ``score[a * d:(a + 1) * d, b * d:(b + 1) * d]`` is one
     assignment of ``d`` units (the identity where ``within`` is False); ``sigma`` is then the
     assignment of heads by those best block scores summed over the members (the identity without a
-    head set). Exact: the best head-structured permutation.
+    head set). Exact: the best head-structured permutation. ``sigma`` (LongTensor ``[heads]``) holds the
+    heads where they are already decided (by other groups of the head set): only the ``tau`` are solved.
     """
     first = spec.groups[members[0]]
     if first.heads == 1:
@@ -144,7 +156,8 @@ def solve_unit(spec: PermutationSpec, members: list, scores: dict) -> dict:
     for g in members:
         values, within[g] = _block_assignments(scores[g].detach().cpu().double(), heads, spec.groups[g].within)
         total += values
-    sigma = solve_assignment(total) if first.head_set is not None else torch.arange(heads)
+    if sigma is None:
+        sigma = solve_assignment(total) if first.head_set is not None else torch.arange(heads)
     rows = torch.arange(heads)
     return {g: compose_heads(sigma, within[g][rows, sigma]) for g in members}
 
@@ -169,16 +182,17 @@ def _block_assignments(score: torch.Tensor, heads: int, free: bool) -> tuple:
 def solve_groups(spec: PermutationSpec, scores: dict, state_a=None, state_b=None, keys=None, max_iter=100,
                  seed=0) -> dict:
     """Every group's permutation: the groups in ``scores`` (``{group: [size, size]}``, e.g. activation
-    correlations) solved from them, unit by unit (:func:`solve_unit`); the groups without a score (no
-    activation probe: a transformer's last-axis units, attention heads) by weight matching of
-    ``state_b`` to ``state_a`` with the others held at their solved permutations (:func:`weight_matching`
-    with ``fixed``). Without states, a missing group is an error."""
+    correlations) solved from them, unit by unit (:func:`solve_unit`; a head set's heads by the scored
+    groups alone, e.g. the value/output group of an attention layer); the groups without a score (no
+    activation probe: a query/key group) by weight matching of ``state_b`` to ``state_a`` with the
+    others held at their solved permutations, and the heads of a head set at those of its solved groups
+    (:func:`weight_matching` with ``fixed``). Without states, a missing group is an error."""
     perms, missing = {}, []
     for members in spec.units():
-        if all(g in scores for g in members):
-            perms.update(solve_unit(spec, members, scores))
-        else:
-            missing += members
+        scored = [g for g in members if g in scores]
+        if scored:
+            perms.update(solve_unit(spec, scored, scores))
+        missing += [g for g in members if g not in scores]
     if missing:
         if state_a is None:
             raise ValueError(f"group {missing[0]!r} has no probe where its activations can be measured: pass "
@@ -207,7 +221,8 @@ def reference_correlations(models: list, data, spec: PermutationSpec, points=(),
     """ONE pass over ``data`` for N networks: each network's correlations with ``models[0]`` (Eq. 2).
 
     Every batch runs through all N networks; for each ``i >= 1`` the cross moments of (X_0, X_i) are
-    accumulated at every probe (summed over a group's probes, as in :func:`activation_correlations`)
+    accumulated at every probe (on its channel axis, :func:`probe_axis`; summed over a group's probes, as
+    in :func:`activation_correlations`)
     and at ``points`` (cross moments ``point_cross``; a point that is also a probe keeps "full").
     ``all_pairs=True`` also gathers every pair (X_i, X_j), ``1 <= i < j``, at ``points`` (cross
     ``point_cross``): what the closed form's Var(sum_i w_i X_i) needs. ``points_alone=True`` instead
@@ -220,6 +235,7 @@ def reference_correlations(models: list, data, spec: PermutationSpec, points=(),
     probes = list(probe_group)
     watched = probes + [p for p in points if p not in probe_group]
     sizes = [spec.groups[probe_group[p]].size if p in probe_group else None for p in watched]
+    axes = [probe_axis(spec.groups[probe_group[p]], p) if p in probe_group else None for p in watched]
     cross = {p: "full" if p in probe_group else point_cross for p in watched}
     pairs = {(0, i): cross for i in range(1, len(models))}
     if points_alone:
@@ -229,13 +245,16 @@ def reference_correlations(models: list, data, spec: PermutationSpec, points=(),
     if all_pairs:
         pairs.update({(i, j): {p: cross[p] for p in points} for i in range(1, len(models))
                       for j in range(i + 1, len(models))})
-    moments = measure_pairs(models, reusable(data), watched, pairs, channels=sizes)
+    moments = measure_pairs(models, reusable(data), watched, pairs, channels=sizes, axes=axes)
     corr = {}
     for i in range(1, len(models)):
         summed = {}
         for p in probes:  # pooled moments: the chunking of the batches does not change them
             g = probe_group[p]
             c = moments[(0, i)][p].corr_xy()
+            if c.shape[0] != spec.groups[g].size:
+                raise ValueError(f"probe {p!r} of group {g!r} measured {c.shape[0]} channels for its "
+                                 f"{spec.groups[g].size} units: its channel axis is not the spec's")
             summed[g] = c if g not in summed else summed[g] + c
         corr[i] = {g: summed[g] for g in spec.groups if g in summed}
     if len(models) > 1:
@@ -245,6 +264,13 @@ def reference_correlations(models: list, data, spec: PermutationSpec, points=(),
             samples[g] = max(samples.get(g, 0), moments[(0, 1)][p].n)
         warn_undetermined(undetermined_groups(corr, samples))
     return corr, {pair: {p: m[p] for p in points if p in m} for pair, m in moments.items()}
+
+
+def probe_axis(group, probe: str) -> int:
+    """The axis on which ``probe`` of ``group`` carries its units: dim 1 (``[N, C, *]`` or ``[N, C * inner]``,
+    measured as ``[N, C, L]`` samples) unless ``group.probe_axes`` names another (the last axis of a
+    transformer's ``[N, T, D]`` tokens: ``[N * T, D, 1]`` samples, every position one)."""
+    return group.probe_axes.get(probe, 1)
 
 
 def undetermined_groups(corr: dict, samples: dict) -> dict:
@@ -295,7 +321,8 @@ def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter
     head-structured one for attention heads, a head set's groups together: :func:`solve_unit`); the units are
     visited in random order, sweep after sweep, until no permutation changes (at most ``max_iter`` sweeps).
     ``keys`` limits the sums to these tensors (parameters, not running statistics). ``fixed``: ``{group:
-    perm}`` held as given; only the other groups are solved.
+    perm}`` held as given; only the other groups are solved, those of a head set with a fixed group under
+    its heads (``sigma``, :func:`solve_unit`).
 
     ``starts``: the descent runs from each of these starting points and the permutations with the best
     objective are kept. ``"sorted"`` matches every group on its own weights sorted over their other axes
@@ -311,14 +338,15 @@ def weight_matching(spec: PermutationSpec, state_a, state_b, keys=None, max_iter
     from it and no further start is tried.
     """
     fixed = dict(fixed or {})
-    units = [u for u in spec.units() if not any(g in fixed for g in u)]
+    units = [free for u in spec.units() if (free := [g for g in u if g not in fixed])]
+    held = _held_heads(spec, fixed)
     bound = _objective_bound(spec, state_a, state_b, keys)
     best, best_value = None, -float("inf")
     for start in starts:
         perms = dict(fixed)
-        perms.update(_start_permutations(spec, units, start, state_a, state_b, keys))
+        perms.update(_start_permutations(spec, units, start, state_a, state_b, keys, held))
         if matching_objective(spec, state_a, state_b, perms, keys) < bound:
-            perms = _coordinate_descent(spec, units, perms, state_a, state_b, keys, max_iter, seed)
+            perms = _coordinate_descent(spec, units, perms, state_a, state_b, keys, max_iter, seed, held)
         value = matching_objective(spec, state_a, state_b, perms, keys)
         if value > best_value:
             best, best_value = perms, value
@@ -338,24 +366,55 @@ def _objective_bound(spec: PermutationSpec, state_a, state_b, keys=None) -> floa
     return total * (1 - 1e-9)
 
 
-def _start_permutations(spec: PermutationSpec, units: list, start: str, state_a, state_b, keys) -> dict:
+def _held_heads(spec: PermutationSpec, fixed: dict) -> dict:
+    """``head set -> sigma [heads]``: the head permutation of every head set with a group in ``fixed``."""
+    held = {}
+    for g, perm in fixed.items():
+        grp = spec.groups[g]
+        if grp.heads > 1 and grp.head_set is not None:
+            held.setdefault(grp.head_set, split_heads(torch.as_tensor(perm), grp.heads)[0])
+    return held
+
+
+def _solve_held(spec: PermutationSpec, members: list, scores: dict, held: dict) -> dict:
+    """:func:`solve_unit`, a head set's heads held at ``held[head set]`` where it has them."""
+    grp = spec.groups[members[0]]
+    return solve_unit(spec, members, scores, held.get(grp.head_set) if grp.heads > 1 else None)
+
+
+def _start_permutations(spec: PermutationSpec, units: list, start: str, state_a, state_b, keys,
+                        held=None) -> dict:
     """The descent's starting permutation of every group in ``units``: ``"identity"`` or ``"sorted"``
-    (each unit's assignment by :func:`_sorted_score`)."""
+    (each unit's assignment by :func:`_sorted_score`); ``held``: ``head set -> sigma`` kept (identity
+    inside every head for ``"identity"``)."""
+    held = held or {}
     if start == "identity":
-        return {g: torch.arange(spec.groups[g].size) for members in units for g in members}
+        return {g: _identity_under(spec.groups[g], held) for members in units for g in members}
     if start != "sorted":
         raise ValueError(f"weight matching start must be 'sorted' or 'identity', got {start!r}")
     perms = {}
     for members in units:
-        perms.update(solve_unit(spec, members, {g: _sorted_score(spec, g, state_a, state_b, keys) for g in members}))
+        scores = {g: _sorted_score(spec, g, state_a, state_b, keys) for g in members}
+        perms.update(_solve_held(spec, members, scores, held))
     return perms
 
 
+def _identity_under(grp, held: dict) -> torch.Tensor:
+    """The identity of ``grp``'s units, or its heads moved by ``held[grp.head_set]`` (each head's own
+    dimensions in place)."""
+    sigma = held.get(grp.head_set) if grp.heads > 1 else None
+    if sigma is None:
+        return torch.arange(grp.size)
+    return compose_heads(sigma, torch.arange(grp.head_dim).repeat(grp.heads, 1))
+
+
 def _coordinate_descent(spec: PermutationSpec, units: list, perms: dict, state_a, state_b, keys, max_iter,
-                        seed) -> dict:
+                        seed, held=None) -> dict:
     """Ascend the weight-matching objective from ``perms`` (``{group: LongTensor [size]}``, every group):
-    each unit in turn set to its best assignment given the others, in an order drawn from ``seed`` each
-    sweep, until a sweep changes nothing or ``max_iter`` sweeps. Returns the new permutations."""
+    each unit in turn set to its best assignment given the others (a head set's heads at ``held[head
+    set]`` where given), in an order drawn from ``seed`` each sweep, until a sweep changes nothing or
+    ``max_iter`` sweeps. Returns the new permutations."""
+    held = held or {}
     perms = dict(perms)
     axes = spec.axes_of()
     order_rng = torch.Generator().manual_seed(seed)
@@ -364,7 +423,7 @@ def _coordinate_descent(spec: PermutationSpec, units: list, perms: dict, state_a
         for ui in torch.randperm(len(units), generator=order_rng).tolist():
             members = units[ui]
             scores = {g: _weight_score(spec, g, state_a, state_b, perms, axes, keys) for g in members}
-            new = solve_unit(spec, members, scores)
+            new = _solve_held(spec, members, scores, held)
             gain = sum(_assigned(scores[g], new[g]) - _assigned(scores[g], perms[g]) for g in members)
             if gain > 1e-9 * max(float(scores[g].abs().max()) for g in members):
                 perms.update(new)

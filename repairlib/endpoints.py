@@ -146,17 +146,17 @@ def network_stats_of(stats: EndpointStats) -> NetworkStats:
 
 
 @torch.no_grad()
-def measure_pairs(models: list, data, names: list, pairs: dict, channels=None) -> dict:
+def measure_pairs(models: list, data, names: list, pairs: dict, channels=None, axes=None) -> dict:
     """ONE pass over ``data``, every model run on every batch: ``{pair: {name: Moments}}``.
 
     ``pairs`` maps ``(i, j)`` (``i < j``) to ``{name: cross}`` (the cross moment of ``X_i`` and ``X_j``:
     ``"full"``, ``"diag"`` or None), or ``(i,)`` to ``{name: None}`` (network i alone). ``names``: the
-    graph nodes every model captures (:func:`repairlib.stats.capture`, with ``channels``). Network j's
+    graph nodes every model captures (:func:`repairlib.stats.capture`, with ``channels`` and ``axes``). Network j's
     values are dropped once its last pair has seen them, so at most the models still paired are held.
     """
     data = reusable(data)
     channels = True if channels is None else channels
-    probes = [capture(m, names, channels=channels) for m in models]
+    probes = [capture(m, names, channels=channels, axes=axes) for m in models]
     moments = {pair: {n: Moments(cross=c) for n, c in watched.items()} for pair, watched in pairs.items()}
     index = {n: k for k, n in enumerate(names)}
     last_use = {i: max(pair[-1] for pair in pairs if i in pair) for i in range(len(models))}

@@ -4,11 +4,14 @@
 A conv/linear point is folded into that layer's weight and bias, or, for a bias-free layer followed
 only by an affine BatchNorm, into that BatchNorm's weight and bias (state_dict keys unchanged; exact
 for any scale, unlike a running-statistics fold). Residual-stream points cannot be folded in general
-(an identity shortcut carries the stream); there, and only there (or at a layer module called more than
-once), a :class:`ChannelAffine` node is inserted into an fx GraphModule.
+(an identity shortcut carries the stream), nor can a bias-free layer's point with no BatchNorm after it
+(its shift would need a new bias, a state_dict key the architecture lacks: Swin's PatchMerging
+``reduction``); there, and only there (or at a layer module called more than once), a
+:class:`ChannelAffine` node is inserted into an fx GraphModule.
 """
 
 import copy
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -84,19 +87,32 @@ def _view(scale, weight):
 
 
 def _fold_into_layer(gm, node, scale, shift) -> bool:
-    """W' = scale W, b' = scale b + shift (a bias is created if the layer has none)."""
+    """W' = scale W, b' = scale b + shift. False (nothing changed) for a layer without a bias: the shift
+    would need a new parameter, which the architecture's state_dict does not have."""
     layer = module_of(gm, node)
-    if not isinstance(layer, LAYERS) or calls_of(gm, node.target) != 1:
+    if not isinstance(layer, LAYERS) or layer.bias is None or calls_of(gm, node.target) != 1:
         return False
     if len(scale) != layer.weight.shape[0]:
         raise ValueError(f"point {node.name!r}: {len(scale)} channels on dim 1 but the layer has "
                          f"{layer.weight.shape[0]} outputs (only [B, C, *] layouts are supported)")
     layer.weight.mul_(_view(scale, layer.weight))
-    if layer.bias is None:
-        layer.bias = nn.Parameter(shift.to(layer.weight))
-    else:
-        layer.bias.mul_(scale.to(layer.bias)).add_(shift.to(layer.bias))
+    layer.bias.mul_(scale.to(layer.bias)).add_(shift.to(layer.bias))
     return True
+
+
+def _is_bias_free_layer(gm, node) -> bool:
+    """A conv/linear without a bias, called once: a point whose correction has no bias to fold into."""
+    layer = module_of(gm, node)
+    return isinstance(layer, LAYERS) and layer.bias is None and calls_of(gm, node.target) == 1
+
+
+def _warn_bias_free(points: list) -> None:
+    """One warning naming (the first five of) ``points``, bias-free layers left unfolded."""
+    names = ", ".join(map(repr, points[:5])) + (f" (and {len(points) - 5} more)" if len(points) > 5 else "")
+    warnings.warn(f"REPAIR cannot fold the correction at {len(points)} point(s) {names}: a bias-free layer with "
+                  "no BatchNorm after it, whose shift would need a new bias parameter; a ChannelAffine node is "
+                  "inserted there instead (listed in unfolded_points), so the result does not load into the "
+                  "input's class", stacklevel=3)
 
 
 def _fold_into_bn(gm, node, scale, shift) -> bool:
@@ -208,17 +224,19 @@ def fuse_affines(model: nn.Module, affines: dict, axes: dict | None = None) -> n
 
     Folding, in this order: a bias-free layer's affine into the BatchNorm after it; a bias-free conv
     read only through channel concatenations into the BatchNorms after them (DenseNet); else into the
-    layer's own weight and bias (created if the layer has none: the one fold that adds a state_dict key,
-    for a bias-free layer with no BatchNorm after it).
+    layer's own weight and bias. No fold adds a state_dict key: a bias-free layer with nothing after it
+    to fold into (Swin's PatchMerging ``reduction``, which writes a residual stream) is left unfolded,
+    with a warning.
 
     Returns a plain copy of the original architecture when every point folds (scope ``"conv"``, on every
-    torchvision classifier: it loads with ``strict=True`` into a fresh instance; a Linear on ``[N, T, D]``
-    tokens folds per output feature). The one case that cannot be folded is a residual-stream point
-    (scope ``"all"``): an identity shortcut carries the stream past every layer, so no layer's weights can
-    scale it. Then the result is a ``torch.fx.GraphModule`` with :class:`ChannelAffine` nodes at those
-    points only (state_dict keys ``repair_<node>.scale`` / ``.shift``, on their channel ``axes``: ``point
-    -> axis``, :func:`repairlib.spec.channel_axes`; default from the graph), which does not load into the
-    input's class; its ``unfolded_points`` attribute lists those points.
+    torchvision classifier but Swin: it loads with ``strict=True`` into a fresh instance; a Linear on
+    ``[N, T, D]`` tokens folds per output feature). Two cases cannot be folded: a residual-stream point
+    (scope ``"all"``), where an identity shortcut carries the stream past every layer, so no layer's
+    weights can scale it; and a bias-free layer with nothing after it to fold into. Then the result is a
+    ``torch.fx.GraphModule`` with :class:`ChannelAffine` nodes at those points only (state_dict keys
+    ``repair_<node>.scale`` / ``.shift``, on their channel ``axes``: ``point -> axis``,
+    :func:`repairlib.spec.channel_axes`; default from the graph), which does not load into the input's
+    class; its ``unfolded_points`` attribute lists those points.
     """
     net = copy.deepcopy(model)
     gm = trace(net)  # shares net's layers: folding into gm's modules edits net
@@ -230,6 +248,9 @@ def fuse_affines(model: nn.Module, affines: dict, axes: dict | None = None) -> n
                 or _fold_into_layer(gm, node, scale, shift)):
             insert_after(gm, node, _affine_module(scale, shift, model, axes.get(node.name, 1)), "repair")
             inserted.append(node.name)
+    bias_free = [name for name in inserted if _is_bias_free_layer(gm, nodes_named(gm, [name])[0])]
+    if bias_free:
+        _warn_bias_free(bias_free)
     if inserted:
         gm.recompile()
         gm.unfolded_points = inserted

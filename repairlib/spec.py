@@ -22,7 +22,11 @@ whatever is not the structure of heads is fixed (a channel shuffle splits and me
 order). Each remaining ``[heads, head_dim]`` space is a head group (:class:`Group`): query and key
 share one, value and output another, and the two move their heads together (``scaled_dot_product_
 attention`` and ``q @ k^T`` contract the head dims and keep the heads as batch axes).
-``nn.MultiheadAttention`` is described the same way from its known layout.
+``nn.MultiheadAttention`` is described the same way from its known layout (one fused ``in_proj`` or,
+with ``kdim``/``vdim``, separate q/k/v projections); torch's ``nn.Transformer``, its encoder/decoder
+stacks and layers are traced into, down to their attention, linear and norm layers (:func:`trace`).
+So is torchvision's Swin ``shifted_window_attention`` (a traced leaf); an axis that indexes the heads
+alone (its relative position bias, V2's ``logit_scale``) is a head group of one dimension per head.
 
 No per-architecture code. What the analysis finds is *verified* on the example input: a random
 permutation of each group, applied to a copy of the network with perturbed weights, must keep
@@ -32,6 +36,7 @@ then be passed instead.
 """
 
 import copy
+import functools
 import itertools
 import math
 import operator
@@ -41,6 +46,7 @@ from typing import NamedTuple
 import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.nn.modules.transformer import _detect_is_causal_mask
 
 from repairlib.plumbing import as_input
 
@@ -66,9 +72,13 @@ class Group:
     inner)`` tuple is accepted for ``start = 0``): the key's ``axis`` has ``size * inner`` entries from
     ``start`` on, viewed as ``[size, inner]`` (``inner > 1`` where a conv map was flattened into a
     linear layer, ``inner = H * W``). ``probes`` names the graph nodes whose outputs carry these
-    units on dim 1 (``[N, C, *]`` or ``[N, C * inner]``) and feed a conv or linear layer; activation
-    matching correlates them there. A group whose units only ever sit on the last axis of
-    ``[N, T, D]`` tensors has no probe (weight matching still aligns it). ``residual`` is true for
+    units, one entry each, on their channel axis (:func:`channel_axes`: dim 1 of ``[N, C, *]`` maps,
+    the last axis of a transformer's ``[N, T, D]`` tokens, e.g. its MLP hidden units, its residual
+    stream and the merged heads ``[N, T, heads * head_dim]`` of the value/output group), or on dim 1
+    of ``[N, C * inner]``, and feed a conv or linear layer; activation matching correlates them there,
+    every position of a token tensor a sample. ``probe_axes`` maps a probe to its channel axis where
+    that is not dim 1 (absent: dim 1). A group with no such node (a query/key group, whose units only
+    meet in ``q k^T``) has no probe: weight matching aligns it. ``residual`` is true for
     a space shared by several layers through additions (a residual stream). ``nodes`` names the
     graph nodes whose weights or outputs carry the group (for messages).
 
@@ -89,6 +99,7 @@ class Group:
     heads: int = 1
     head_set: str | None = None
     within: bool = True
+    probe_axes: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.entries = [Entry(*e) for e in self.entries]
@@ -143,10 +154,13 @@ class PermutationSpec:
         return out
 
     def summary(self) -> str:
-        """One line per group (size, entries, probes) and one per note: a readable account."""
+        """One line per group (size, entries, probes and the axis each measures: dim 1 of ``[N, C, *]``,
+        axis 2 of ``[N, T, D]`` tokens) and one per note: a readable account."""
         lines = [f"{len(self.groups)} permutation groups"]
         for name, g in self.groups.items():
-            probes = f"{len(g.probes)} probes" if g.probes else "no probe (aligned by weight matching)"
+            axes = [g.probe_axes.get(p, 1) for p in g.probes]
+            where = ", ".join(f"{axes.count(a)} on {'dim 1' if a == 1 else f'axis {a}'}" for a in sorted(set(axes)))
+            probes = f"{len(g.probes)} probes ({where})" if g.probes else "no probe (aligned by weight matching)"
             heads = ""
             if g.heads > 1:
                 moved = f"heads move with {g.head_set!r}" if g.head_set is not None else "heads in place"
@@ -158,13 +172,124 @@ class PermutationSpec:
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with an error that says what to do when tracing fails."""
+    """``model``'s torch.fx graph (:class:`_Tracer`: into torch's transformer layers and stacks, every
+    other torch.nn module a leaf), a GraphModule on ``model`` itself (its qualnames are ``model``'s
+    submodules), with an error that says what to do when tracing fails."""
     if isinstance(model, fx.GraphModule):
         return model
     try:
-        return fx.symbolic_trace(model)
+        tracer = _Tracer()
+        graph = tracer.trace(model)
+        return fx.GraphModule(tracer.root, graph, type(model).__name__)
     except Exception as e:  # fx raises many types; report them uniformly
         raise ValueError(f"torch.fx cannot trace {type(model).__name__}: {e}. {HAND_WRITTEN}") from e
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx.Tracer`` that traces ``nn.Transformer``, ``nn.TransformerEncoder``/``Decoder`` and their
+    layers along their slow path (:data:`_SLOW_PATHS`; the fast path computes the same function), so
+    their ``self_attn``, ``linear1``, ``norm1``, ... are leaves of the graph. Every other torch.nn module
+    is a leaf, as for ``torch.fx.symbolic_trace``."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _slow_path(m) is None and super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        slow = _slow_path(m)
+        return super().call_module(m, forward if slow is None else functools.partial(slow, m), args, kwargs)
+
+    def trace(self, root, concrete_args=None):
+        """A transformer module as the root is traced along its slow path too (its class is swapped for
+        the time of the trace by a subclass whose ``forward`` is that path)."""
+        slow = _slow_path(root) if isinstance(root, nn.Module) else None
+        if slow is None:
+            return super().trace(root, concrete_args)
+        cls = type(root)
+        root.__class__ = type(cls.__name__, (cls,), {"forward": slow, "__module__": cls.__module__})
+        try:
+            return super().trace(root, concrete_args)
+        finally:
+            root.__class__ = cls
+
+
+def _slow_path(m: nn.Module):
+    """The slow-path function for ``m`` if it is a torch transformer module with torch's own ``forward``."""
+    return _SLOW_PATHS.get(getattr(type(m), "forward", None))
+
+
+def _causal_hint(mask, is_causal):
+    """The stacks' ``is_causal`` for their layers: as given; else (None) whether a concrete ``mask`` is the
+    causal mask. A traced ``mask`` (a graph value) is applied as given (``False``): the same function."""
+    if is_causal is not None or mask is None or isinstance(mask, fx.Proxy):
+        return is_causal is True
+    return _detect_is_causal_mask(mask, None)
+
+
+def _encoder_layer(layer, src, src_mask=None, src_key_padding_mask=None, is_causal=False):
+    """``nn.TransformerEncoderLayer`` on ``src`` ``[N, T, E]`` (``[T, N, E]`` unless ``batch_first``):
+    ``_sa_block`` and ``_ff_block``, each with a residual, pre-norm (``norm_first``) or post-norm. The
+    masks go to ``self_attn`` as given (``nn.MultiheadAttention`` canonicalises them itself)."""
+    x = src
+    if layer.norm_first:
+        x = x + layer._sa_block(layer.norm1(x), src_mask, src_key_padding_mask, is_causal=is_causal)
+        return x + layer._ff_block(layer.norm2(x))
+    x = layer.norm1(x + layer._sa_block(x, src_mask, src_key_padding_mask, is_causal=is_causal))
+    return layer.norm2(x + layer._ff_block(x))
+
+
+def _decoder_layer(layer, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+                   memory_key_padding_mask=None, tgt_is_causal=False, memory_is_causal=False):
+    """``nn.TransformerDecoderLayer`` on ``tgt`` ``[N, T, E]`` and ``memory`` ``[N, S, E]`` (``[T, N, E]``,
+    ``[S, N, E]`` unless ``batch_first``): ``_sa_block``, ``_mha_block`` (cross-attention to ``memory``)
+    and ``_ff_block``, each with a residual, pre-norm (``norm_first``) or post-norm."""
+    x = tgt
+    if layer.norm_first:
+        x = x + layer._sa_block(layer.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+        x = x + layer._mha_block(layer.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal)
+        return x + layer._ff_block(layer.norm3(x))
+    x = layer.norm1(x + layer._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal))
+    x = layer.norm2(x + layer._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal))
+    return layer.norm3(x + layer._ff_block(x))
+
+
+def _encoder(stack, src, mask=None, src_key_padding_mask=None, is_causal=None):
+    """``nn.TransformerEncoder`` on ``src`` ``[N, T, E]`` (or ``[T, N, E]``): its layers in turn, then
+    ``norm`` if it has one (no nested tensors: the padded positions are masked instead)."""
+    is_causal = _causal_hint(mask, is_causal)
+    x = src
+    for layer in stack.layers:
+        x = layer(x, src_mask=mask, is_causal=is_causal, src_key_padding_mask=src_key_padding_mask)
+    return x if stack.norm is None else stack.norm(x)
+
+
+def _decoder(stack, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
+             memory_key_padding_mask=None, tgt_is_causal=None, memory_is_causal=False):
+    """``nn.TransformerDecoder`` on ``tgt`` ``[N, T, E]`` and ``memory`` ``[N, S, E]`` (or sequence
+    first): its layers in turn, then ``norm`` if it has one."""
+    tgt_is_causal = _causal_hint(tgt_mask, tgt_is_causal)
+    x = tgt
+    for layer in stack.layers:
+        x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
+                  memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
+                  memory_is_causal=memory_is_causal)
+    return x if stack.norm is None else stack.norm(x)
+
+
+def _transformer(model, src, tgt, src_mask=None, tgt_mask=None, memory_mask=None, src_key_padding_mask=None,
+                 tgt_key_padding_mask=None, memory_key_padding_mask=None, src_is_causal=None, tgt_is_causal=None,
+                 memory_is_causal=False):
+    """``nn.Transformer`` on ``src`` ``[N, S, E]`` and ``tgt`` ``[N, T, E]`` (or sequence first): the
+    encoder's output is the decoder's ``memory`` (the batch and width checks of ``forward`` left out)."""
+    memory = model.encoder(src, mask=src_mask, src_key_padding_mask=src_key_padding_mask, is_causal=src_is_causal)
+    return model.decoder(tgt, memory, tgt_mask=tgt_mask, memory_mask=memory_mask,
+                         tgt_key_padding_mask=tgt_key_padding_mask, memory_key_padding_mask=memory_key_padding_mask,
+                         tgt_is_causal=tgt_is_causal, memory_is_causal=memory_is_causal)
+
+
+# torch's own forward -> its slow path, traced by :class:`_Tracer`
+_SLOW_PATHS = {nn.TransformerEncoderLayer.forward: _encoder_layer, nn.TransformerDecoderLayer.forward: _decoder_layer,
+               nn.TransformerEncoder.forward: _encoder, nn.TransformerDecoder.forward: _decoder,
+               nn.Transformer.forward: _transformer}
 
 
 # ---------------------------------------------------------------- op tables
@@ -573,10 +698,29 @@ class _Analysis:
         if shape is None:
             return
         key = node.target
-        if self.canonical(key) in self.state and self.state[self.canonical(key)].is_floating_point():
+        tensor = self.state.get(self.canonical(key))
+        if isinstance(tensor, nn.Parameter) and tensor.is_floating_point():
             self.out[node] = tuple(self.param_axis(key, a) for a in range(len(shape)))
+        elif tensor is not None and tensor.is_floating_point():
+            self.out[node] = tuple(self.param_axis(key, a) for a in range(len(shape)))
+            if self.is_layer_input(node):
+                # a buffer fed to a layer as its input is a constant table (Swin V2's coordinates), the same
+                # in both networks: moving its entries in one network and then averaging would mix them
+                for pair in self.out[node]:
+                    self.fix(pair, f"the buffer {key!r} is a layer's input (a constant table): kept fixed")
         else:  # a constant that no permutation can reorder
             self.out[node] = self.fixed_value(shape)
+
+    def is_layer_input(self, node) -> bool:
+        """Whether a conv or linear layer (module or function) reads ``node`` as its input."""
+        for user in node.users:
+            if not user.args or user.args[0] is not node:
+                continue
+            if user.op == "call_module" and isinstance(self.gm.get_submodule(user.target), (nn.Linear, *_CONV_MODULES)):
+                return True
+            if user.op == "call_function" and user.target in (_F.linear, *_CONV_FUNCTIONS):
+                return True
+        return False
 
     def module(self, node, mod):
         name = node.target
@@ -651,30 +795,30 @@ class _Analysis:
             self.bind(key, 0, v[1])
 
     def attention_module(self, node, name, mod):
-        """``nn.MultiheadAttention``: the embedding axis of query, key and value joins ``in_proj``'s
-        input axis and the output is ``out_proj``'s space. Inside, ``in_proj``'s rows are the query, key
-        and value parts, each ``[heads, head_dim]``: the query and key parts share one permutation
-        within each head, the value part and ``out_proj``'s input another, and all three one
-        permutation of the heads."""
-        q, k, val = (self.arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
-        if not all(isinstance(self.value(t), tuple) for t in (q, k, val)):
+        """``nn.MultiheadAttention`` on query ``[.., L, E]``, key ``[.., S, kdim]`` and value ``[.., S, vdim]``
+        (batch first or not): the last axis of each input joins its projection's input axis and the
+        output ``[.., L, E]`` is ``out_proj``'s space. The projections' rows are the query, key and value
+        parts, each ``[heads, head_dim]``: the query and key parts share one permutation within each
+        head, the value part and ``out_proj``'s input another, and all three one permutation of the
+        heads (``bias_k`` / ``bias_v`` ``[1, 1, E]`` index the key and value parts)."""
+        inputs = [self.arg(node, i, n) for i, n in enumerate(("query", "key", "value"))]
+        if not all(isinstance(self.value(t), tuple) for t in inputs):
             self.fail(node, "query, key and value must be tensors")
-        if mod.in_proj_weight is None:
-            self.fail(node, "separate q/k/v projection weights (kdim/vdim) are not supported")
-        for t in (q, k, val):
-            self.bind(f"{name}.in_proj_weight", 1, self.value(t)[-1])
+        q = inputs[0]
         embed, heads = mod.embed_dim, mod.num_heads
-        rows = self.param_axis(f"{name}.in_proj_weight", 0)
-        self.bind_module(name, "in_proj_bias", 0, rows)
-        self.producers.setdefault(self.spaces.find(rows[0]), []).append(f"{name}.in_proj")
         head, qk, vo = self.spaces.new(heads), self.spaces.new(embed // heads), self.spaces.new(embed // heads)
         parts = [self.spaces.new(embed) for _ in range(3)]
-        for i, (part, within) in enumerate(zip(parts, (qk, qk, vo))):
+        for part, within in zip(parts, (qk, qk, vo)):
             self.compose(part, (head, within))
-            self.segment(rows[0], i * embed, part)
-            self.label(part, rows[0], i * embed, embed)
+        if mod._qkv_same_embed_dim:
+            self.fused_projection(name, inputs, parts)
+        else:
+            self.separate_projections(node, name, inputs, parts)
         for attr, part in (("bias_k", parts[1]), ("bias_v", parts[2])):
             self.bind_module(name, attr, 2, (part, 1))
+        for index, mask in ((3, "key_padding_mask"), (5, "attn_mask")):  # [N, S], [L, S] or [N * heads, L, S]
+            for pair in self.value(self.arg(node, index, mask)) or ():
+                self.fix(pair, "attention mask")
         merged = self.param_axis(f"{name}.out_proj.weight", 1)
         self.compose(merged[0], (head, vo))
         out_c = self.param_axis(f"{name}.out_proj.weight", 0)
@@ -684,6 +828,38 @@ class _Analysis:
         metas = node.meta.get("tensor_meta")
         second = _shape_of(metas[1]) if isinstance(metas, (tuple, list)) and len(metas) > 1 else None
         self.out[node] = [attn, self.fixed_value(second) if second is not None else None]
+
+    def fused_projection(self, name, inputs, parts):
+        """``in_proj_weight [3E, E]`` (and ``in_proj_bias [3E]``): its input axis is the last axis of query,
+        key and value; its rows are the query, key and value ``parts`` (spaces of E units) in turn."""
+        for t in inputs:
+            self.bind(f"{name}.in_proj_weight", 1, self.value(t)[-1])
+        rows = self.param_axis(f"{name}.in_proj_weight", 0)
+        self.bind_module(name, "in_proj_bias", 0, rows)
+        self.producers.setdefault(self.spaces.find(rows[0]), []).append(f"{name}.in_proj")
+        self.cut_rows(rows, parts)
+
+    def separate_projections(self, node, name, inputs, parts):
+        """``q_proj_weight [E, E]``, ``k_proj_weight [E, kdim]``, ``v_proj_weight [E, vdim]`` (kdim or vdim
+        not E): each one's input axis is the last axis of its own input (query, key, value) and its rows
+        are its part; ``in_proj_bias [3E]`` is cut into the three parts."""
+        for t, part, which in zip(inputs, parts, "qkv"):
+            key = f"{name}.{which}_proj_weight"
+            if key not in self.state:
+                self.fail(node, f"separate q/k/v projections (kdim/vdim not embed_dim), but {key!r} is not a "
+                                "state_dict tensor")
+            self.bind(key, 1, self.value(t)[-1])
+            self.bind(key, 0, (part, 1))
+            self.labels[part] = f"{name}.{which}_proj"
+        if f"{name}.in_proj_bias" in self.state:
+            self.cut_rows(self.param_axis(f"{name}.in_proj_bias", 0), parts)
+
+    def cut_rows(self, rows, parts):
+        """``rows`` (a pair of 3E units) is the query, key and value ``parts`` at offsets 0, E and 2E."""
+        embed = self.spaces.size[self.spaces.find(parts[0])]
+        for i, part in enumerate(parts):
+            self.segment(rows[0], i * embed, part)
+            self.label(part, rows[0], i * embed, embed)
 
     def pool(self, node, v):
         """Pooling, resizing and padding: batch and channel axes kept, the others are new, fixed."""
@@ -748,6 +924,8 @@ class _Analysis:
             self.attention_function(node)
         elif fn and t is torch.roll:
             self.roll(node)
+        elif (fn and t in (torch.triu, torch.tril)) or (method and t in ("triu", "tril")):
+            self.triangle(node)
         elif fn and getattr(t, "__module__", "").startswith("torchvision") and t.__name__ in _TORCHVISION_LEAVES:
             getattr(self, _TORCHVISION_LEAVES[t.__name__])(node)
         else:
@@ -935,6 +1113,16 @@ class _Analysis:
             self.fix(v[d], "rolled")
         self.out[node] = v
 
+    def triangle(self, node):
+        """``triu`` / ``tril`` of ``[.., R, C]`` (a causal mask): which entries it keeps depends on their
+        positions along the last two axes, so those units are fixed; the leading axes are kept."""
+        v = self.out[node.args[0]]
+        if len(v) < 2:
+            self.fail(node, "triu/tril of a tensor with fewer than two axes")
+        for pair in v[-2:]:
+            self.fix(pair, "triu/tril keeps one triangle of the last two axes")
+        self.out[node] = v
+
     def getitem(self, node):
         """Basic indexing: ints drop an axis, full slices keep it, partial slices fix its units."""
         v, index = self.out[node.args[0]], node.args[1]
@@ -1114,24 +1302,69 @@ class _Analysis:
         self.out[node] = q[:-1] + (v[-1],)
 
     def window_attention(self, node):
-        """torchvision's ``shifted_window_attention(x [B, H, W, C], qkv_weight, proj_weight, bias, ...)``:
-        C joins ``qkv_weight``'s input axis, the output's last axis is ``proj_weight``'s; heads and the
-        (padded, rolled, windowed) spatial axes stay fixed."""
+        """torchvision's ``shifted_window_attention(x [B, H, W, C], qkv_weight [3C, C], proj_weight [C, C],
+        relative_position_bias [1, heads, W*W, W*W], window_size, num_heads, ..., qkv_bias [3C], proj_bias
+        [C], logit_scale [heads, 1, 1])``: C joins ``qkv_weight``'s input axis, the output's last axis is
+        ``proj_weight``'s. ``qkv_weight``'s rows are ``[3, heads, head_dim]`` (:meth:`window_heads`); the
+        position bias's axis 1 and Swin V2's ``logit_scale`` axis 0 index the heads alone
+        (:meth:`per_head`). The (padded, rolled, windowed) spatial axes stay fixed."""
         x = self.out[node.args[0]]
         qkv, proj = self.value(self.arg(node, 1, "qkv_weight")), self.value(self.arg(node, 2, "proj_weight"))
         self.unify(x[-1], qkv[1], "feeds")
-        heads = ((1, "qkv_weight", (0,)), (2, "proj_weight", (1,)), (3, "relative_position_bias", None),
-                 (9, "qkv_bias", None), (11, "logit_scale", None))
-        for index, name, axes in heads:
-            operand = self.value(self.arg(node, index, name)) or ()
-            for axis in range(len(operand)) if axes is None else axes:
-                self.fix(operand[axis], "attention heads and their position bias")
+        self.unify_operand(node, 9, "qkv_bias", qkv[0])
+        bias, scale = (self.value(self.arg(node, i, n)) for i, n in ((3, "relative_position_bias"), (11, "logit_scale")))
+        head = self.window_heads(node, qkv, proj)
+        per_head = self.per_head(head, self.weight_name(node, 1, "qkv_weight")) if head is not None else None
+        for operand, axis in ((bias, 1), (scale, 0)):
+            for j, pair in enumerate(operand or ()):
+                if j != axis:
+                    self.fix(pair, "a position in the attention window")
+                elif head is None:
+                    self.fix(pair, "the attention heads are kept in place")
+                else:
+                    self.unify(pair, per_head, "indexes the attention heads with")
         if name_of_weight := self.weight_name(node, 2, "proj_weight"):
             self.producers.setdefault(self.spaces.find(proj[0][0]), []).append(name_of_weight)
         self.unify_operand(node, 10, "proj_bias", proj[0])
         for pair in x[1:-1]:
             self.fix(pair, "windowed")
         self.out[node] = x[:1] + self.fixed_value(self.shape(node)[1:-1]) + (proj[0],)
+
+    def window_heads(self, node, qkv, proj):
+        """The heads of a ``shifted_window_attention`` node, laid out like ``nn.MultiheadAttention``'s
+        (:meth:`attention_module`): ``qkv`` (``qkv_weight``'s value, rows ``[3, heads, head_dim]``) is cut
+        into the query, key and value parts; query and key share one permutation within each head, value
+        and ``proj`` (``proj_weight``'s value, input axis ``[heads, head_dim]``) another, all of them one
+        permutation of the heads. Returns the heads' space, or None (all fixed) for another layout."""
+        heads, embed = self.arg(node, 5, "num_heads"), self.size(proj[1]) * proj[1][1]
+        rows = qkv[0]
+        if not (isinstance(heads, int) and heads > 0 and embed % heads == 0 and rows[1] == proj[1][1] == 1
+                and self.size(rows) == 3 * embed):
+            why = f"qkv_weight rows are not [3, {heads}, {embed} // {heads}]: attention heads kept fixed"
+            self.fix(rows, why)
+            self.fix(proj[1], why)
+            return None
+        if name_of_weight := self.weight_name(node, 1, "qkv_weight"):
+            self.producers.setdefault(self.spaces.find(rows[0]), []).append(name_of_weight)
+        head, qk, vo = (self.spaces.new(n) for n in (heads, embed // heads, embed // heads))
+        for i, within in enumerate((qk, qk, vo)):
+            part = self.spaces.new(embed)
+            self.compose(part, (head, within))
+            self.segment(rows[0], i * embed, part)
+            self.label(part, rows[0], i * embed, embed)
+        self.compose(proj[1][0], (head, vo))
+        return head
+
+    def per_head(self, head, name=None):
+        """A new pair for axes that index the heads of ``head`` alone (one entry per head: a position-bias
+        table's heads axis, Swin V2's ``logit_scale``): a space of ``[heads, 1]`` factors, so that it is a
+        head group of one dimension per head that moves with the heads (:class:`Group`), labelled
+        ``"<name>[heads]"`` (``name``: the attention's qkv projection)."""
+        space = self.spaces.new(self.spaces.size[head])
+        self.compose(space, (head, self.spaces.new(1, fixed=True)))
+        if name is not None:
+            self.labels[space] = f"{name}[heads]"
+        return space, 1
 
     def patch_merging_pad(self, node):
         """torchvision's ``_patch_merging_pad``: 2 x 2 neighbours concatenated along the channels."""
@@ -1141,9 +1374,20 @@ class _Analysis:
         self.out[node] = x[:-3] + self.fixed_value(self.shape(node)[-3:])
 
     def position_bias(self, node):
-        """A tensor computed from parameters by an op the analysis treats as opaque: all of it fixed."""
-        self.fix_all(node, "read by a position-bias op")
-        self.out[node] = self.fixed_value(self.shape(node))
+        """torchvision's ``_get_relative_position_bias(table [P, heads], index, window_size)`` -> ``[1,
+        heads, N, N]``: table rows gathered by the (fixed) index buffer, so the table's heads axis is the
+        output's axis 1 and its positions stay fixed; any other layout is fixed as a whole."""
+        source = self.arg(node, 0, "relative_position_bias_table")
+        table, shape = self.value(source), self.shape(node)
+        if not (table is not None and len(table) == 2 and len(shape) == 4 and self.shape(source)[1] == shape[1]):
+            self.fix_all(node, "read by a position-bias op of an unknown layout")
+            self.out[node] = self.fixed_value(shape)
+            return
+        self.fix(table[0], "relative positions gathered by an index")
+        for a in node.all_input_nodes:
+            for pair in self.value(a) if a is not source and isinstance(self.value(a), tuple) else ():
+                self.fix(pair, "the index of a position-bias op")
+        self.out[node] = (self.fresh(1), table[1]) + self.fixed_value(shape[2:])
 
 
 def _reshape_chunks(in_shape, out_shape):
@@ -1335,19 +1579,41 @@ def _assemble(an: _Analysis) -> PermutationSpec:
             groups[name].head_set = head_set
     node_groups = _node_groups(an, names)
     for node in dict.fromkeys(an.consumer_inputs):
-        value = an.out[node]
-        root = sp.find(value[1][0]) if len(value) >= 2 else None
-        # a probe measures its group on dim 1; not where the node's channel axis holds another group
-        # (an MLP-Mixer's token MLP: [N, D, hidden] has D on dim 1, its hidden units last)
-        if root in names and node_groups.get(node.name) in (names[root], None):
-            groups[names[root]].probes.append(node.name)
+        name, axis = _probe(an, names, node_groups, node)
+        if name is not None:
+            groups[name].probes.append(node.name)
+            if axis != 1:
+                groups[name].probe_axes[node.name] = axis
     notes += [n for root, ns in an.notes.items() for n in ns]
     for name, g in groups.items():
         if not g.probes:
-            notes.append(f"group {name!r}: its units never sit on dim 1 of a conv or linear input (channels "
-                         "on the last axis of [N, ..., D] tensors, or attention heads): activation matching "
-                         "aligns it by weight matching")
+            notes.append(f"group {name!r}: its units never sit one entry each on the channel axis of a conv or "
+                         "linear input whose other axes are positions (a query/key group meets only in q k^T; an "
+                         "MLP-Mixer's token-MLP units lie along permuted channels): activation matching aligns "
+                         "it by weight matching")
     return PermutationSpec(groups=groups, node_groups=node_groups, notes=notes)
+
+
+def _probe(an: _Analysis, names: dict, node_groups: dict, node) -> tuple:
+    """``(group, axis)`` that the conv/linear input ``node`` probes, else ``(None, None)``: the group on
+    its channel axis (``node_groups``: one entry each, dim 1 of ``[N, C, *]``, the last axis of ``[N, T,
+    D]`` tokens or of an MLP-Mixer's token-MLP hidden units ``[N, D, hidden]``), else the group on dim 1 of a flattened
+    ``[N, C * inner]`` map whose channel axis holds no other group. Only where every other axis but
+    the batch is fixed (positions: pixels, tokens), so that a sample is one position in both networks;
+    an MLP-Mixer's token-MLP hidden units ``[N, D, hidden]`` lie along a permuted ``D``: no probe."""
+    sp, value = an.spaces, an.out[node]
+    if not isinstance(value, tuple) or len(value) < 2:
+        return None, None
+    if node.name in node_groups:
+        made = {sp.find(s) for s in an.producers}
+        name, axis = node_groups[node.name], _value_channel_axis(sp, made, value)
+    else:
+        root = sp.find(value[1][0])
+        name, axis = names.get(root), 1
+    others = [sp.find(s) for i, (s, _) in enumerate(value) if i not in (0, axis)]
+    if name is None or not all(sp.is_fixed(r) or sp.size[r] == 1 for r in others):
+        return None, None
+    return name, axis
 
 
 def _node_groups(an, names: dict) -> dict:

@@ -318,7 +318,7 @@ class Moments:
         return self.cov_xy / torch.outer(std_x, std_y).clamp_min(eps)
 
 
-def capture(model: nn.Module, names, channels=None):
+def capture(model: nn.Module, names, channels=None, axes=None):
     """A function ``inputs -> [outputs of the named graph nodes]`` for one network.
 
     ``names`` are node names of the model's torch.fx trace, or submodule names (then forward
@@ -327,26 +327,31 @@ def capture(model: nn.Module, names, channels=None):
     (one per name, ``None`` for ``shape[1]``), or ``True`` for ``shape[1]`` everywhere, returns each
     as ``[N, C, L]`` samples (:func:`channel_samples`). ``None`` entries (and ``True``) take the value's
     channels where they are (:func:`repairlib.spec.channel_axes`, decided on the first batch): the last axis of a
-    transformer's ``[N, T, D]`` tokens gives ``[N * T, D, 1]``. A value that a later in-place op of the
-    network could overwrite (``ReLU(inplace=True)``, ``+=``, ...) is copied where it is taken; the
-    others are not copied (:func:`overwritten_nodes`).
+    transformer's ``[N, T, D]`` tokens gives ``[N * T, D, 1]``. ``axes`` (with ``channels``): per name the
+    channel axis where the caller knows it (a permutation group's probe, ``Group.probe_axes``), None
+    where the rule above decides it. A value that a later in-place op of the network could overwrite
+    (``ReLU(inplace=True)``, ``+=``, ...) is copied where it is taken; the others are not copied
+    (:func:`overwritten_nodes`).
     """
     names = list(names)
     channels = [None] * len(names) if channels is True else channels
-    if channels is not None and len(channels) != len(names):
-        raise ValueError(f"channels has {len(channels)} entries for {len(names)} names")
+    known = [None] * len(names) if axes is None or channels is None else list(axes)
+    if channels is not None and not len(channels) == len(known) == len(names):
+        raise ValueError(f"channels and axes have {len(channels)} and {len(known)} entries for {len(names)} names")
     submodules = dict(model.named_modules())
     if names and all(n in submodules for n in names) and not _all_nodes(model, names):
-        return _hook_capture(model, names, submodules, channels)
-    if channels is None or all(c is not None for c in channels):  # [N, C * inner] probes: dim 1
-        return _graph_capture(model, names, channels, [1] * len(names))
+        return _hook_capture(model, names, submodules, channels, known)
+    if channels is None or all(c is not None or a is not None for c, a in zip(channels, known)):
+        return _graph_capture(model, names, channels, [1 if a is None else a for a in known])
     cut = []
 
     def run(x):  # the channel axes need one batch (shapes) when some value is not a layer's output
         if not cut:
-            located = value_axes(model, [n for n, c in zip(names, channels) if c is None], x)
-            axes = [1 if c is not None else located.pop(0) for c in channels]
-            cut.append(_graph_capture(model, names, channels, axes))
+            unknown = [n for n, c, a in zip(names, channels, known) if c is None and a is None]
+            located = value_axes(model, unknown, x)
+            found = [a if a is not None else 1 if c is not None else located.pop(0)
+                     for c, a in zip(channels, known)]
+            cut.append(_graph_capture(model, names, channels, found))
         return cut[0](x)
 
     return run
@@ -470,9 +475,11 @@ def _all_nodes(model, names):
     return all(n in nodes for n in names)
 
 
-def _hook_capture(model, names, submodules, channels):
+def _hook_capture(model, names, submodules, channels, axes):
     def take(output, i):  # a hook sees the value before later in-place ops: always a copy
-        return output.clone() if channels is None else channel_samples(output, channels[i]).clone()
+        if channels is None:
+            return output.clone()
+        return channel_samples(output, channels[i], 1 if axes[i] is None else axes[i]).clone()
 
     def run(x):
         got = {}

@@ -239,7 +239,7 @@ def test_bn_fold_keeps_state_dict_keys_and_running_statistics():
     assert not torch.allclose(fixed.bn1.weight, mid.bn1.weight)
 
 
-def test_fold_creates_a_bias_where_the_layer_has_none():
+def test_a_bias_free_layer_with_nothing_to_fold_into_stays_unfolded():
     class NoBias(nn.Module):
         def __init__(self):
             super().__init__()
@@ -250,8 +250,11 @@ def test_fold_creates_a_bias_where_the_layer_has_none():
 
     a, b = pair(NoBias)
     data = image_data()
-    fixed = repair(interpolate(a, b, 0.5), a, b, data, 0.5)
-    assert fixed.fc1.bias is not None
+    with pytest.warns(UserWarning, match=r"cannot fold the correction at 1 point\(s\) 'fc1': a bias-free layer"):
+        fixed = repair(interpolate(a, b, 0.5), a, b, data, 0.5)
+    assert fixed.unfolded_points == ["fc1"]  # no new parameter: a ChannelAffine node instead
+    assert fixed.fc1.bias is None and "fc1.bias" not in fixed.state_dict()
+    assert sum(isinstance(m, ChannelAffine) for m in fixed.modules()) == 1
     unfused = repair(interpolate(a, b, 0.5), a, b, data, 0.5, fuse=False)
     torch.testing.assert_close(outputs(fixed, data), outputs(unfused, data))
 

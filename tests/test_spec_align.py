@@ -338,16 +338,21 @@ def test_linear_on_tokens_permutes_the_feature_axis(tokens):
     spec = permutation_spec(model, x)
     hidden = spec.groups["fc1"]
     assert hidden.size == 16 and set(hidden.entries) == {("fc1.weight", 0, 1, 0), ("fc1.bias", 0, 1, 0), ("fc2.weight", 1, 1, 0)}
-    assert hidden.probes == [] and any("'fc1'" in n and "weight matching" in n for n in spec.notes)
+    assert hidden.probes == ["relu"] and hidden.probe_axes == {"relu": 2}  # measured on the last axis
+    assert not any("weight matching" in n for n in spec.notes)
     stream = spec.groups["embed"]
     assert stream.residual and ("norm.weight", 0, 1, 0) in stream.entries and ("head.weight", 1, 1, 0) in stream.entries
-    assert stream.probes == ["mean"]  # the [N, D] head input is measurable
+    assert stream.probes == ["norm", "mean"] and stream.probe_axes == {"norm": 2}  # [N, T, D], [N, D]
     permuted = permute(model, random_permutations(spec, seed=3), spec)
     with torch.no_grad():
         torch.testing.assert_close(permuted(x), model(x), rtol=1e-5, atol=1e-5)
     shuffled = permute(model, random_permutations(spec, seed=4), spec)
     found = align(model, shuffled, [(x, None)], method="weight")
     true = random_permutations(spec, seed=4)
+    assert all(torch.equal(true[g][found[g]], torch.arange(len(found[g]))) for g in found)
+    many = torch.randn(100, tokens * 5)
+    found = align(model, shuffled, [(many, None)], method="activation", spec=spec)
+    assert set(found.correlations) == {"fc1", "embed"}
     assert all(torch.equal(true[g][found[g]], torch.arange(len(found[g]))) for g in found)
 
 

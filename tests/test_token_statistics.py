@@ -1,11 +1,12 @@
 """REPAIR's statistics from ``align`` follow B's permutation on every point, the [N, T, D] token
-features of a transformer included: they equal the statistics measured afresh on A and aligned B."""
+features of a transformer included: they equal the statistics measured afresh on A and aligned B. And
+activation matching measures token features where they are, on the last axis of [N, T, D]."""
 
 import pytest
 import torch
-from test_transformers import images, jitter, timm_vit, torchvision_vit
+from test_transformers import hand, images, jitter, timm_vit, torchvision_vit
 
-from repairlib.alignment import align, permute
+from repairlib.alignment import align, permute, random_permutations
 from repairlib.endpoints import endpoint_stats
 from repairlib.spec import channel_axes, permutation_spec
 
@@ -28,3 +29,73 @@ def test_align_statistics_are_those_of_the_aligned_pair(make, scope):
         assert torch.allclose(moved.mean_b[p], fresh.mean_b[p], atol=1e-5), p
         assert torch.allclose(moved.var_b[p], fresh.var_b[p], rtol=1e-4, atol=1e-7), p
         assert torch.allclose(moved.mean_a[p], fresh.mean_a[p], atol=1e-5), p
+
+
+# ---------------------------------------------------------------- token-feature probes
+def planted_alignment(model, n=300, seed=3):
+    """Activation matching of ``model`` against a random permutation of itself, on ``n`` random images in
+    three batches: ``(spec, planted, found)``."""
+    x = images(n, seed=seed)
+    data = [(chunk, None) for chunk in x.chunk(3)]
+    spec = permutation_spec(model, x[:8])
+    planted = random_permutations(spec, seed=seed + 1)
+    found = align(model, permute(model, planted, spec), data, method="activation", spec=spec)
+    return spec, planted, found
+
+
+def undone(planted, found, g) -> bool:
+    return torch.equal(planted[g][found[g]], torch.arange(len(found[g])))
+
+
+def test_token_feature_groups_are_probed_on_the_last_axis():
+    """timm's ViT: the MLP hidden units, the residual stream and the value/output heads (the merged
+    attention output, input of the output projection) are probed on the last axis of [N, T, D]; the
+    query/key groups have no probe."""
+    model = jitter(timm_vit())
+    spec = permutation_spec(model, images(8))
+    kinds = {"mlp": [g for g in spec.groups if g.endswith("mlp.fc1")],
+             "residual": [g for g, grp in spec.groups.items() if grp.residual],
+             "value/output": [g for g, grp in spec.groups.items() if grp.heads > 1 and grp.probes]}
+    assert [len(v) for v in kinds.values()] == [2, 1, 2], kinds
+    for g in [g for groups in kinds.values() for g in groups]:
+        grp = spec.groups[g]
+        assert grp.probes and any(grp.probe_axes.get(p) == 2 for p in grp.probes), g
+        assert all(spec.node_groups[p] == g for p in grp.probes), g
+    unprobed = [g for g, grp in spec.groups.items() if not grp.probes]
+    assert len(unprobed) == 2 and all(spec.groups[g].heads == 4 for g in unprobed)  # query/key
+    assert all("query/key" in n for n in spec.notes if "weight matching" in n)
+
+
+@pytest.mark.parametrize("make", [timm_vit, torchvision_vit, hand])
+def test_activation_matching_recovers_a_planted_permutation_of_token_features(make):
+    """Every probed group (on the last axis of tokens or on dim 1) is solved from its correlations and
+    undoes the planted permutation exactly; the query/key groups, weight-matched with their heads held
+    where the value/output group put them, too."""
+    spec, planted, found = planted_alignment(jitter(make()))
+    probed = [g for g, grp in spec.groups.items() if grp.probes]
+    assert any(grp.probe_axes for grp in spec.groups.values())
+    assert set(found.correlations) == set(probed)
+    wrong = [g for g in spec.groups if not undone(planted, found, g)]
+    assert not wrong, wrong
+
+
+def test_mlp_mixer_token_and_channel_mlps():
+    """timm's MLP-Mixer (mixer_s16_224's widths at 32 px, 2 blocks): the channel MLP's hidden units are
+    probed on the last axis of [N, T, hidden]; the token MLP's hidden units lie along the permuted
+    channels ([N, D, hidden]: no sample is one position in both networks), so they stay weight-matched;
+    the residual stream is probed on dim 1 of the token MLP's input [N, D, T] and on the last axis."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    torch.manual_seed(0)
+    model = jitter(MlpMixer(num_classes=10, img_size=32, patch_size=16, num_blocks=2, embed_dim=512).eval())
+    spec, planted, found = planted_alignment(model, n=600)  # 2400 token samples for 2048 channel-MLP units
+    channel = [g for g in spec.groups if "mlp_channels" in g]
+    token = [g for g in spec.groups if "mlp_tokens" in g]
+    (residual,) = [g for g, grp in spec.groups.items() if grp.residual]
+    assert len(channel) == len(token) == 2
+    assert all(set(spec.groups[g].probe_axes.values()) == {2} and spec.groups[g].probes for g in channel)
+    assert not any(spec.groups[g].probes for g in token)
+    axes = [spec.groups[residual].probe_axes.get(p, 1) for p in spec.groups[residual].probes]
+    assert 1 in axes and 2 in axes
+    wrong = [g for g in spec.groups if not undone(planted, found, g)]
+    assert not wrong, wrong
