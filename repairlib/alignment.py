@@ -23,7 +23,15 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from repairlib.endpoints import EndpointStats, endpoint_stats, measure_pairs
+from repairlib.endpoints import (
+    EndpointStats,
+    endpoint_stats,
+    endpoint_stats_of,
+    measure_pairs,
+    network_stats_at,
+    network_stats_of,
+    with_points,
+)
 from repairlib.plumbing import (
     check_same_architecture,
     first_inputs,
@@ -77,7 +85,10 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
 
     ``stats_scope="conv"|"all"`` also measures REPAIR's endpoint statistics (of ``model_a`` and of
     the *aligned* ``model_b``) in the same pass over ``data``: permuting B only reorders its
-    channels, so B's statistics are measured once and permuted afterwards. They are returned as
+    channels, so B's statistics are measured once and permuted afterwards. Where another axis of a
+    point's value is permuted too (``spec.mixed_nodes``: an MLP-Mixer's token MLP), ``Cov(X_a, X_b)``
+    pairs A's elements with B's only once B is aligned: with ``stats_cov`` those points are measured in
+    a second pass of A and the aligned B, cut after the last of them (:func:`late_points`). They are returned as
     ``result.endpoint_stats``, for ``repairlib.repair(..., stats=result.endpoint_stats)``.
     ``stats_cov=False`` leaves out ``Cov(X_a, X_b)``, which only the closed-form variant needs: the pass
     then skips a ``[C, C]`` cross moment at every point that is not also a matching probe.
@@ -100,12 +111,24 @@ def align(model_a: nn.Module, model_b: nn.Module, data, method="activation", spe
         stats = endpoint_stats(model_a, permute(model_b, perms, spec), data, stats_scope) if stats_scope else None
         return Alignment(perms, spec, endpoint_stats=stats)
     points = correction_points(model_a, stats_scope, first_inputs(data)) if stats_scope else []
-    corr, point_moments = activation_correlations(model_a, model_b, data, spec, points,
+    late = late_points(spec, points) if stats_cov else []
+    corr, point_moments = activation_correlations(model_a, model_b, data, spec, [p for p in points if p not in late],
                                                   point_cross="full" if stats_cov else None)
     params = {k for k, _ in model_a.named_parameters()}
     perms = solve_groups(spec, corr, model_a.state_dict(), model_b.state_dict(), params, max_iter, seed)
     stats = permuted_endpoint_stats(point_moments, perms, spec, stats_scope) if stats_scope else None
+    if late:
+        aligned = network_stats_at([model_a, permute(model_b, perms, spec)], data, stats_scope, late, cov=True)
+        stats = endpoint_stats_of(with_points(network_stats_of(stats), aligned, points))
     return Alignment(perms, spec, corr, stats)
+
+
+def late_points(spec: PermutationSpec, points: list) -> list:
+    """The ``points`` whose cross moments need the networks aligned first: those of ``spec.mixed_nodes``,
+    whose value has a permuted space on an axis other than the batch and the channels (an MLP-Mixer's
+    token-MLP hidden units ``[N, D, hidden]`` along the residual stream ``D``), so that a cross moment
+    of unaligned networks pairs mismatched positions. Empty for convolutional networks and ViTs."""
+    return [p for p in points if p in spec.mixed_nodes]
 
 
 def permuted_endpoint_stats(moments: dict, perms: dict, spec: PermutationSpec, scope: str) -> EndpointStats:

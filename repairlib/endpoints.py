@@ -192,17 +192,44 @@ def network_stats(models: list, data, scope: str = "conv", cov: bool = False) ->
     check_networks(**{f"models[{i}]": m for i, m in enumerate(models)})
     data = reusable(data)
     points = correction_points(models[0], scope, first_inputs(data) if scope == "all" else None)
+    return network_stats_at(models, data, scope, points, cov)
+
+
+def network_stats_at(models: list, data, scope: str, points: list, cov: bool = False) -> NetworkStats:
+    """:func:`network_stats` at the given ``points`` (of ``scope``) only: one pass of the N networks over
+    ``data``, each graph cut after the last of ``points``."""
     n = len(models)
     if cov and n > 1:
         pairs = {(i, j): dict.fromkeys(points, "diag") for i in range(n) for j in range(i + 1, n)}
     else:
         pairs = {(i,): dict.fromkeys(points) for i in range(n)}
-    moments = measure_pairs(models, data, points, pairs)
+    moments = measure_pairs(models, reusable(data), points, pairs)
     stats = stats_from_pairs(moments, n, scope, points)
     for i in range(n):
         check_finite_stats(stats.means[i], f"network {i}'s means")
         check_finite_stats(stats.variances[i], f"network {i}'s variances")
     return stats
+
+
+def with_points(stats: NetworkStats, later: NetworkStats, points: list) -> NetworkStats:
+    """``stats`` and ``later`` (statistics of the same networks at other points) as one
+    :class:`NetworkStats` over ``points``, in that order; ``cov`` where both have it."""
+    def join(first: dict, second: dict) -> dict:
+        return {p: second[p] if p in second else first[p] for p in points}
+
+    means = [join(a, b) for a, b in zip(stats.means, later.means)]
+    variances = [join(a, b) for a, b in zip(stats.variances, later.variances)]
+    cov = None
+    if stats.cov is not None and later.cov is not None:
+        cov = {pair: join(stats.cov[pair], later.cov[pair]) for pair in stats.cov}
+    return NetworkStats(stats.scope, means, variances, cov)
+
+
+def endpoint_stats_of(stats: NetworkStats) -> EndpointStats:
+    """The statistics of two networks ``[a, b]`` as :class:`EndpointStats` (:func:`network_stats_of`
+    reversed, the same tensors)."""
+    cov = None if stats.cov is None else stats.cov[(0, 1)]
+    return EndpointStats(stats.scope, stats.means[0], stats.variances[0], stats.means[1], stats.variances[1], cov)
 
 
 def stats_from_pairs(moments: dict, n: int, scope: str, points: list, orders=None) -> NetworkStats:

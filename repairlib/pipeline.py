@@ -8,6 +8,7 @@ from repairlib.alignment import (
     Alignment,
     Alignments,
     identity_permutations,
+    late_points,
     permute,
     permuted_state,
     point_order,
@@ -16,7 +17,7 @@ from repairlib.alignment import (
     weight_matching,
 )
 from repairlib.correction import CORRECTIONS, VARIANT_OF, corrected_many
-from repairlib.endpoints import network_stats, stats_from_pairs
+from repairlib.endpoints import network_stats, network_stats_at, stats_from_pairs, with_points
 from repairlib.interpolation import average, check_weights, weighted_average
 from repairlib.plumbing import check_alpha, check_choice, check_networks, first_inputs, reusable
 from repairlib.points import SCOPES, correction_points
@@ -112,7 +113,8 @@ def align_many(models: list, data, method: str = "activation", spec=None, weight
     :func:`repairlib.align`: REPAIR's statistics of the *aligned* networks as ``result.stats``
     (:class:`repairlib.endpoints.NetworkStats`), gathered in the matching pass for activation matching
     (``stats_cov``: every pair's ``Cov(X_i, X_j)``, for the closed form), in one pass of N networks
-    for weight matching. With two networks this is :func:`repairlib.align` (the same permutations).
+    for weight matching; the points of :func:`repairlib.alignment.late_points` (``stats_cov``) in a second
+    pass of the aligned networks. With two networks this is :func:`repairlib.align` (the same permutations).
     """
     check_choice("method", method, ("activation", "weight"))
     for m in models[1:]:
@@ -131,7 +133,9 @@ def align_many(models: list, data, method: str = "activation", spec=None, weight
             stats = network_stats(aligned, data, stats_scope, cov=stats_cov)
         return Alignments(alignments, spec, stats)
     points = correction_points(models[0], stats_scope, first_inputs(data)) if stats_scope else []
-    corr, moments = reference_correlations(models, data, spec, points, "full" if stats_cov else None,
+    late = late_points(spec, points) if stats_cov else []
+    early = [p for p in points if p not in late]
+    corr, moments = reference_correlations(models, data, spec, early, "full" if stats_cov else None,
                                            all_pairs=stats_cov, points_alone=not stats_cov)
     perms = [identity_permutations(spec)] + [_assignments(corr[i], spec, models[0], models[i])
                                              for i in range(1, len(models))]
@@ -143,7 +147,10 @@ def align_many(models: list, data, method: str = "activation", spec=None, weight
     stats = None
     if stats_scope:
         orders = [point_order(p, spec) for p in perms]
-        stats = stats_from_pairs(moments, len(models), stats_scope, points, orders)
+        stats = stats_from_pairs(moments, len(models), stats_scope, early, orders)
+        if late:
+            aligned = [models[0]] + [permute(m, p, spec) for m, p in zip(models[1:], perms[1:])]
+            stats = with_points(stats, network_stats_at(aligned, data, stats_scope, late, cov=True), points)
     alignments = [Alignment(perms[0], spec)] + [Alignment(p, spec, corr[i]) for i, p in enumerate(perms) if i]
     return Alignments(alignments, spec, stats)
 

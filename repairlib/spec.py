@@ -115,16 +115,22 @@ class Group:
 class PermutationSpec:
     """The permutation groups of a network: ``groups`` maps a group name to a :class:`Group`.
 
-    ``node_groups`` maps a graph node name to the group of the units on its channel axis (dim 1 of
-    ``[N, C, *]`` maps, the last axis of ``[N, T, D]`` tokens: :func:`channel_axes`; absent for fixed
-    spaces), which lets statistics measured per channel at any node be permuted along with the network. ``notes`` says, per graph
-    node, why channels there were kept fixed (a channel shuffle, a concatenation, ...) or cannot
-    be measured.
+    ``node_groups`` maps a graph node name to the group of the units on the axis where statistics take
+    its channels (:func:`repairlib.stats.value_axes`: a layer's own axis, dim 1 of a conv's ``[N, C, *]``,
+    the last of a Linear's ``[N, T, D]``; else :func:`channel_axes`; absent for fixed spaces), which lets
+    statistics measured per channel at any node be permuted along with the network. ``mixed_nodes``
+    holds the nodes whose value has a permuted space on another axis than the batch and that channel
+    axis (an MLP-Mixer's token MLP, ``[N, D, hidden]`` and ``[N, D, T]`` along the residual stream
+    ``D``): per-channel means and variances there pool over that axis and do not depend on its order,
+    but a cross moment of two networks pairs their elements position by position, so it is only
+    meaningful once the networks are aligned. ``notes`` says, per graph node, why channels there were
+    kept fixed (a channel shuffle, a concatenation, ...) or cannot be measured.
     """
 
     groups: dict
     node_groups: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    mixed_nodes: set = field(default_factory=set)
 
     def axes_of(self):
         """Map each state_dict key to its permuted axes: ``key -> [(axis, group name, inner, start)]``."""
@@ -1577,9 +1583,10 @@ def _assemble(an: _Analysis) -> PermutationSpec:
             groups[name].heads, groups[name].within = sp.size[outer], not sp.is_fixed(inner)
             head_set = None if sp.is_fixed(outer) else names.setdefault(("heads", outer), name)
             groups[name].head_set = head_set
-    node_groups = _node_groups(an, names)
+    axes = _statistics_axes(an)
+    node_groups = _node_groups(an, names, axes)
     for node in dict.fromkeys(an.consumer_inputs):
-        name, axis = _probe(an, names, node_groups, node)
+        name, axis = _probe(an, names, node_groups, axes, node)
         if name is not None:
             groups[name].probes.append(node.name)
             if axis != 1:
@@ -1591,10 +1598,10 @@ def _assemble(an: _Analysis) -> PermutationSpec:
                          "linear input whose other axes are positions (a query/key group meets only in q k^T; an "
                          "MLP-Mixer's token-MLP units lie along permuted channels): activation matching aligns "
                          "it by weight matching")
-    return PermutationSpec(groups=groups, node_groups=node_groups, notes=notes)
+    return PermutationSpec(groups=groups, node_groups=node_groups, notes=notes, mixed_nodes=_mixed_nodes(an, axes))
 
 
-def _probe(an: _Analysis, names: dict, node_groups: dict, node) -> tuple:
+def _probe(an: _Analysis, names: dict, node_groups: dict, axes: dict, node) -> tuple:
     """``(group, axis)`` that the conv/linear input ``node`` probes, else ``(None, None)``: the group on
     its channel axis (``node_groups``: one entry each, dim 1 of ``[N, C, *]``, the last axis of ``[N, T,
     D]`` tokens or of an MLP-Mixer's token-MLP hidden units ``[N, D, hidden]``), else the group on dim 1 of a flattened
@@ -1605,8 +1612,7 @@ def _probe(an: _Analysis, names: dict, node_groups: dict, node) -> tuple:
     if not isinstance(value, tuple) or len(value) < 2:
         return None, None
     if node.name in node_groups:
-        made = {sp.find(s) for s in an.producers}
-        name, axis = node_groups[node.name], _value_channel_axis(sp, made, value)
+        name, axis = node_groups[node.name], axes[node]
     else:
         root = sp.find(value[1][0])
         name, axis = names.get(root), 1
@@ -1616,18 +1622,40 @@ def _probe(an: _Analysis, names: dict, node_groups: dict, node) -> tuple:
     return name, axis
 
 
-def _node_groups(an, names: dict) -> dict:
-    """``node name -> group`` of the units on the node's channel axis (:func:`channel_axes`: dim 1 of
-    ``[N, C, *]`` maps, the last axis of ``[N, T, D]`` tokens), where one group's units lie there one
-    entry each; statistics measured per channel at that node are permuted with that group."""
+def _statistics_axes(an: _Analysis) -> dict:
+    """``node -> axis`` (non-negative) on which statistics take the node's channels, as
+    :func:`repairlib.stats.value_axes` finds it: the layer's own axis where its op decides it
+    (:func:`layer_channel_axis`; a Linear's last axis also where that holds positions, as the token
+    positions ``T`` of an MLP-Mixer's ``[N, D, T]`` token-MLP output), else :func:`_value_channel_axis`;
+    absent where neither decides or the value has fewer than two axes."""
     sp, made, out = an.spaces, {an.spaces.find(s) for s in an.producers}, {}
     for node, value in an.out.items():
         if not isinstance(value, tuple) or len(value) < 2:
             continue
-        axis = _value_channel_axis(sp, made, value)
-        if axis is not None and value[axis][1] == 1 and sp.find(value[axis][0]) in names:
-            out[node.name] = names[sp.find(value[axis][0])]
+        axis = layer_channel_axis(an.gm, node)
+        axis = _value_channel_axis(sp, made, value) if axis is None else axis % len(value)
+        if axis is not None:
+            out[node] = axis
     return out
+
+
+def _node_groups(an, names: dict, axes: dict) -> dict:
+    """``node name -> group`` of the units on the node's channel axis (``axes``, :func:`_statistics_axes`),
+    where one group's units lie there one entry each; statistics measured per channel at that node are
+    permuted with that group."""
+    sp, out = an.spaces, {}
+    for node, axis in axes.items():
+        pair = an.out[node][axis]
+        if pair[1] == 1 and sp.find(pair[0]) in names:
+            out[node.name] = names[sp.find(pair[0])]
+    return out
+
+
+def _mixed_nodes(an, axes: dict) -> set:
+    """Names of the nodes whose value ``[N, ..., C, ...]`` has a space that a permutation may move on an
+    axis other than the batch (0) and its channel axis (``axes``): :attr:`PermutationSpec.mixed_nodes`."""
+    return {node.name for node, axis in axes.items()
+            if any(an.is_free(pair) for i, pair in enumerate(an.out[node]) if i not in (0, axis))}
 
 
 def _placed_entries(an: _Analysis) -> tuple:

@@ -1,13 +1,20 @@
 """REPAIR's statistics from ``align`` follow B's permutation on every point, the [N, T, D] token
-features of a transformer included: they equal the statistics measured afresh on A and aligned B. And
-activation matching measures token features where they are, on the last axis of [N, T, D]."""
+features of a transformer included: they equal the statistics measured afresh on A and aligned B, also
+where another axis of the value is permuted (an MLP-Mixer's token MLP). And activation matching measures
+token features where they are, on the last axis of [N, T, D]."""
 
 import pytest
 import torch
+from test_architectures import randomize_constant_tensors
 from test_transformers import hand, images, jitter, timm_vit, torchvision_vit
 
-from repairlib.alignment import align, permute, random_permutations
+from repairlib.alignment import align, late_points, permute, random_permutations
+from repairlib.correction import closed_form_affines, repair
 from repairlib.endpoints import endpoint_stats
+from repairlib.interpolation import interpolate
+from repairlib.models import resnet20
+from repairlib.pipeline import merge
+from repairlib.points import correction_points
 from repairlib.spec import channel_axes, permutation_spec
 
 pytest.importorskip("timm")
@@ -29,6 +36,64 @@ def test_align_statistics_are_those_of_the_aligned_pair(make, scope):
         assert torch.allclose(moved.mean_b[p], fresh.mean_b[p], atol=1e-5), p
         assert torch.allclose(moved.var_b[p], fresh.var_b[p], rtol=1e-4, atol=1e-7), p
         assert torch.allclose(moved.mean_a[p], fresh.mean_a[p], atol=1e-5), p
+
+
+# ---------------------------------------------------------------- permuted non-channel axes
+def small_mixer(seed, patch_size):
+    """timm's MLP-Mixer at 32 px, 2 blocks of width 64, random weights (``T = (32 / patch_size)^2`` tokens)."""
+    from timm.models.mlp_mixer import MlpMixer
+
+    torch.manual_seed(seed)
+    model = MlpMixer(img_size=32, patch_size=patch_size, num_classes=10, num_blocks=2, embed_dim=64).eval()
+    return jitter(randomize_constant_tensors(model, seed), seed)
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("patch_size", [4, 8])  # T = D = 64 tokens, and T = 16 != D
+@pytest.mark.parametrize("scope", ["conv", "all"])
+def test_mixer_cross_moments_are_those_of_the_aligned_pair(patch_size, scope):
+    """The token MLP's points ([N, D, hidden] after fc1, [N, D, T] after fc2) lie along the permuted
+    residual stream D: align's statistics there are measured on the aligned pair, so the closed form
+    through align (and through merge, i.e. align_many) is the closed form of freshly measured statistics;
+    and the means and variances of ``stats_cov=False`` equal the fresh ones."""
+    a, b = small_mixer(0, patch_size), small_mixer(1, patch_size)
+    x = images(192, seed=7)
+    data = [(chunk, None) for chunk in x.chunk(3)]
+    spec = permutation_spec(a, x[:8])
+    points = correction_points(a, scope, x)
+    assert {p for p in points if "mlp_tokens_fc" in p} == set(late_points(spec, points))
+    found = align(a, b, data, spec=spec, stats_scope=scope)
+    aligned = permute(b, found, spec)
+    fresh = endpoint_stats(a, aligned, data, scope)
+    assert found.endpoint_stats.points == fresh.points == points
+    for p in points:
+        assert torch.allclose(found.endpoint_stats.cov_ab[p], fresh.cov_ab[p], rtol=1e-5, atol=1e-7), p
+    moved, goal = closed_form_affines(found.endpoint_stats, 0.5), closed_form_affines(fresh, 0.5)
+    for p in points:
+        assert all(torch.allclose(u, v, rtol=1e-5, atol=1e-6) for u, v in zip(moved[p], goal[p])), p
+    middle = interpolate(a, aligned, 0.5)
+    want = outputs(repair(middle, a, aligned, data, 0.5, "closed_form", scope, stats=fresh), x[:32])
+    for got in (repair(middle, a, aligned, data, 0.5, "closed_form", scope, stats=found.endpoint_stats),
+                merge(a, b, data, correct="closed_form", scope=scope)):
+        assert torch.allclose(outputs(got, x[:32]), want, rtol=1e-4, atol=1e-5 * want.abs().max())
+    plain = align(a, b, data, spec=spec, stats_scope=scope, stats_cov=False).endpoint_stats
+    for p in points:
+        assert torch.allclose(plain.mean_b[p], fresh.mean_b[p], atol=1e-5), p
+        assert torch.allclose(plain.var_b[p], fresh.var_b[p], rtol=1e-4, atol=1e-7), p
+
+
+@pytest.mark.parametrize("scope", ["conv", "all"])
+def test_convolutional_points_need_no_second_pass(scope):
+    """ResNet-20's points have no permuted axis besides their channels (pixels are positions): none is
+    measured again after alignment, and ViT's neither (its mixed nodes are attention's per-head views)."""
+    x = images(8)
+    for model in (resnet20(1).eval(), jitter(timm_vit())):
+        spec = permutation_spec(model, x)
+        assert late_points(spec, correction_points(model, scope, x)) == [], type(model).__name__
 
 
 # ---------------------------------------------------------------- token-feature probes
