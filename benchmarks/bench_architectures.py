@@ -4,7 +4,7 @@
 
 Two networks of each architecture with random weights (different seeds; no downloads), a fixed batch
 of Gaussian images (``--batches`` batches of ``--batch``), on the CPU. Timed, best of ``--repeats``:
-``permutation_spec`` (the graph analysis and its verification on the example batch), ``align`` with
+process CPU time of ``permutation_spec`` (the graph analysis and its verification on the example batch), ``align`` with
 ``method="weight"`` and with ``method="activation"`` (given the spec), and ``repairlib.merge`` (spec,
 activation matching, interpolation and exact REPAIR, scope "conv"). Also records the number of
 permutation groups (head groups among them) and whether weight matching undoes a random permutation
@@ -33,6 +33,20 @@ def _timm(name, **kwargs):
     return timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
 
 
+class TokenEncoder(torch.nn.Module):
+    """A ViT-style classifier on ``torch.nn.TransformerEncoder``: 4 x 4 patches, 2 layers of 64 wide, 4 heads."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Conv2d(3, 64, 4, stride=4)
+        layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True, norm_first=True)
+        self.encoder = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
+
 # name -> (builder, image side)
 ARCHITECTURES = {
     "torchvision resnet18": (lambda: torchvision.models.resnet18(num_classes=10), 32),
@@ -43,15 +57,26 @@ ARCHITECTURES = {
     "torchvision vit (img 32, patch 8, 4 blocks, 64 wide, 4 heads)": (
         lambda: torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=4, num_heads=4,
                                                     hidden_dim=64, mlp_dim=128, num_classes=10), 32),
+    "torchvision swin (2 stages of 2 blocks, 32 wide, 2/4 heads, 4 x 4 windows)": (
+        lambda: torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=32, depths=[2, 2], num_heads=[2, 4],
+                                                   window_size=[4, 4], num_classes=10), 32),
+    "torch nn.TransformerEncoder (2 layers, 64 wide, 4 heads)": (TokenEncoder, 32),
+    "timm mixer (2 blocks, 128 wide, patch 4)": (
+        lambda: __import__("timm").models.mlp_mixer.MlpMixer(img_size=32, patch_size=4, num_classes=10, num_blocks=2,
+                                                             embed_dim=128), 32),
+    "torchvision efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(num_classes=10), 32),
+    "torchvision densenet121": (lambda: torchvision.models.densenet121(num_classes=10), 32),
 }
 
 
 def best_time(fn, repeats):
+    """``(best CPU seconds, output)`` of ``repeats`` calls: process CPU time, which other load on a shared
+    machine distorts far less than wall time (the runs use one torch thread)."""
     best, out = float("inf"), None
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         out = fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return best, out
 
 
@@ -94,7 +119,8 @@ def main():
     RESULTS.write_text(json.dumps({
         "date": time.strftime("%Y-%m-%d"), "threads": args.threads, "repeats": args.repeats,
         "batch": args.batch, "batches": args.batches, "torch": torch.__version__, "machine": platform.machine(),
-        "cpus": __import__("os").cpu_count(), "architectures": rows}, indent=1) + "\n")
+        "cpus": __import__("os").cpu_count(), "load_1min_at_end": __import__("os").getloadavg()[0],
+        "architectures": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
