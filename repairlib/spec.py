@@ -21,7 +21,9 @@ spaces with the same factors are one space (the merged attention output is the v
 whatever is not the structure of heads is fixed (a channel shuffle splits and merges in the other
 order). Each remaining ``[heads, head_dim]`` space is a head group (:class:`Group`): query and key
 share one, value and output another, and the two move their heads together (``scaled_dot_product_
-attention`` and ``q @ k^T`` contract the head dims and keep the heads as batch axes).
+attention``, ``q @ k^T`` and ``torch.einsum("bhid,bhjd->bhij", q, k)`` contract the head dims and keep the
+heads as batch axes). A parameter axis that indexes the heads alone (a relative position bias table added
+to ``q k^T``) is a head group of one dimension per head, moving with the heads.
 ``nn.MultiheadAttention`` is described the same way from its known layout (one fused ``in_proj`` or,
 with ``kdim``/``vdim``, separate q/k/v projections); torch's ``nn.Transformer``, its encoder/decoder
 stacks and layers are traced into, down to their attention, linear and norm layers (:func:`trace`).
@@ -195,7 +197,11 @@ class _Tracer(fx.Tracer):
     """``torch.fx.Tracer`` that traces ``nn.Transformer``, ``nn.TransformerEncoder``/``Decoder`` and their
     layers along their slow path (:data:`_SLOW_PATHS`; the fast path computes the same function), so
     their ``self_attn``, ``linear1``, ``norm1``, ... are leaves of the graph. Every other torch.nn module
-    is a leaf, as for ``torch.fx.symbolic_trace``."""
+    is a leaf, as for ``torch.fx.symbolic_trace``. Buffers read in traced code are graph values
+    (``get_attr`` under their own names, as MaxViT's ``relative_position_index.view(-1)``), not constants
+    folded at trace time, so the graph's state_dict keys are the model's."""
+
+    proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return _slow_path(m) is None and super().is_leaf_module(m, qualname)
@@ -613,8 +619,9 @@ class _Analysis:
     def check_roles(self):
         """Only ``[heads, head_dim]`` structure is kept: two factors, a factor never both outer and inner
         and never itself split or cut, an inner factor always under the same heads, no parameter indexing
-        a factor alone (a weight shared by all heads), a fixed composite fixing its factors. Anything
-        else is fixed (a channel shuffle splits and merges its channels in the other order)."""
+        the head dims alone (a weight shared by all heads), a fixed composite fixing its factors. Anything
+        else is fixed (a channel shuffle splits and merges its channels in the other order). A parameter
+        indexing the heads alone is rebound to a head group of its own (:meth:`bind_per_head`)."""
         sp = self.spaces
         segmented = set(self.segment_layout())
         live = [(s, fs, n) for s, fs, n in self.composites if sp.find(s) not in segmented]
@@ -639,12 +646,25 @@ class _Analysis:
             if sp.is_fixed(space):
                 for f in factors:
                     self.fix_space(f, None, node)
-            for f, what in zip(roots, ("the heads", "the dimensions inside every head")):
-                if f in bound:
-                    self.fix_space(f, f"a parameter indexes {what} alone: kept in place", node)
+            if roots[0] in bound and not sp.is_fixed(roots[0]):
+                self.bind_per_head(roots[0])
+                bound.discard(roots[0])
+            if roots[1] in bound:
+                self.fix_space(roots[1], "a parameter indexes the dimensions inside every head alone: kept "
+                                         "in place", node)
             if roots[1] in alone:
                 self.fix_space(roots[1], f"the dimensions inside every head reach node {alone[roots[1]]!r} "
                                          "without their heads: kept in place", node)
+
+    def bind_per_head(self, head):
+        """Every (key, axis) bound to the heads space ``head`` alone (a relative position bias table's heads
+        axis joined with the heads of ``q k^T``) is rebound to a per-head space (:meth:`per_head`), so that
+        it is a head group of one dimension per head moving with the heads."""
+        per_head = None
+        for key_axis, (space, inner) in self.bound.items():
+            if self.spaces.find(space) == head:
+                per_head = per_head or self.per_head(head)[0]
+                self.bound[key_axis] = (per_head, inner)
 
     def without_heads(self, outers):
         """``inner factor root -> a node`` whose value carries that factor but not its heads (after a sum
@@ -913,6 +933,8 @@ class _Analysis:
             self.split(node, _SPLIT_FUNCTIONS.get(t, t))
         elif (fn and t in _MATMUL_FUNCTIONS) or (method and t in _MATMUL_METHODS):
             self.matmul(node, self.out[node.args[0]], self.out[node.args[1]])
+        elif fn and t is torch.einsum:
+            self.einsum(node)
         elif fn and t is _F.linear:
             self.linear_function(node)
         elif fn and t in _CONV_FUNCTIONS:
@@ -1130,12 +1152,15 @@ class _Analysis:
         self.out[node] = v
 
     def getitem(self, node):
-        """Basic indexing: ints drop an axis, full slices keep it, partial slices fix its units."""
+        """Basic indexing: ints drop an axis, full slices keep it, partial slices fix its units (one
+        integer index tensor: :meth:`gather`)."""
         v, index = self.out[node.args[0]], node.args[1]
         index = index if isinstance(index, tuple) else (index,)
-        if any(isinstance(i, fx.Node) or not (i is None or i is Ellipsis or isinstance(i, (int, slice)))
-               for i in index):
-            self.fail(node, "indexing with tensors (advanced indexing)")
+        if any(isinstance(i, fx.Node) for i in index):
+            self.gather(node, v, index)
+            return
+        if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in index):
+            self.fail(node, "indexing the analysis cannot follow")
         used = sum(i is not None and i is not Ellipsis for i in index)
         if Ellipsis in index:
             at = index.index(Ellipsis)
@@ -1161,6 +1186,22 @@ class _Analysis:
         if len(result) != len(out_shape):
             self.fail(node, "indexing the analysis cannot follow")
         self.out[node] = self.with_copies(tuple(result), mapping)
+
+    def gather(self, node, v, index):
+        """``x[..., idx, ...]``: one integer tensor ``idx`` and full slices elsewhere (a position-bias table
+        ``[P, heads]`` read at a relative-position index). The indexed axis's units are gathered, so they are
+        fixed; ``idx``'s axes take its place (``x[idx][i] = x[idx[i]]``: moving ``idx`` moves the result)."""
+        tensors = [k for k, i in enumerate(index) if isinstance(i, fx.Node)]
+        at, idx = tensors[0], self.value(index[tensors[0]])
+        dtype = getattr(index[at].meta.get("tensor_meta"), "dtype", None)
+        full = all(i == slice(None) for k, i in enumerate(index) if k != at)
+        if len(tensors) != 1 or not full or not isinstance(idx, tuple) or dtype in (None, torch.bool) \
+                or dtype.is_floating_point:
+            self.fail(node, "indexing with tensors other than one integer index among full slices")
+        self.fix(v[at], f"entries of axis {at} gathered by an index tensor")
+        self.out[node] = v[:at] + idx + v[at + 1:]
+        if len(self.out[node]) != len(self.shape(node)):
+            self.fail(node, "indexing the analysis cannot follow")
 
     def expand(self, node):
         v, in_shape, out_shape = self.out[node.args[0]], self.shape(node.args[0]), self.shape(node)
@@ -1229,6 +1270,38 @@ class _Analysis:
                     found = v[i] if found is None else (self.unify(found, v[i]) or found)
             batch.append(found if found is not None else self.fresh(length))
         self.out[node] = tuple(batch) + (a[-2], b[-1])
+
+    def einsum(self, node):
+        """``torch.einsum(equation, *operands)`` (or the operands as one list), e.g. ``"bhid,bhjd->bhij"``
+        on q ``[B, H, L, d]`` and k ``[B, H, S, d]``: every operand axis that carries a subscript letter
+        joins that letter's space (a letter missing from the output is contracted, a kept one is a batch
+        axis such as the heads); axes of length 1 broadcast. The output's axis for a letter is its space."""
+        equation, operands = node.args[0], list(node.args[1:])
+        if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
+            operands = list(operands[0])
+        if not isinstance(equation, str):
+            self.fail(node, "einsum in sublist form (operand, [axes], ...) or with an equation that is not a "
+                            "constant string")
+        values = [self.value(o) for o in operands]
+        if not all(isinstance(v, tuple) for v in values):
+            self.fail(node, "einsum of values the analysis does not track")
+        out_shape = self.shape(node)
+        try:
+            terms, output = _einsum_subscripts(equation, [len(v) for v in values])
+        except ValueError as e:
+            self.fail(node, f"einsum {equation!r}: {e}")
+        if len(output) != len(out_shape):
+            self.fail(node, f"einsum {equation!r}: {len(output)} output subscripts for {len(out_shape)} axes")
+        pairs = {}
+        for term, v, shape in zip(terms, values, (self.shape(o) for o in operands)):
+            for letter, pair, length in zip(term, v, shape):
+                if length == 1:
+                    continue  # broadcast (or a single unit)
+                if letter in pairs:
+                    self.unify(pairs[letter], pair, "einsum keeps" if letter in output else "einsum contracts")
+                else:
+                    pairs[letter] = pair
+        self.out[node] = tuple(pairs.get(letter) or self.fresh(n) for letter, n in zip(output, out_shape))
 
     def weight_name(self, node, index, name):
         w = self.arg(node, index, name)
@@ -1417,6 +1490,38 @@ def _reshape_chunks(in_shape, out_shape):
                 j += 1
         chunks.append((ci, cj))
     return chunks
+
+
+def _einsum_subscripts(equation: str, ranks: list) -> tuple:
+    """An einsum ``equation`` (spaces allowed) on operands of ``ranks`` -> ``(terms, output)``: one string
+    of subscripts per operand, one character per axis, and the output's. ``...`` becomes the same
+    placeholder characters in every term, aligned from the right (broadcast batch axes); without ``->``
+    the output is ``...`` and the letters used once, sorted. Raises ``ValueError`` (why) on another form."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    if "->" in rhs:
+        raise ValueError("more than one '->'")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise ValueError(f"{len(terms)} operand subscripts for {len(ranks)} operands")
+    for term in terms + ([rhs] if arrow else []):
+        body = term.replace("...", "")
+        if term.count("...") > 1 or body and not (body.isascii() and body.isalpha()):
+            raise ValueError(f"subscripts {term!r} are not letters with at most one '...'")
+    extra = [rank - len(term.replace("...", "")) if "..." in term else 0 for term, rank in zip(terms, ranks)]
+    if any(e < 0 for e in extra) or any("..." not in t and len(t) != r for t, r in zip(terms, ranks)):
+        raise ValueError(f"subscripts {terms} do not match operands of {ranks} axes")
+    if "..." in rhs and not any("..." in t for t in terms):
+        raise ValueError("'...' in the output but in no operand")
+    ellipsis = "".join(chr(0x100 + i) for i in range(max(extra, default=0)))  # non-ASCII placeholders
+    terms = [t.replace("...", ellipsis[len(ellipsis) - e:] if e else "") for t, e in zip(terms, extra)]
+    letters = "".join(terms)
+    if not arrow:
+        rhs = "..." + "".join(sorted(c for c in set(letters) if c.isascii() and letters.count(c) == 1))
+    output = rhs.replace("...", ellipsis)
+    if len(set(output)) != len(output) or not set(output) <= set(letters):
+        raise ValueError(f"output subscripts {rhs!r} repeat a letter or name one no operand has")
+    return terms, output
 
 
 def _aliases(state: dict) -> dict:

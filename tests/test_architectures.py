@@ -69,6 +69,12 @@ ARCHITECTURES = {
                                                        hidden_dim=384, mlp_dim=1536, num_classes=10), 32, "exact", slow),
     "tv_swin_t": (lambda: tv.swin_t(num_classes=10), 64, "exact", slow),
     "tv_swin_v2_t": (lambda: tv.swin_v2_t(num_classes=10), 32, "exact", slow),
+    # 224 px: the input side must be divisible by the partition size (7) at every stage
+    # maxvit_t's class and blocks (MBConv, window and grid attention with position-bias tables) at 2 stages of
+    # 1 block, 16-32 channels, 2 x 2 partitions: maxvit_t itself needs 224 px and took 496 s here
+    "tv_maxvit_small": (lambda: tv.maxvit.MaxVit(input_size=(32, 32), stem_channels=16, partition_size=2,
+                                                 block_channels=[16, 32], block_layers=[1, 1], head_dim=8,
+                                                 stochastic_depth_prob=0.0, num_classes=10), 32, "exact"),
     "timm_resnet18": (lambda: timm_model("resnet18"), 32, "exact", slow),
     "timm_vit_tiny": (lambda: timm_model("vit_tiny_patch16_224", img_size=32), 32, "exact"),
     "timm_deit_tiny": (lambda: timm_model("deit_tiny_patch16_224", img_size=32), 32, "exact", slow),

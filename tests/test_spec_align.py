@@ -480,3 +480,55 @@ def test_activation_matching_warns_when_the_data_do_not_determine_a_group():
         dead[1].bias[:3] = -1e3  # three units of the first group never fire: identical (zero) correlation rows
     with pytest.warns(UserWarning, match=rf"1 group\(s\): '{groups[0]}': 3 units with tied correlations"):
         align(dead, copy.deepcopy(dead), [(torch.randn(256, 1, 28, 28), None)])
+
+
+class EinsumAttention(nn.Module):
+    """Tokens ``[B, T, 16]``, one fused qkv Linear cut by ``chunk`` into 4 heads of 4, attention written as
+    two einsums (``scores``: q k^T, ``mix``: scores v; ``listed``: the operands passed as one list)."""
+
+    def __init__(self, scores="bhid,bhjd->bhij", mix="bhij,bhjd->bhid", listed=False, dim=16, heads=4):
+        super().__init__()
+        self.scores, self.mix, self.listed, self.heads = scores, mix, listed, heads
+        self.embed, self.qkv = nn.Linear(6, dim), nn.Linear(dim, 3 * dim)
+        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).chunk(3, -1)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        a = (torch.einsum(self.scores, [q, k]) if self.listed else torch.einsum(self.scores, q, k)).softmax(-1)
+        y = torch.einsum(self.mix, [a, v]) if self.listed else torch.einsum(self.mix, a, v)
+        return self.head((x + self.proj(y.transpose(1, 2).reshape(b, t, d))).mean(1))
+
+
+@pytest.mark.parametrize(("scores", "mix", "listed"), [
+    ("bhid,bhjd->bhij", "bhij,bhjd->bhid", False),
+    ("... i d, ... j d", "...ij,...jd->...id", True)], ids=["plain", "ellipsis_implicit_list"])
+def test_einsum_attention_heads_are_head_groups(scores, mix, listed):
+    torch.manual_seed(0)
+    model, x = EinsumAttention(scores, mix, listed).eval(), torch.randn(2, 5, 6)
+    spec = permutation_spec(model, x)
+    heads = {name: g for name, g in spec.groups.items() if g.heads > 1}
+    assert len(heads) == 2 and {g.heads for g in heads.values()} == {4} and len(spec.head_sets()) == 1
+    true = random_permutations(spec, seed=1)
+    shuffled = permute(model, true, spec)
+    with torch.no_grad():
+        change = float((model(x) - shuffled(x)).abs().max() / model(x).abs().max())
+    assert change < 1e-5
+    found = align(model, shuffled, [(x, None)], method="weight", spec=spec)
+    assert all(torch.equal(true[g][found[g]], torch.arange(len(found[g]))) for g in spec.groups)
+
+
+def test_einsum_in_sublist_form_names_the_node():
+    class Sublist(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(torch.einsum(h, [0, 1], h, [0, 1], [0, 1]))
+
+    with pytest.raises(ValueError, match=r"graph node 'einsum' \(call_function einsum\): einsum in sublist form"):
+        permutation_spec(Sublist(), torch.randn(2, 4))
