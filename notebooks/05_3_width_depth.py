@@ -29,9 +29,9 @@
 # $\alpha = 0.5$, where the interpolation curves peak, on test images, in error (endpoints' mean
 # accuracy minus the midpoint's) and in loss. At the `cpu` profile everything runs on Fashion-MNIST
 # only (the other three data sets are not available on this machine): the MLPs for three epochs on
-# all 60,000 images, the ResNet20s at width 1 only (a $2\times$ ResNet20 costs four times the CPU time; the
-# width sweep of ResNets needs the `paper` profile) and the VGGs at depths 11 and 13, both for two
-# epochs on a few thousand images. The endpoints are much weaker than the paper's and the grids much
+# all 60,000 images, the ResNet20s at widths $0.5\times$, $1\times$ and $2\times$ for two epochs on
+# 4,000 images, and the VGGs at all four depths (11, 13, 16, 19) at a quarter of the paper's width (16
+# to 128 channels) for two epochs on 8,000 images. The endpoints are much weaker than the paper's and the grids much
 # shorter, so look for the *direction* of each effect. The `paper` profile runs the paper's grids.
 #
 # **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
@@ -180,7 +180,7 @@ sweep_figure(cfg["mlp_widths"], mlp, "barrier_loss", "test loss barrier", "hidde
 #
 # Standard BatchNorm ResNet20s; width multiplier 1 means 16, 32 and 64 channels in the three stages.
 
-# %% mystnb={"figure": {"caption": "Paper Fig. 6 middle. Error barrier at the midpoint (percentage points, linear scale; mean over the seed pairs) between two aligned ResNet20s against the width multiplier (log2 scale), without (dashed) and with (solid) REPAIR, one colour per data set. At the cpu profile Fashion-MNIST, width 1 only.", "name": "fig-5-3-resnet-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 6 middle. Error barrier at the midpoint (percentage points, linear scale; mean over the seed pairs) between two aligned ResNet20s against the width multiplier (log2 scale), without (dashed) and with (solid) REPAIR, one colour per data set. At the cpu profile Fashion-MNIST, widths 0.5, 1 and 2.", "name": "fig-5-3-resnet-accuracy"}}
 resnet = {}
 for dataset in cfg["datasets"]:
     resnet[dataset] = {width: midpoint_barriers({"arch": "resnet20", "width": width, "norm": cfg["resnet_norm"]},
@@ -198,7 +198,7 @@ sweep_figure(cfg["resnet_widths"], resnet, "barrier_loss", "test loss barrier", 
 #
 # VGG networks without normalisation layers, of increasing depth, on one data set.
 
-# %% mystnb={"figure": {"caption": "Paper Fig. 6 right (CIFAR-10). Error barrier at the midpoint (percentage points, linear scale; mean over the seed pairs) between two aligned VGGs against their depth (11 to 19 layers, linear scale), without (dashed) and with (solid) REPAIR. At the cpu profile Fashion-MNIST, depths 11 and 13.", "name": "fig-5-3-vgg-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 6 right (CIFAR-10). Error barrier at the midpoint (percentage points, linear scale; mean over the seed pairs) between two aligned VGGs against their depth (11 to 19 layers, linear scale), without (dashed) and with (solid) REPAIR. At the cpu profile Fashion-MNIST, depths 11, 13, 16 and 19 at a quarter width (16-128 channels).", "name": "fig-5-3-vgg-accuracy"}}
 vgg = {cfg["vgg_dataset"]: {depth: midpoint_barriers({"arch": "vgg", "depth": depth, "width": cfg["vgg_width"]},
                                                      cfg["vgg_dataset"], cfg["vgg_epochs"], cfg["vgg_train_subset"],
                                                      cfg["vgg_batch_size"], cfg["vgg_lr"])

@@ -230,6 +230,16 @@ CLAIMS = tuple(_item(*row) for row in (
     ("fig14_ends", "Fig. 14", "C", "CIFAR-10, ImageNet", ("REPAIR alone (unaligned) beats plain "
      "unaligned interpolation near the endpoints"), None, "fraction", (">", 0.0),
      "accuracy at alpha 0.25, unaligned + REPAIR minus unaligned"),
+    # --- beyond the paper: its central claims tried on a ViT and a ConvNeXt (the transformer page) ---
+    ("beyond_alignment", "Beyond the paper", "transformers", "Fashion-MNIST", ("The paper's premise, tried "
+     "on ViTs and ConvNeXts: aligned interpolation beats naive interpolation at the midpoint"), None,
+     "fraction", (">", 0.0), "aligned midpoint accuracy minus the naive midpoint's"),
+    ("beyond_repair", "Beyond the paper", "transformers", "Fashion-MNIST", ("The paper's main claim, tried "
+     "on ViTs and ConvNeXts: REPAIR raises the aligned midpoint's accuracy"), None, "fraction", (">", 0.0),
+     _GAIN),
+    ("beyond_heads", "Beyond the paper", "transformers", "Fashion-MNIST", ("Attention heads must move as "
+     "whole heads: matched as independent units, the aligned ViT B is no longer B"), None, "fraction",
+     ("<", 0.0), "test accuracy of B permuted with heads matched as units minus B's own"),
     ("table1", "Table 1", None, "all", ("Training hyperparameters (batch, epochs, learning rate, "
      "decay, augmentation)"), None, "ratio", "setting", "the paper profile keeps them"),
 ))

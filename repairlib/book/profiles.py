@@ -51,7 +51,7 @@ SMOKE = {
     },
     "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1,
             "train_subset": 128, "batch_size": None, "lr": None, "norm_recipes": {}, "alphas": (0.5,)},
-    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 1, "train_subset": 128,
+    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"}, {"arch": "tv_resnet50"}), "epochs": 1, "train_subset": 128,
             "batch_size": None, "lr": None, "scopes": ("conv", "all"), "alphas": (0.5,)},
     "5.3": {
         "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (8, 16), "mlp_epochs": 1, "mlp_train_subset": 256,
@@ -112,20 +112,24 @@ CPU = {
           **CPU_EXAMPLES},
     # 5.1-5.4: ResNets train 80 SGD steps of 100 images (4,000 images x 2 epochs, lr scaled to the batch):
     # about 70% test accuracy on Fashion-MNIST; with Table 1's batch of 500 the same images give 16 steps
-    # and 15-45%. Width x2 costs ~4x width x1, so the ResNet20 width sweeps run at the paper profile only.
+    # and 15-45%. Width x2 costs ~4x width x1 and LayerNorm/Fixup train 4x longer, so 5.1's three-point
+    # width sweep is x0.25, x0.5, x1 (4/8/16 to 16/32/64 channels) and 5.3's BatchNorm sweep x0.5, x1, x2.
     # LayerNorm and Fixup ResNet20s learn far slower than BatchNorm ones: 80 steps leave them at 15-35%,
     # and at lr 0.08 Fixup diverges. They get 320 steps at lr 0.04 (LayerNorm, about 68% test accuracy)
     # and 0.02 (Fixup, which diverged at 0.04 for one seed; about 52%).
-    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, **CPU_RESNET20,
+    "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (0.25, 0.5, 1), "curve_width": 1, **CPU_RESNET20,
             "norm_recipes": {"ln": {"epochs": 8, "lr": 0.04}, "fixup": {"epochs": 8, "lr": 0.02}}, **CPU_EXAMPLES},
-    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"},), "epochs": 2, "train_subset": 4000,
+    # ResNet18 and ResNet50 (Figs. 2 right, 5, 9): a ResNet50 step on 28 px images costs ~4x a ResNet18's
+    "5.2": {"dataset": FM, "models": ({"arch": "tv_resnet18"}, {"arch": "tv_resnet50"}), "epochs": 2, "train_subset": 4000,
             "batch_size": 100, "lr": 0.1, "scopes": ("conv", "all"), **CPU_EXAMPLES},
     "5.3": {
         "datasets": (FM,), "mlp_depth": 10, "mlp_widths": (32, 64, 128, 256, 512),
         "mlp_epochs": CPU_MLP["mlp_epochs"], "mlp_train_subset": CPU_MLP["mlp_train_subset"],
-        "resnet_widths": (1,), "resnet_norm": "bn", **{f"resnet_{k}": v for k, v in CPU_RESNET20.items()},
-        "vgg_dataset": FM, "vgg_depths": (11, 13), "vgg_width": 1, "vgg_epochs": 2, "vgg_train_subset": 2000,
-        "vgg_batch_size": 100, "vgg_lr": 0.04, **CPU_EXAMPLES,
+        "resnet_widths": (0.5, 1, 2), "resnet_norm": "bn", **{f"resnet_{k}": v for k, v in CPU_RESNET20.items()},
+        # VGGs at a quarter width (16-128 channels): a VGG11 x1 (64-512) trained on 2,000 images reached
+        # 27-48%, an x0.25 on 8,000 images 75% at a third of the CPU time, so all four depths fit
+        "vgg_dataset": FM, "vgg_depths": (11, 13, 16, 19), "vgg_width": 0.25, "vgg_epochs": 2,
+        "vgg_train_subset": 8000, "vgg_batch_size": 100, "vgg_lr": 0.04, **CPU_EXAMPLES,
     },
     "5.4": {"dataset": FM, "model": RESNET20_BN, **CPU_RESNET20, "major": 0.8, "alphas": ALPHAS11, **CPU_EXAMPLES},
     "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0), **CPU_EXAMPLES},
@@ -206,9 +210,10 @@ PAPER = {
     },
 }
 
-# seed_pairs: the independent pairs behind every measurement of the paper's section pages and their
-# "Does it match the paper?" boxes (repairlib.book.evidence.seed_pairs); their figures show the first pair.
-PAIRED_SECTIONS = ("3", "4", "5.1", "5.2", "5.3", "5.4", "C")
+# seed_pairs: the independent pairs behind every measurement of the section pages (the paper's and the
+# transformer page) and their "Does it match the paper?" boxes (repairlib.book.evidence.seed_pairs); their
+# figures show the first pair.
+PAIRED_SECTIONS = ("3", "4", "5.1", "5.2", "5.3", "5.4", "C", "transformers")
 for _table, _pairs in ((SMOKE, ((0, 1),)), (CPU, ((0, 1), (2, 3))), (PAPER, ((0, 1), (2, 3)))):
     for _section in PAIRED_SECTIONS:
         _table[_section]["seed_pairs"] = _pairs
