@@ -30,22 +30,22 @@ MLP10 = {"arch": "mlp", "depth": 10, "width": 512}
 
 # name -> (model config, fit keyword arguments); train_subset None = all 60,000 training images
 RUNS = {
-    "resnet20 bn, book recipe (4,000 images x 2 ep, batch 100), fp32": (RESNET20, dict(
-        epochs=2, train_subset=4000, batch_size=100, lr=0.08, bf16=False)),
-    "resnet20 bn, 1 ep, batch 100, fp32": (RESNET20, dict(epochs=1, batch_size=100, lr=0.08, bf16=False)),
-    "resnet20 bn, 1 ep, batch 100, bf16": (RESNET20, dict(epochs=1, batch_size=100, lr=0.08, bf16=True)),
-    "resnet20 bn, 2 ep, batch 100, bf16": (RESNET20, dict(epochs=2, batch_size=100, lr=0.08, bf16=True)),
-    "resnet20 bn, 2 ep, batch 100, bf16, label smoothing 0.1": (RESNET20, dict(
-        epochs=2, batch_size=100, lr=0.08, bf16=True, label_smoothing=0.1)),
-    "resnet20 bn, 4 ep, batch 500 (Table 1), bf16": (RESNET20, dict(epochs=4, bf16=True)),
-    "resnet20 bn, 4 ep, batch 100, bf16": (RESNET20, dict(epochs=4, batch_size=100, lr=0.08, bf16=True)),
-    "resnet20 ln, 2 ep, batch 100, bf16": ({**RESNET20, "norm": "ln"}, dict(
-        epochs=2, batch_size=100, lr=0.04, bf16=True)),
-    "resnet20 fixup, 2 ep, batch 100, bf16": ({**RESNET20, "norm": "fixup"}, dict(
-        epochs=2, batch_size=100, lr=0.02, bf16=True)),
-    "mlp 10x512, 3 ep (book recipe), fp32": (MLP10, dict(epochs=3, bf16=False)),
-    "mlp 10x512, 3 ep, bf16": (MLP10, dict(epochs=3, bf16=True)),
-    "mlp 10x512, 10 ep, bf16": (MLP10, dict(epochs=10, bf16=True)),
+    "resnet20 bn, book recipe (4,000 images x 2 ep, batch 100), fp32": (RESNET20, {
+        "epochs": 2, "train_subset": 4000, "batch_size": 100, "lr": 0.08, "bf16": False}),
+    "resnet20 bn, 1 ep, batch 100, fp32": (RESNET20, {"epochs": 1, "batch_size": 100, "lr": 0.08, "bf16": False}),
+    "resnet20 bn, 1 ep, batch 100, bf16": (RESNET20, {"epochs": 1, "batch_size": 100, "lr": 0.08, "bf16": True}),
+    "resnet20 bn, 2 ep, batch 100, bf16": (RESNET20, {"epochs": 2, "batch_size": 100, "lr": 0.08, "bf16": True}),
+    "resnet20 bn, 2 ep, batch 100, bf16, label smoothing 0.1": (RESNET20, {
+        "epochs": 2, "batch_size": 100, "lr": 0.08, "bf16": True, "label_smoothing": 0.1}),
+    "resnet20 bn, 4 ep, batch 500 (Table 1), bf16": (RESNET20, {"epochs": 4, "bf16": True}),
+    "resnet20 bn, 4 ep, batch 100, bf16": (RESNET20, {"epochs": 4, "batch_size": 100, "lr": 0.08, "bf16": True}),
+    "resnet20 ln, 2 ep, batch 100, bf16": ({**RESNET20, "norm": "ln"}, {
+        "epochs": 2, "batch_size": 100, "lr": 0.04, "bf16": True}),
+    "resnet20 fixup, 2 ep, batch 100, bf16": ({**RESNET20, "norm": "fixup"}, {
+        "epochs": 2, "batch_size": 100, "lr": 0.02, "bf16": True}),
+    "mlp 10x512, 3 ep (book recipe), fp32": (MLP10, {"epochs": 3, "bf16": False}),
+    "mlp 10x512, 3 ep, bf16": (MLP10, {"epochs": 3, "bf16": True}),
+    "mlp 10x512, 10 ep, bf16": (MLP10, {"epochs": 10, "bf16": True}),
 }
 
 
