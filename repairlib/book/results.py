@@ -153,9 +153,10 @@ def _ours(row: dict) -> str:
 def results_table(directory=None, profiles=("cpu", "paper")) -> str:
     """The results page's Markdown table: every number of the paper's text beside ours.
 
-    Four columns, so it reads on a narrow page: | Setting | Sec. | Paper: before → after REPAIR
-    (endpoints) | Ours: before → after (endpoints); note *(profile, data set)* |. One line per paper
-    number and per profile that measured it; "pending" where none did yet.
+    Four columns, so it reads on a narrow page: the setting, the section, the paper's "before → after
+    REPAIR (endpoints)" and ours, "before → after (endpoints); note", followed by the profile and data
+    set in italics. One line per paper number and per profile that measured it; "pending" where none
+    did yet.
     """
     measured = {}
     for record in load_results(directory, profiles):
