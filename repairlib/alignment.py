@@ -34,6 +34,7 @@ from repairlib.endpoints import (
 )
 from repairlib.plumbing import (
     check_same_architecture,
+    copy_model,
     first_inputs,
     reusable,
 )
@@ -521,7 +522,7 @@ def permute(model: nn.Module, perms: dict, spec: PermutationSpec = None) -> nn.M
     if spec is None:
         raise ValueError("permute needs the spec the permutations refer to: pass spec=...")
     state = permuted_state(model.state_dict(), perms, spec)
-    out = copy.deepcopy(model)
+    out = copy_model(model)
     out.load_state_dict(state)
     return out
 

@@ -10,14 +10,13 @@ for any scale, unlike a running-statistics fold). Residual-stream points cannot 
 :class:`ChannelAffine` node is inserted into an fx GraphModule.
 """
 
-import copy
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from repairlib.plumbing import model_dtype
+from repairlib.plumbing import copy_model, model_dtype
 from repairlib.points import LAYERS, calls_of, module_of, nodes_named
 from repairlib.spec import channel_axes, trace
 
@@ -210,7 +209,7 @@ def _affine_module(scale, shift, like: nn.Module, axis: int = 1) -> ChannelAffin
 def insert_affines(model: nn.Module, affines: dict, axes: dict | None = None) -> fx.GraphModule:
     """The unfused corrected network: a copy of ``model`` with a :class:`ChannelAffine` after every point.
     ``axes``: ``point -> channel axis`` (:func:`repairlib.spec.channel_axes`; default from the graph)."""
-    gm = trace(copy.deepcopy(model))
+    gm = trace(copy_model(model))
     axes = channel_axes(model) if axes is None else axes
     for node in nodes_named(gm, affines):
         insert_after(gm, node, _affine_module(*affines[node.name], model, axes.get(node.name, 1)), "repair")
@@ -238,7 +237,7 @@ def fuse_affines(model: nn.Module, affines: dict, axes: dict | None = None) -> n
     :func:`repairlib.spec.channel_axes`; default from the graph), which does not load into the input's
     class; its ``unfolded_points`` attribute lists those points.
     """
-    net = copy.deepcopy(model)
+    net = copy_model(model)
     gm = trace(net)  # shares net's layers: folding into gm's modules edits net
     inserted = []
     axes = channel_axes(model) if axes is None else axes

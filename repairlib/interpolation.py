@@ -1,12 +1,11 @@
 """Linear interpolation of two networks in weight space (paper section 2.1), and the weighted average of N."""
 
-import copy
 import math
 
 import torch
 from torch import nn
 
-from repairlib.plumbing import check_alpha, check_same_architecture
+from repairlib.plumbing import check_alpha, check_same_architecture, copy_model
 
 
 @torch.no_grad()
@@ -19,7 +18,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float, extrapolat
     """
     alpha = check_alpha(alpha, extrapolate)
     check_same_architecture(model_a, model_b)
-    merged = copy.deepcopy(model_a)
+    merged = copy_model(model_a)
     sb = model_b.state_dict()
     for name, t in merged.state_dict().items():
         if t.is_floating_point():
@@ -77,6 +76,6 @@ def average(models: list, weights=None) -> nn.Module:
     for m in models[1:]:
         check_same_architecture(models[0], m)
     weights = check_weights(weights, len(models))
-    merged = copy.deepcopy(models[0])
+    merged = copy_model(models[0])
     merged.load_state_dict(weighted_average([m.state_dict() for m in models], weights))
     return merged

@@ -37,7 +37,6 @@ check, raise ``ValueError`` naming the graph nodes; a hand-written :class:`Permu
 then be passed instead.
 """
 
-import copy
 import functools
 import itertools
 import math
@@ -50,7 +49,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.modules.transformer import _detect_is_causal_mask
 
-from repairlib.plumbing import as_input
+from repairlib.plumbing import as_input, copy_model
 
 HAND_WRITTEN = "Pass a hand-written spec=PermutationSpec(...) instead."
 
@@ -1646,7 +1645,7 @@ def permutation_spec(model: nn.Module, example_input: torch.Tensor, verify: bool
     its permutations may move dimensions between heads, which changes the network's function (the
     verification runs on the head-structured groups first).
     """
-    model = copy.deepcopy(model).eval()
+    model = copy_model(model).eval()
     gm = trace(model)
     with torch.no_grad():
         ShapeProp(gm).propagate(as_input(example_input[:2], model))
@@ -1936,7 +1935,7 @@ def verify_spec(model: nn.Module, spec: PermutationSpec, example_input: torch.Te
     once; the output on ``example_input[:2]`` must stay within ``rtol`` (default 1e-4 in float32)
     times its largest magnitude (``example_input[:1]`` is used). The error names the group, its graph nodes and the deviation.
     """
-    model = copy.deepcopy(model).eval()
+    model = copy_model(model).eval()
     _perturb(model, seed)
     x = as_input(example_input[:1], model)
     state = model.state_dict()

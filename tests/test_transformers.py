@@ -378,3 +378,18 @@ def test_torch_transformer_merge_gives_a_network_of_the_same_class(name):
         make(2).load_state_dict(out.state_dict(), strict=True)
         with torch.no_grad():
             assert torch.isfinite(out(data[0][0])).all()
+
+
+def test_a_copied_decoder_layer_keeps_its_module_activation():
+    """torch's deepcopy of a TransformerDecoderLayer whose activation is a module sets ``F.relu`` as an
+    instance attribute that hides the module; the library's copies (permute, interpolate, repair) keep it."""
+    from repairlib.plumbing import copy_model
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerDecoderLayer(16, 2, 32, dropout=0.0, batch_first=True, activation=torch.nn.GELU())
+    layer.eval()
+    x, memory = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    copied = copy_model(layer)
+    assert isinstance(copied.activation, torch.nn.GELU)
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x, memory), layer(x, memory))
