@@ -830,11 +830,7 @@ class _Analysis:
         if not all(isinstance(self.value(t), tuple) for t in inputs):
             self.fail(node, "query, key and value must be tensors")
         q = inputs[0]
-        embed, heads = mod.embed_dim, mod.num_heads
-        head, qk, vo = self.spaces.new(heads), self.spaces.new(embed // heads), self.spaces.new(embed // heads)
-        parts = [self.spaces.new(embed) for _ in range(3)]
-        for part, within in zip(parts, (qk, qk, vo)):
-            self.compose(part, (head, within))
+        head, vo, parts = self.head_parts(mod.num_heads, mod.embed_dim)
         if mod._qkv_same_embed_dim:
             self.fused_projection(name, inputs, parts)
         else:
@@ -853,6 +849,16 @@ class _Analysis:
         metas = node.meta.get("tensor_meta")
         second = _shape_of(metas[1]) if isinstance(metas, (tuple, list)) and len(metas) > 1 else None
         self.out[node] = [attn, self.fixed_value(second) if second is not None else None]
+
+    def head_parts(self, heads, embed):
+        """``(head, vo, parts)``: the spaces of one attention's ``heads`` heads, its value/output dims
+        within a head, and its query, key and value parts of ``embed`` units, each ``[heads, embed //
+        heads]``, query and key sharing one permutation within each head."""
+        head, qk, vo = self.spaces.new(heads), self.spaces.new(embed // heads), self.spaces.new(embed // heads)
+        parts = [self.spaces.new(embed) for _ in range(3)]
+        for part, within in zip(parts, (qk, qk, vo)):
+            self.compose(part, (head, within))
+        return head, vo, parts
 
     def fused_projection(self, name, inputs, parts):
         """``in_proj_weight [3E, E]`` (and ``in_proj_bias [3E]``): its input axis is the last axis of query,
@@ -1424,12 +1430,8 @@ class _Analysis:
             return None
         if name_of_weight := self.weight_name(node, 1, "qkv_weight"):
             self.producers.setdefault(self.spaces.find(rows[0]), []).append(name_of_weight)
-        head, qk, vo = (self.spaces.new(n) for n in (heads, embed // heads, embed // heads))
-        for i, within in enumerate((qk, qk, vo)):
-            part = self.spaces.new(embed)
-            self.compose(part, (head, within))
-            self.segment(rows[0], i * embed, part)
-            self.label(part, rows[0], i * embed, embed)
+        head, vo, parts = self.head_parts(heads, embed)
+        self.cut_rows(rows, parts)
         self.compose(proj[1][0], (head, vo))
         return head
 
