@@ -82,7 +82,7 @@ cfg
 dataset, device = cfg["dataset"], cfg["device"]
 model_a, model_b = [
     zoo.trained(cfg["model"], dataset, epochs=cfg["epochs"], seed=seed,
-                train_subset=cfg["train_subset"], device=device)
+                train_subset=cfg["train_subset"], bf16=cfg["train_bf16"], device=device)
     for seed in cfg["seeds"]
 ]
 train = data.loader(dataset, "train", subset=cfg["stats_examples"], device=device)

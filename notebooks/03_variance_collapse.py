@@ -299,7 +299,7 @@ k, c = (evidence.average(evidence.values(f, [m["mlp"] for m in measured])) for f
 rows = {"variance_ratio": {"before": f"{k:.2f} at corr {c:.2f}",
                            "note": f"first layer, {FAMILIES['mlp']}, {cfg['mlp_dataset']}, {profile} profile, "
                                    f"mean of {len(pairs)} seed pair(s)"}}
-book.save_results("3", profile, cfg, rows, start, measurements=records)
+book.save_results("3", profile, cfg, rows, start, claims=records)
 matched = nets["mlp"]["alignment"].matched_correlation()
 print("MLP: mean correlation of matched units per layer, measured where the alignment matches them (Eq. 2):",
       [round(c, 2) for c in matched.values()])

@@ -394,7 +394,7 @@ records.append(evidence.measure(
     "mlp_depth_sweep", lambda m: deepest_depth(m, "REPAIR (closed form)") - deepest_depth(m, "before REPAIR"),
     by_depth, dataset=cfg["mlp_dataset"], model=f"MLPs of width {cfg['depth_width']}, depths {cfg['depths']}",
     arch="mlp", width=cfg["depth_width"], **scale))
-book.save_results("4", profile, cfg, rows, start, measurements=records)
+book.save_results("4", profile, cfg, rows, start, claims=records)
 Markdown(evidence.match_box(records, section="4"))
 
 # %%

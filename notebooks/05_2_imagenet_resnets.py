@@ -118,7 +118,7 @@ def aligned(config, seeds):
     """(A, B aligned to A, B as trained, REPAIR's endpoint statistics) of one seed pair."""
     model_a, model_b = [
         zoo.trained(config, cfg["dataset"], epochs=cfg["epochs"], seed=seed, train_subset=cfg["train_subset"],
-                    batch_size=cfg["batch_size"], lr=cfg["lr"], device=cfg["device"])
+                    batch_size=cfg["batch_size"], lr=cfg["lr"], bf16=cfg["train_bf16"], device=cfg["device"])
         for seed in seeds
     ]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
@@ -225,8 +225,9 @@ print(f"{MAIN}, midpoint accuracy of conv-only REPAIR minus BN reset {gap['mean'
 #
 # Section 3 of the paper shows the collapse in a ResNet50 on ImageNet: the variance ratio (the summed
 # variance of a layer's channels in the midpoint network over the endpoints' mean) at every
-# convolution, before and after REPAIR. Here at every convolution output of the profile's main
-# network (ResNet50 where the profile has one; at the `cpu` profile ResNet18) (`repairlib.variance_ratio`, on the statistics images), first seed pair; below, the ratio at
+# convolution, before and after REPAIR. Here it is measured at every convolution output of the
+# profile's main network (ResNet50 where the profile has one, ResNet18 at the `cpu` profile) with
+# `repairlib.variance_ratio` on the statistics images, for the first seed pair; below, the ratio at
 # the last convolution for every seed pair, resampled over the training images.
 
 # %% mystnb={"figure": {"caption": "Paper Fig. 2 right (ResNet50, ImageNet; at the cpu profile the torchvision ResNet18 of this page on Fashion-MNIST, 2 epochs on 4,000 training images, first seed pair: a ResNet50 trained like it stayed near chance). Variance ratio v_alpha / ((v_1 + v_2) / 2) at alpha 0.5 at every convolution output in network order (linear scale), aligned without correction and with REPAIR of the convolution outputs; the dotted line is no collapse.", "name": "fig-5-2-variance"}}
@@ -337,7 +338,7 @@ if len(pairs) >= 2:
     statistics["resnet18_resnet50x2_imagenet"] = lambda m: evidence.slope(
         size, torch.stack([barrier(m, FULL, n) for n in pairs], -1))
 records = [gap, fig2] + [evidence.measure(key, stat, measured, **scale) for key, stat in statistics.items()]
-book.save_results("5.2", profile, cfg, rows, start, measurements=records)
+book.save_results("5.2", profile, cfg, rows, start, claims=records)
 Markdown(evidence.match_box(records, section="5.2"))
 
 # %% [markdown]

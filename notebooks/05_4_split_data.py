@@ -105,7 +105,7 @@ test = data.loader(cfg["dataset"], "test", subset=cfg["eval_examples"], device=c
 
 def trained(**kwargs):
     return zoo.trained(cfg["model"], cfg["dataset"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                       lr=cfg["lr"], device=cfg["device"], **kwargs)
+                       lr=cfg["lr"], bf16=cfg["train_bf16"], device=cfg["device"], **kwargs)
 
 
 pairs = evidence.seed_pairs(cfg)
@@ -275,7 +275,7 @@ statistics = {
 scale = {"profile": profile, "dataset": cfg["dataset"], "seeds": pairs, "arch": cfg["model"]["arch"],
          "model": f"ResNet20 x{cfg['model'].get('width', 1)}", "width": cfg["model"].get("width", 1)}
 records = [evidence.measure(key, stat, measured, **scale) for key, stat in statistics.items()]
-book.save_results("5.4", profile, cfg, rows, start, measurements=records)
+book.save_results("5.4", profile, cfg, rows, start, claims=records)
 Markdown(evidence.match_box(records, section="5.4"))
 
 # %% [markdown]

@@ -216,7 +216,7 @@ for r in records:
     claim = {"fig14": ("alignment is needed for a good REPAIRed midpoint", "REPAIR alone reaches the aligned midpoint"),
              "fig14_ends": ("REPAIR alone helps near the endpoints", "REPAIR alone does not help near the endpoints")}
     print(f"{r['model']}: " + evidence.in_words(r, *claim[r["key"]]))
-book.save_results("C", profile, cfg, {}, start, measurements=records)
+book.save_results("C", profile, cfg, {}, start, claims=records)
 Markdown(evidence.match_box(records, section="C"))
 
 # %%

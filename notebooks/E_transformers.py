@@ -406,7 +406,7 @@ for r in records:
              "beyond_repair": ("REPAIR raises the aligned midpoint", "REPAIR lowers the aligned midpoint"),
              "beyond_heads": ("matched as units, B loses accuracy", "matched as units, B keeps its accuracy")}
     print(f"{r['model']}: " + evidence.in_words(r, *words[r["key"]]))
-book.save_results("transformers", profile, cfg, {}, start, measurements=records)
+book.save_results("transformers", profile, cfg, {}, start, claims=records)
 Markdown(evidence.match_box(records, section="transformers"))
 
 # %%

@@ -516,7 +516,8 @@ def permute(model: nn.Module, perms: dict, spec: PermutationSpec = None) -> nn.M
     """A new network computing the same function as ``model``, its units reordered by ``perms``.
 
     ``perms`` maps group names to LongTensor permutations (as returned by :func:`align`, whose
-    result carries its spec; otherwise pass ``spec``). ``model`` is not modified.
+    result carries its spec; otherwise pass ``spec``). ``model`` is not modified; the copy carries the
+    attribute ``repairlib_permuted = True`` (the book's records tell aligned from naive curves by it).
     """
     spec = spec if spec is not None else getattr(perms, "spec", None)
     if spec is None:
@@ -524,6 +525,7 @@ def permute(model: nn.Module, perms: dict, spec: PermutationSpec = None) -> nn.M
     state = permuted_state(model.state_dict(), perms, spec)
     out = copy_model(model)
     out.load_state_dict(state)
+    out.repairlib_permuted = True
     return out
 
 

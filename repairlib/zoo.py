@@ -11,6 +11,7 @@ that checkpoint once they are ``STALE_TMP_SECONDS`` old.
 """
 
 import contextlib
+import copy
 import datetime
 import hashlib
 import json
@@ -328,20 +329,27 @@ def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=No
                                 split_part=split_part, batch_size=batch_size, lr=lr, bf16=bf16)
     path, device = checkpoint_path(desc, cache_dir), default_device(device)
     if distributed.world_size() > 1:
-        return _trained_by_every_rank(desc, path, root, device)
+        return tagged(_trained_by_every_rank(desc, path, root, device), desc)
     if path.exists():
         try:
-            return load_cached(path, desc, device)
+            return tagged(load_cached(path, desc, device), desc)
         except ValueError as err:
             warnings.warn(f"retraining: {err}", stacklevel=2)
     with training_lock(path):
         if path.exists():  # another process trained it while this one waited for the lock
             try:
-                return load_cached(path, desc, device)
+                return tagged(load_cached(path, desc, device), desc)
             except ValueError:
                 pass
         model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
         save(model, path, desc["config"], meta)
+    return tagged(model, desc)
+
+
+def tagged(model: nn.Module, desc: dict) -> nn.Module:
+    """``model`` with its training description as the attribute ``repairlib_training`` (config, data set,
+    seed, epochs, ...), which copies keep and the book's measurement records read."""
+    model.repairlib_training = copy.deepcopy(desc)
     return model
 
 

@@ -131,12 +131,14 @@ def test_records_are_plain_and_round_trip_through_the_results_file(tmp_path):
     assert rec["seeds"] == [[0, 1], [2, 3]] and rec["n_test"] == 1000 and len(rec["values"]) == 2
     assert rec["ci95"][0] <= rec["mean"] <= rec["ci95"][1] and rec["paper"]["source"] == "Fig. 7"
     assert rec["min"] <= rec["mean"] <= rec["max"] and rec["arch"] == "resnet20"
-    path = book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, measurements=[rec])
-    assert json.loads(path.read_text())["measurements"] == [rec]
-    assert book.load_measurements(tmp_path) == [rec]
-    assert book.save_results("5.4", "smoke", {}, {}, measurements=[rec]) is None
-    with pytest.raises(ValueError, match="unknown measurement key"):
-        book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, measurements=[{**rec, "key": "fig99"}])
+    path = book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, claims=[rec], measurements=[])
+    assert json.loads(path.read_text())["claims"] == [rec]
+    assert book.load_claims(tmp_path) == [rec] and book.load_measurements(tmp_path) == []
+    assert book.save_results("5.4", "smoke", {}, {}, claims=[rec]) is None
+    with pytest.raises(ValueError, match="unknown claim key"):
+        book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, claims=[{**rec, "key": "fig99"}])
+    with pytest.raises(ValueError, match="lack the field"):
+        book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, measurements=[{"accuracy": 0.5}])
     with pytest.raises(ValueError, match="seed pair"):
         evidence.measure("fig7", merge_gap, pairs, profile="cpu", dataset="fm", model="m", seeds=[(0, 1)])
     with pytest.raises(ValueError, match="plain"):
@@ -184,7 +186,7 @@ def test_the_coverage_index_lists_every_item_and_says_what_is_missing(tmp_path):
     gen = torch.Generator().manual_seed(6)
     rec = evidence.measure("fig7", merge_gap, [merge_examples(gen, 0.3)], profile="cpu", dataset="fashion_mnist",
                            model="ResNet20 x1", seeds=[(0, 1)])
-    book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, measurements=[rec])
+    book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, claims=[rec], measurements=[])
     row = next(line for line in book.coverage_index(tmp_path).splitlines() if line.startswith("| Fig. 7 |"))
     assert row.endswith("| reproduced |") and "not measured yet" not in row
     page = tmp_path / "results.md"
@@ -284,3 +286,32 @@ def test_average_values_and_in_words():
                              model="ResNet20 x1", seeds=[(0, 1)])
     assert evidence.in_words(big, "it merges", "it does not").startswith("it merges (reproduced: 95% interval")
     assert evidence.in_words(small, "it merges", "it does not", "maybe").startswith("maybe (not distinguishable")
+
+
+def test_curves_leave_plain_records_that_name_the_networks_and_the_method(tmp_path):
+    from repairlib import zoo
+    from repairlib.alignment import align, permute
+
+    torch.manual_seed(0)
+    nets = [zoo.tagged(nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)),
+                       zoo.training_description({"arch": "mlp", "depth": 2, "width": 6}, "fashion_mnist",
+                                                epochs=1, seed=s, batch_size=10, lr=0.1, bf16=True)) for s in (3, 4)]
+    x, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    data = [(x[:10], y[:10]), (x[10:], y[10:])]
+    aligned = permute(nets[1], align(nets[0], nets[1], data, method="weight"))
+    evidence.RECORDS.clear()
+    naive = evidence.curve(nets[0], nets[1], data, (0.0, 0.5), figure="Fig. 1 right")
+    evidence.curve(nets[0], aligned, data, (0.5,), correct="repair")
+    evidence.curve(nets[0], aligned, data, (0.5,))
+    recs = list(evidence.RECORDS)
+    assert [r["method"] for r in recs] == ["naive", "naive", "repair", "aligned"]
+    assert recs[0]["figure"] == "Fig. 1 right" and recs[2]["figure"] is None
+    assert recs[1]["seeds"] == [3, 4] and recs[1]["arch"] == "mlp" and recs[1]["width"] == 6
+    assert recs[1]["n_test"] == 20 and recs[1]["alpha"] == 0.5
+    assert recs[1]["train"] == {"epochs": 1, "train_subset": None, "batch_size": 10, "lr": 0.1, "autocast": "bf16"}
+    assert recs[1]["accuracy"] == pytest.approx(float(naive["correct"][1].double().mean()))
+    assert recs[1]["loss"] == pytest.approx(float(naive["loss"][1].double().mean()))
+    path = book.save_results("5.4", "cpu", {}, {}, directory=tmp_path)
+    assert json.loads(path.read_text())["measurements"] == recs
+    assert {r["section"] for r in book.load_measurements(tmp_path)} == {"5.4"}
+    evidence.RECORDS.clear()

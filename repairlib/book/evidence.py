@@ -6,7 +6,7 @@ A notebook records each claim of :data:`repairlib.book.coverage.CLAIMS` it measu
     ex = [{"a": per_example(a, test), "b": per_example(b, test), "merged": evidence.stack(curve)}]  # one per seed pair
     gap = lambda m: torch.minimum(m["a"]["loss"], m["b"]["loss"]) - m["merged"]["loss"].min(-1).values
     records = [evidence.measure("fig7", gap, ex, profile=profile, dataset=..., model=..., seeds=[(0, 1)])]
-    book.save_results("5.4", profile, cfg, rows, start, measurements=records)
+    book.save_results("5.4", profile, cfg, rows, start, claims=records)
     Markdown(evidence.match_box(records, section="5.4"))
 
 ``per_example`` is :func:`repairlib.evaluation.per_example` (correct and loss per test image, ``[N]``);
@@ -35,6 +35,8 @@ from repairlib.book.coverage import claim, elsewhere_note, markdown_table, page_
 
 N_BOOT = 1000
 LEVEL = 0.95
+# plain measurement records of this process (one per curve point, :func:`curve`), written by save_results
+RECORDS: list = []
 VERDICTS = ("reproduced", "not distinguishable", "differs", "not measured yet")
 _CHUNK = 200  # resamples per count matrix: [200, N] float64 (16 MB at N = 10,000)
 
@@ -397,10 +399,14 @@ def pair_settings(cfg: dict) -> list:
 
 
 def curve(model_a, model_b, data, alphas, correct: str = "none", stats_data=None, scope: str = "conv",
-          stats=None) -> dict:
+          stats=None, method: str | None = None, figure: str | None = None) -> dict:
     """:func:`repairlib.barrier`'s curve image by image: ``{"correct": [K, N], "loss": [K, N]}`` of
     theta_alpha (``model_b`` aligned to ``model_a``) after ``correct`` at each of the K ``alphas``.
-    REPAIR's endpoint statistics are measured once on ``stats_data`` (default ``data``) unless given."""
+    REPAIR's endpoint statistics are measured once on ``stats_data`` (default ``data``) unless given.
+
+    Each point is also appended to :data:`RECORDS` as a plain record (:func:`point_record`: ``method``
+    defaults to "naive" or "aligned" for ``correct="none"``, by whether ``model_b`` was permuted, else
+    to ``correct``), which :func:`repairlib.book.save_results` stores as the page's ``measurements``."""
     from repairlib.correction import corrected
     from repairlib.endpoints import endpoint_stats
     from repairlib.evaluation import per_example
@@ -411,8 +417,35 @@ def curve(model_a, model_b, data, alphas, correct: str = "none", stats_data=None
     stats_data = data if stats_data is None else reusable(stats_data)
     if correct in ("repair", "closed_form", "rescale") and stats is None:
         stats = endpoint_stats(model_a, model_b, stats_data, scope)
-    return stack([per_example(corrected(interpolate(model_a, model_b, float(t)), model_a, model_b, stats_data,
-                                        float(t), correct, scope, stats), data) for t in alphas])
+    out = stack([per_example(corrected(interpolate(model_a, model_b, float(t)), model_a, model_b, stats_data,
+                                       float(t), correct, scope, stats), data) for t in alphas])
+    if method is None:
+        aligned = getattr(model_b, "repairlib_permuted", False)
+        method = correct if correct != "none" else ("aligned" if aligned else "naive")
+    if correct != "none" and scope != "conv":
+        method = f"{method}_{scope}"
+    for k, t in enumerate(alphas):
+        RECORDS.append(point_record(model_a, model_b, float(t), method, out["correct"][k], out["loss"][k], figure))
+    return out
+
+
+def point_record(model_a, model_b, alpha: float, method: str, correct: torch.Tensor, loss: torch.Tensor,
+                 figure: str | None = None) -> dict:
+    """One plain measurement: the network at ``alpha`` between ``model_a`` and ``model_b`` after ``method``,
+    its ``accuracy`` and mean ``loss`` over the ``n_test`` images of ``correct`` and ``loss`` (``[N]``),
+    with the pair's ``arch``, ``width``, ``depth``, ``norm``, ``dataset``, ``seeds`` and ``train`` (epochs,
+    training images, batch size, learning rate, autocast) from their zoo tags (:func:`repairlib.zoo.tagged`; null when untagged)."""
+    tags = [getattr(m, "repairlib_training", None) or {} for m in (model_a, model_b)]
+    config = tags[0].get("config", {})
+    return _plain({
+        "figure": figure, "arch": config.get("arch"), "width": config.get("width"), "depth": config.get("depth"),
+        "norm": config.get("norm"), "dataset": tags[0].get("dataset"), "seeds": [t.get("seed") for t in tags],
+        "split_parts": [t.get("split_part") for t in tags] if tags[0].get("split_part") is not None else None,
+        "train": ({"epochs": tags[0].get("epochs"), "train_subset": tags[0].get("train_subset"),
+                   "batch_size": tags[0].get("recipe", {}).get("batch_size"), "lr": tags[0].get("recipe", {}).get("lr"),
+                   "autocast": tags[0].get("autocast")} if tags[0] else None),
+        "n_test": int(correct.numel()), "alpha": alpha, "method": method,
+        "accuracy": float(correct.double().mean()), "loss": float(loss.double().mean())})
 
 
 def means(results: dict) -> dict:
