@@ -4,6 +4,11 @@ jupyter-book build. Writes benchmarks/results/bench_book.json.
 
     python benchmarks/bench_book.py                 # smoke, cpu cold, cpu warm, build (the lead's run)
     python benchmarks/bench_book.py --runs smoke    # seconds: every notebook at the smoke profile
+    python benchmarks/bench_book.py --import-log cold.log --as cpu_cold   # record a main-job run
+
+``--import-log`` records a run of ``python -m repairlib book --profile cpu --jobs 2`` made with an empty
+``$REPAIR_ZOO`` (the run that wrote the committed executed copies) from its progress lines, so the book's
+own cold run is the measured one and need not be repeated.
 
 The executed copies go to a temporary directory (the book's own copies are written by
 ``python -m repairlib book``); measured results go to a temporary $REPAIR_RESULTS.
@@ -13,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -24,6 +30,19 @@ from repairlib import book
 ROOT = Path(__file__).resolve().parents[1]
 
 RUNS = {"smoke": ("smoke", "fresh"), "cpu_cold": ("cpu", "fresh"), "cpu_warm": ("cpu", "reuse")}
+_DONE = re.compile(r"^\[\d+/\d+\]\s+(\S+)\s+([\d.]+) s\s+(ok|FAILED)")
+_TOTAL = re.compile(r"^book: \d+ ok, \d+ failed in (\d+) s")
+
+
+def parse_log(text: str, profile: str = "cpu", jobs: int = 2) -> dict:
+    """A run record (as :func:`run_profile` returns) from the progress lines of ``python -m repairlib book``."""
+    notebooks = {m.group(1): {"seconds": float(m.group(2)), "ok": m.group(3) == "ok", "error": None}
+                 for m in map(_DONE.match, text.splitlines()) if m}
+    totals = [float(m.group(1)) for m in map(_TOTAL.match, text.splitlines()) if m]
+    if not notebooks or not totals:
+        raise SystemExit("the log holds no finished `python -m repairlib book` run (no progress or total line)")
+    return {"profile": profile, "jobs": jobs, "total_s": totals[-1], "ok": all(n["ok"] for n in notebooks.values()),
+            "notebooks": notebooks, "source": "python -m repairlib book, progress lines"}
 
 
 def run_profile(profile: str, zoo: Path, out: Path, only=None, jobs: int = 2) -> dict:
@@ -52,7 +71,13 @@ def main(argv=None) -> int:
                         "`python -m repairlib book` cold run filled); cpu_cold refuses it")
     p.add_argument("--jobs", type=int, default=2, help="notebooks side by side, as `python -m repairlib book`")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_book.json"))
+    p.add_argument("--import-log", type=Path, default=None, help="record this `python -m repairlib book` log")
+    p.add_argument("--as", dest="as_run", choices=list(RUNS), default="cpu_cold", help="the run it records")
     args = p.parse_args(argv)
+    if args.import_log is not None:
+        args.runs, imported = [], parse_log(args.import_log.read_text(), RUNS[args.as_run][0], args.jobs)
+    else:
+        imported = None
 
     work = Path(tempfile.mkdtemp(prefix="bench_book_"))
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -65,6 +90,8 @@ def main(argv=None) -> int:
         "runs": {},
     }
     status = 0
+    if imported is not None:
+        report["runs"][args.as_run] = imported
     try:
         for run in [r for r in RUNS if r in args.runs]:
             profile, zoo_mode = RUNS[run]

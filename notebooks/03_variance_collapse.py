@@ -85,7 +85,7 @@ import torch
 from matplotlib.figure import Figure
 
 import repairlib
-from repairlib import analysis, book, data, plots
+from repairlib import analysis, book, plots
 from repairlib.book import evidence
 
 cfg = book.settings(
@@ -109,14 +109,10 @@ cfg
 FAMILIES = {family: book.describe(cfg[family]) for family in ("mlp", "conv")}
 nets, train, test = {}, {}, {}
 for family, name in FAMILIES.items():
-    dataset = cfg[f"{family}_dataset"]
-    train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
-    test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
-    a, b = book.trained_pair(cfg, family)
-    alignment = repairlib.align(a, b, train[family], stats_scope="conv")  # also REPAIR's endpoint statistics
-    nets[family] = {"a": a, "b": b, "b_aligned": repairlib.permute(b, alignment), "alignment": alignment}
-    accuracy = [repairlib.evaluate(m, test[family])["accuracy"] for m in (a, b)]
-    print(f"{name:>10} on {dataset}: test accuracy A {accuracy[0]:.2%}, B {accuracy[1]:.2%}")
+    train[family], test[family] = book.loaders(cfg, family)
+    nets[family] = book.aligned_pair(cfg, family, train[family])  # also REPAIR's endpoint statistics
+    accuracy = [repairlib.evaluate(nets[family][k], test[family])["accuracy"] for k in ("a", "b")]
+    print(f"{name:>10} on {cfg[f'{family}_dataset']}: test accuracy A {accuracy[0]:.2%}, B {accuracy[1]:.2%}")
 
 # %% [markdown]
 # ## 3.1 The symptom: variance collapses layer by layer
@@ -137,7 +133,7 @@ alpha = cfg["alpha"]
 stats, variants, ratios, midpoints = {}, {}, {}, {}
 for family, n in nets.items():
     a, d = n["a"], train[family]
-    for pairing, b in (("unaligned", n["b"]), ("aligned", n["b_aligned"])):
+    for pairing, b in (("unaligned", n["b"]), ("aligned", n["aligned"])):
         s = n["alignment"].endpoint_stats if pairing == "aligned" else repairlib.endpoint_stats(a, b, d)
         stats[family, pairing] = s  # Var, Cov of every unit of both endpoints; reused below
         mid = repairlib.interpolate(a, b, alpha)
@@ -255,15 +251,14 @@ def collapse(family, a, b, b_aligned, mids):
                                  cross=("a", "b"))
 
 
-measured = [{family: collapse(family, n["a"], n["b"], n["b_aligned"],
+measured = [{family: collapse(family, n["a"], n["b"], n["aligned"],
                               {p: variants[family, p][0] for p in ("unaligned", "aligned")}) for family, n in nets.items()}]
 for settings in evidence.pair_settings(cfg)[1:]:
     one = {}
     for family in nets:
-        a, b = book.trained_pair(settings, family)
-        b_aligned = repairlib.permute(b, repairlib.align(a, b, train[family]))
-        one[family] = collapse(family, a, b, b_aligned, {"unaligned": repairlib.interpolate(a, b, alpha),
-                                                        "aligned": repairlib.interpolate(a, b_aligned, alpha)})
+        p = book.aligned_pair(settings, family, train[family])
+        one[family] = collapse(family, p["a"], p["b"], p["aligned"], {"unaligned": repairlib.interpolate(p["a"], p["b"], alpha),
+                                                                     "aligned": repairlib.interpolate(p["a"], p["aligned"], alpha)})
     measured.append(one)
 
 # %%

@@ -87,7 +87,7 @@ import torch
 from IPython.display import Markdown
 
 import repairlib
-from repairlib import analysis, book, data, plots
+from repairlib import analysis, book, plots
 from repairlib.book import evidence
 from repairlib.evaluation import per_example
 
@@ -115,16 +115,14 @@ nets, pairs_of, train, test = {}, {}, {}, {}
 
 
 def aligned_pair(settings, family, config=None):
-    """A and B aligned to A, with REPAIR's endpoint statistics (gathered in the alignment's pass)."""
-    a, b = book.trained_pair(settings, family, config)
-    alignment = repairlib.align(a, b, train[family], stats_scope="conv")
-    return {"a": a, "b": repairlib.permute(b, alignment), "stats": alignment.endpoint_stats}
+    """A and B aligned to A (as "b"), with REPAIR's endpoint statistics (gathered in the alignment's pass)."""
+    p = book.aligned_pair(settings, family, train[family], config)
+    return {"a": p["a"], "b": p["aligned"], "stats": p["stats"]}
 
 
 for family, name in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
-    train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
-    test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
+    train[family], test[family] = book.loaders(cfg, family)
     pairs_of[family] = [aligned_pair(settings, family) for settings in PAIRS]
     nets[family] = pairs_of[family][0]
     accuracy = [repairlib.evaluate(nets[family][k], test[family])["accuracy"] for k in ("a", "b")]

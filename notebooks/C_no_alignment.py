@@ -74,8 +74,7 @@ start = time.time()
 import torch
 from IPython.display import Markdown
 
-import repairlib
-from repairlib import analysis, book, data, plots
+from repairlib import analysis, book, plots
 from repairlib.book import evidence
 from repairlib.evaluation import per_example
 
@@ -104,15 +103,13 @@ nets, pairs_of, train, test, difference = {}, {}, {}, {}, {}
 
 def three(settings, family):
     """A, B as trained and B aligned to A (with REPAIR's statistics of the aligned pair), and the permutation."""
-    a, b = book.trained_pair(settings, family)
-    perms = repairlib.align(a, b, train[family], stats_scope="conv")
-    return {"a": a, "unaligned": b, "aligned": repairlib.permute(b, perms), "stats": perms.endpoint_stats}, perms
+    p = book.aligned_pair(settings, family, train[family])
+    return {"a": p["a"], "unaligned": p["b"], "aligned": p["aligned"], "stats": p["stats"]}, p["alignment"]
 
 
 for family, name in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
-    train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
-    test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
+    train[family], test[family] = book.loaders(cfg, family)
     nets[family], perms = three(PAIRS[0], family)
     pairs_of[family] = [nets[family]] + [three(settings, family)[0] for settings in PAIRS[1:]]
     a, b = nets[family]["a"], nets[family]["unaligned"]

@@ -106,8 +106,7 @@ FAMILIES = {"mlp": "MLP", "conv": "ResNet20"}
 nets, train, test = {}, {}, {}
 for family, label in FAMILIES.items():
     dataset = cfg[f"{family}_dataset"]
-    train[family] = data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"])
-    test[family] = data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"])
+    train[family], test[family] = book.loaders(cfg, family)
     nets[family] = book.trained_pair({**cfg, "seeds": cfg["seeds"][:SIZES[-1]]}, family)
     print(f"{label} ({book.describe(cfg[family])}) on {dataset}: {len(nets[family])} networks, seeds "
           f"{list(cfg['seeds'][:SIZES[-1]])}; statistics on {train[family].num_examples} training images, "

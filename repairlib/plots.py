@@ -145,6 +145,25 @@ def barrier_vs(xs, series: dict, xlabel: str, ylabel: str, log2: bool = False, t
     return _finish(fig, ax, xlabel, ylabel, title, len(series))
 
 
+def before_after(points: dict, xlabel: str, ylabel: str, title: str | None = None) -> Figure:
+    """Barrier before (x) against after (y) a correction, one marker per setting (Fig. 1 right).
+
+    ``points``: {label: [(before, after, size), ...]}: one series per architecture / data set /
+    normalisation, each point a width, ``size`` its rank (wider networks get larger markers, as in the
+    paper). The diagonal is "no change"; points below it are barriers the correction lowered.
+    """
+    if not points or not any(points.values()):
+        raise ValueError("before_after needs at least one point")
+    fig, ax = _figure((5.0, 4.2))
+    values = [v for series in points.values() for p in series for v in p[:2]]
+    low, high = min(0.0, *values), max(values)
+    ax.plot([low, high], [low, high], color="0.5", linewidth=0.8, linestyle=":")
+    for label, series in points.items():
+        before, after, size = (np.array([p[i] for p in series], dtype=float) for i in range(3))
+        ax.scatter(before, after, s=12 + 18 * size, label=label, alpha=0.8)
+    return _finish(fig, ax, xlabel, ylabel, title, len(points))
+
+
 def layer_ratios(series: dict, title: str | None = None, ylabel: str | None = None,
                  styles: dict | None = None, logy: bool = False) -> Figure:
     """Variance collapse (Figs. 1 left, 2): per-layer ratio v_alpha / ((v_1 + v_2) / 2), layer by layer.

@@ -29,3 +29,15 @@ def test_authors_mlp_cut_is_quality_benchmark_arithmetic():
     assert c["cut_loss"] == pytest.approx(1 - 0.25 / 1.0)
     with pytest.raises(ValueError, match="unexpected key"):
         cuts.settings({"resnet20": record})
+
+
+def test_bench_book_records_a_main_job_run_from_its_progress_lines():
+    bench = _script("bench_book")
+    log = ("book: 2 notebook(s) at profile cpu -> /x\n[IPKernelApp] WARNING | noise\n"
+           "[1/2] 05_2_imagenet_resnets         206.6 s  ok\n[2/2] C_no_alignment   12.0 s  FAILED (boom)\n"
+           "book: 1 ok, 1 failed in 219 s (failed: C_no_alignment)\n")
+    run = bench.parse_log(log)
+    assert run["total_s"] == 219.0 and run["ok"] is False and run["jobs"] == 2
+    assert run["notebooks"]["05_2_imagenet_resnets"] == {"seconds": 206.6, "ok": True, "error": None}
+    with pytest.raises(SystemExit, match="no finished"):
+        bench.parse_log("book: 2 notebook(s) at profile cpu -> /x\n")

@@ -401,3 +401,42 @@ def test_a_notebook_run_by_hand_writes_its_results_beside_itself(tmp_path, monke
     assert book.book_results_dir() == book.book_root() / "book" / "results"
     monkeypatch.setenv("REPAIR_RESULTS", str(tmp_path / "elsewhere"))
     assert book.save_results("4", "cpu", {}, {}) == tmp_path / "elsewhere" / "4_cpu.json"
+
+
+def _record(method, alpha, accuracy, width=1, norm="bn", seeds=(0, 1)):
+    return {"figure": None, "arch": "resnet20", "width": width, "depth": None, "norm": norm,
+            "dataset": "fashion_mnist", "seeds": list(seeds), "n_test": 100, "alpha": alpha, "method": method,
+            "accuracy": accuracy, "loss": 1.0, "train": {"epochs": 1}}
+
+
+def test_fig1_right_barriers_come_from_the_plain_records(tmp_path):
+    curve = {0.0: 0.9, 0.5: 0.5, 1.0: 0.8}  # line at 0.5: 0.85 -> barrier 35 points before
+    records = [_record("aligned", t, a) for t, a in curve.items()]
+    records += [_record("repair", 0.5, 0.75), _record("repair", 0.5, 0.1, width=2)]  # width 2 lacks a curve
+    records += [_record("aligned", t, a, seeds=(2, 3)) for t, a in curve.items()] + [_record("repair", 0.5, 0.8, seeds=(2, 3))]
+    points = book.results.barrier_points(records)
+    assert list(points) == [("resnet20", "bn")] and list(points["resnet20", "bn"]) == [(1, None)]
+    (b1, a1), (b2, a2) = points["resnet20", "bn"][1, None]
+    assert b1 == pytest.approx(35.0) and a1 == pytest.approx(10.0) and b2 == pytest.approx(35.0) and a2 == pytest.approx(5.0)
+    book.save_results("5.1", "cpu", {}, {}, directory=tmp_path, measurements=records)
+    block = book.results.fig1_right_block(tmp_path)
+    assert block.startswith("```{figure} results/fig1_right_cpu.png") and "Paper Fig. 1 right" in block
+    assert "2 seed pairs in 1 settings, 100 test images" in block and (tmp_path / "fig1_right_cpu.png").stat().st_size > 0
+    assert book.results.caption_panels(block) == [(1, "right")]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "not measured yet" in book.results.fig1_right_block(empty)
+
+
+def test_fig8_right_needs_all_four_curves(tmp_path):
+    curve = {0.0: 0.9, 0.5: 0.5, 1.0: 0.8}
+    records = [_record("aligned", t, a) for t, a in curve.items()]
+    records += [_record(m, 0.5, a) for m, a in (("reset_bn", 0.7), ("repair", 0.72), ("repair_all", 0.8))]
+    records += [_record("aligned", t, a, width=2) for t, a in curve.items()] + [_record("reset_bn", 0.5, 0.7, width=2)]
+    found = book.results.curve_barriers(records, tuple(book.results.FIG8_METHODS))
+    assert list(found) == [("resnet20", "bn", 1, None)]
+    assert found["resnet20", "bn", 1, None][0]["repair_all"] == pytest.approx(5.0)
+    book.save_results("5.2", "cpu", {}, {}, directory=tmp_path, measurements=records)
+    block = book.results.fig8_right_block(tmp_path)
+    assert "Paper Fig. 8 right" in block and "1 seed pairs in 1 settings" in block
+    assert book.results.caption_panels(block) == [(8, "right")] and (tmp_path / "fig8_right_cpu.png").exists()

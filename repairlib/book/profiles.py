@@ -290,6 +290,28 @@ def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
             for seed in cfg["seeds"]]
 
 
+def loaders(cfg: dict, family: str) -> tuple:
+    """``(train, test)`` loaders of ``cfg["<family>_dataset"]``: ``cfg["stats_examples"]`` training images
+    (alignment and REPAIR statistics) and ``cfg["eval_examples"]`` test images (None: all of them)."""
+    from repairlib import data
+
+    dataset = cfg[f"{family}_dataset"]
+    return (data.loader(dataset, "train", subset=cfg["stats_examples"], device=cfg["device"]),
+            data.loader(dataset, "test", subset=cfg["eval_examples"], device=cfg["device"]))
+
+
+def aligned_pair(cfg: dict, family: str, train, config: dict | None = None) -> dict:
+    """The pair of :func:`trained_pair` with B aligned to A by activation matching on ``train``:
+    ``{"a", "b" (as trained), "aligned" (B permuted into A's unit order), "alignment" (the permutations),
+    "stats" (REPAIR's endpoint statistics of A and aligned B, gathered in the same pass)}``."""
+    import repairlib
+
+    a, b = trained_pair(cfg, family, config)
+    alignment = repairlib.align(a, b, train, stats_scope="conv")
+    return {"a": a, "b": b, "aligned": repairlib.permute(b, alignment), "alignment": alignment,
+            "stats": alignment.endpoint_stats}
+
+
 def describe(config: dict) -> str:
     """A model config in one line: ``{"arch": "mlp", "depth": 10}`` -> "mlp depth=10"."""
     return " ".join([config["arch"]] + [f"{k}={v}" for k, v in config.items() if k != "arch"])
