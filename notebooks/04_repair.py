@@ -192,7 +192,7 @@ VARIANTS = {"aligned": "none", "+ REPAIR (closed form)": "closed_form", "+ REPAI
 ALPHAS = {"conv": cfg["conv_alphas"], "mlp": cfg["alphas"]}
 measured, curves = {}, {}
 for family in nets:
-    measured[family] = [{"a": per_example(n["a"], test[family]), "b": per_example(n["b"], test[family]),
+    measured[family] = [{**evidence.endpoints(n["a"], n["b"], test[family]),
                          **{label: evidence.curve(n["a"], n["b"], test[family], ALPHAS[family], correct,
                                                   train[family], stats=n["stats"]) for label, correct in VARIANTS.items()}}
                         for n in pairs_of[family]]

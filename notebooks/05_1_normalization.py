@@ -90,7 +90,6 @@ from IPython.display import Markdown
 import repairlib
 from repairlib import book, data, plots, zoo
 from repairlib.book import evidence, paper_vs_ours
-from repairlib.evaluation import per_example
 
 cfg = book.settings(
     profile, "5.1", dataset=dataset, norms=norms, widths=widths,
@@ -159,7 +158,7 @@ def results(norm, width, seeds):
     and at the widest BatchNorm setting the BatchNorm reset of the midpoint; and the networks."""
     model_a, model_b, stats = pair(norm, width, seeds)
     alphas = alphas_of(norm, width)
-    out = {"a": per_example(model_a, test), "b": per_example(model_b, test),
+    out = {**evidence.endpoints(model_a, model_b, test),
            "aligned": evidence.curve(model_a, model_b, test, alphas),
            "repair": evidence.curve(model_a, model_b, test, alphas, "repair", train, stats=stats)}
     if norm == "bn" and width == wide:

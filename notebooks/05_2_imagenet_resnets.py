@@ -84,7 +84,6 @@ from IPython.display import Markdown
 import repairlib
 from repairlib import book, data, plots, zoo
 from repairlib.book import evidence, paper_vs_ours
-from repairlib.evaluation import per_example
 from repairlib.points import correction_points
 
 cfg = book.settings(
@@ -154,7 +153,7 @@ MID = cfg["alphas"].index(0.5) if 0.5 in cfg["alphas"] else len(cfg["alphas"]) /
 
 def paths(model_a, model_b, _, stats):
     """Per-example test results of the endpoints and of every correction's curve."""
-    out = {"a": per_example(model_a, test), "b": per_example(model_b, test)}
+    out = evidence.endpoints(model_a, model_b, test)
     for label, kwargs in CORRECTIONS.items():
         given = {"stats": stats} if kwargs.get("scope") == "conv" else {}
         out[label] = evidence.curve(model_a, model_b, test, cfg["alphas"], stats_data=train, **kwargs, **given)

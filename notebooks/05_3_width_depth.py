@@ -87,7 +87,6 @@ from IPython.display import Markdown
 import repairlib
 from repairlib import book, data, plots, zoo
 from repairlib.book import evidence, paper_vs_ours
-from repairlib.evaluation import per_example
 from repairlib.models import VGG_CONFIGS
 
 cfg = book.settings(
@@ -129,7 +128,7 @@ def one_pair(config, dataset, seeds, epochs, train_subset, batch_size, lr):
                         for seed in seeds]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
     model_b, stats = repairlib.permute(model_b, alignment), alignment.endpoint_stats
-    return {"a": per_example(model_a, test), "b": per_example(model_b, test),
+    return {**evidence.endpoints(model_a, model_b, test),
             **{when: evidence.curve(model_a, model_b, test, [0.5], correct, train, stats=stats)
                for when, correct in (("before", "none"), ("after", "repair"), ("closed_form", "closed_form"))}}, stats
 

@@ -76,7 +76,6 @@ from IPython.display import Markdown
 
 from repairlib import analysis, book, plots
 from repairlib.book import evidence
-from repairlib.evaluation import per_example
 
 cfg = book.settings(
     profile, "C", mlp=mlp, mlp_dataset=mlp_dataset, mlp_epochs=mlp_epochs,
@@ -138,7 +137,7 @@ ALPHAS = {"mlp": cfg["alphas"], "conv": cfg["conv_alphas"]}
 def four_paths(n, family):
     """Per-example test results of the endpoints and of the four paths of one pair."""
     t, d, alphas = test[family], train[family], ALPHAS[family]
-    return {"a": per_example(n["a"], t), "b": per_example(n["aligned"], t),  # B aligned computes B's function
+    return {**evidence.endpoints(n["a"], n["aligned"], t),  # B aligned computes B's function
             "unaligned": evidence.curve(n["a"], n["unaligned"], t, alphas),
             "unaligned + REPAIR": evidence.curve(n["a"], n["unaligned"], t, alphas, "repair", d),
             "aligned": evidence.curve(n["a"], n["aligned"], t, alphas),

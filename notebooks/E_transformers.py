@@ -189,7 +189,7 @@ def paths(family, i):
     pair, t = pairs_of[family][i], test[family]
     a, b, b_aligned = pair["a"], pair["b"], aligned_pairs[family][i]["heads"]
     stats = repairlib.endpoint_stats(a, b_aligned, train[family], "conv")
-    ends = (per_example(a, t), per_example(b, t))  # B aligned computes B's function
+    ends = tuple(evidence.endpoints(a, b, t).values())  # B aligned computes B's function
     out = {"a": ends[0], "b": ends[1], "naive": path(family, ends, a, b), "aligned": path(family, ends, a, b_aligned),
            "aligned + REPAIR": path(family, ends, a, b_aligned, "repair", stats), "stats": stats}
     if "units" in aligned_pairs[family][i]:

@@ -421,7 +421,7 @@ def test_fig1_right_barriers_come_from_the_plain_records(tmp_path):
     book.save_results("5.1", "cpu", {}, {}, directory=tmp_path, measurements=records)
     block = book.results.fig1_right_block(tmp_path)
     assert block.startswith("```{figure} results/fig1_right_cpu.png") and "Paper Fig. 1 right" in block
-    assert "2 seed pairs in 1 settings, 100 test images" in block and (tmp_path / "fig1_right_cpu.png").stat().st_size > 0
+    assert "2 seed pairs in 1 setting, 100 test images" in block and (tmp_path / "fig1_right_cpu.png").stat().st_size > 0
     assert book.results.caption_panels(block) == [(1, "right")]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -438,5 +438,5 @@ def test_fig8_right_needs_all_four_curves(tmp_path):
     assert found["resnet20", "bn", 1, None][0]["repair_all"] == pytest.approx(5.0)
     book.save_results("5.2", "cpu", {}, {}, directory=tmp_path, measurements=records)
     block = book.results.fig8_right_block(tmp_path)
-    assert "Paper Fig. 8 right" in block and "1 seed pairs in 1 settings" in block
+    assert "Paper Fig. 8 right" in block and "1 seed pairs in 1 setting" in block
     assert book.results.caption_panels(block) == [(8, "right")] and (tmp_path / "fig8_right_cpu.png").exists()

@@ -315,3 +315,21 @@ def test_curves_leave_plain_records_that_name_the_networks_and_the_method(tmp_pa
     assert json.loads(path.read_text())["measurements"] == recs
     assert {r["section"] for r in book.load_measurements(tmp_path)} == {"5.4"}
     evidence.RECORDS.clear()
+
+
+def test_endpoints_are_recorded_and_give_midpoint_only_curves_a_barrier():
+    torch.manual_seed(1)
+    nets = [nn.Sequential(nn.Flatten(), nn.Linear(4, 3)) for _ in range(2)]
+    x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    evidence.RECORDS.clear()
+    ends = evidence.endpoints(nets[0], nets[1], [(x, y)])
+    evidence.curve(nets[0], nets[1], [(x, y)], (0.5,), method="aligned")
+    evidence.curve(nets[0], nets[1], [(x, y)], (0.5,), correct="repair")
+    recs = list(evidence.RECORDS)
+    assert [(r["method"], r["alpha"]) for r in recs[:2]] == [("endpoint_a", 0.0), ("endpoint_b", 1.0)]
+    assert recs[1]["accuracy"] == pytest.approx(float(ends["b"]["correct"].double().mean()))
+    found = book.results.curve_barriers(recs, ("aligned", "repair"))
+    (pair,) = found[None, None, None, None]
+    line = 0.5 * (recs[0]["accuracy"] + recs[1]["accuracy"])
+    assert pair["aligned"] == pytest.approx(100 * (line - recs[2]["accuracy"]))
+    evidence.RECORDS.clear()

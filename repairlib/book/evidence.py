@@ -429,6 +429,18 @@ def curve(model_a, model_b, data, alphas, correct: str = "none", stats_data=None
     return out
 
 
+def endpoints(model_a, model_b, data) -> dict:
+    """The endpoints' per-example results on ``data``: ``{"a": {"correct": [N], "loss": [N]}, "b": ...}``,
+    each also appended to :data:`RECORDS` (methods "endpoint_a" at alpha 0 and "endpoint_b" at alpha 1, with
+    the pair's tags: :func:`point_record`), so that barriers can be read from the records."""
+    from repairlib.evaluation import per_example
+
+    out = {"a": per_example(model_a, data), "b": per_example(model_b, data)}
+    for key, alpha in (("a", 0.0), ("b", 1.0)):
+        RECORDS.append(point_record(model_a, model_b, alpha, f"endpoint_{key}", out[key]["correct"], out[key]["loss"]))
+    return out
+
+
 def point_record(model_a, model_b, alpha: float, method: str, correct: torch.Tensor, loss: torch.Tensor,
                  figure: str | None = None) -> dict:
     """One plain measurement: the network at ``alpha`` between ``model_a`` and ``model_b`` after ``method``,

@@ -356,20 +356,21 @@ def _setting(m: dict) -> tuple:
 def curve_barriers(records: list, methods=("aligned", "repair")) -> dict:
     """Error barriers (Eq. 1, percentage points) of ``methods`` from plain measurement records:
     ``{(arch, norm, width, depth): [{method: barrier}, ...one per seed pair]}``. A pair counts where its
-    aligned curve has both endpoints (alpha 0 and 1) and every method was measured at a common interior
-    alpha; each barrier is the largest gap over those alphas between the endpoints' line and the curve."""
+    endpoints were recorded (methods "endpoint_a" and "endpoint_b", else the aligned curve at alpha 0 and
+    1) and every method was measured at a common interior alpha; each barrier is the largest gap over
+    those alphas between the endpoints' line and the curve."""
     curves = {}
     for m in records:
-        if m["method"] in ("aligned", *methods):
+        if m["method"] in ("aligned", "endpoint_a", "endpoint_b", *methods):
             curves.setdefault(_setting(m), {}).setdefault(m["method"], {}).setdefault(m["alpha"], m["accuracy"])
     out = {}
     for key, by_method in curves.items():
-        aligned = by_method.get("aligned", {})
-        if 0.0 not in aligned or 1.0 not in aligned or any(k not in by_method for k in methods):
+        ends = {**by_method.get("aligned", {}), **by_method.get("endpoint_a", {}), **by_method.get("endpoint_b", {})}
+        if 0.0 not in ends or 1.0 not in ends or any(k not in by_method for k in methods):
             continue
         inner = sorted(set.intersection(*(set(by_method[k]) for k in methods)) - {0.0, 1.0})
         if inner:
-            out.setdefault(key[:4], []).append({k: _error_barrier(aligned, by_method[k], inner) for k in methods})
+            out.setdefault(key[:4], []).append({k: _error_barrier(ends, by_method[k], inner) for k in methods})
     return out
 
 
@@ -433,10 +434,12 @@ def fig8_right(directory=None, profile: str = "cpu"):
 
 
 def _scale(records: list, pairs: int, settings: int, profile: str) -> str:
+    from repairlib.plots import dataset_label
+
     n_test = sorted({m["n_test"] for m in records})
-    datasets = sorted({m["dataset"] for m in records if m["dataset"]})
-    return (f"Scale: {profile} profile, {', '.join(datasets)}, {pairs} seed pairs in {settings} settings, "
-            f"{' or '.join(map(str, n_test))} test images.")
+    datasets = sorted({dataset_label(m["dataset"]) for m in records if m["dataset"]})
+    return (f"Scale: {profile} profile, {', '.join(datasets)}, {pairs} seed pairs in {settings} "
+            f"setting{'s' if settings != 1 else ''}, {' or '.join(f'{n:,}' for n in n_test)} test images.")
 
 
 def _figure_block(fig, directory: Path, name: str, caption: str) -> str:
@@ -490,18 +493,9 @@ def _replace_block(text: str, begin: str, end: str, body: str, page) -> str:
 
 def write_results_page(page=None, directory=None, intro=None) -> bool:
     """Regenerate the tables of ``book/results.md``: :func:`results_table` and, where the page has their
-    markers, :func:`quality_table`, :func:`coverage_index`, :func:`fig1_right_block` and :func:`fig8_right_block`; and the figure index of ``book/intro.md``
-    (:func:`figure_index`). True if a page changed."""
-    intro = Path(intro) if intro is not None else book_root() / "book" / "intro.md"
-    changed = False
-    if intro.exists() and FIGURES_BEGIN in intro.read_text():
-        old = intro.read_text()
-        new = _replace_block(old, FIGURES_BEGIN, FIGURES_END, figure_index(), intro)
-        if new != old:
-            tmp = intro.with_name(f".{intro.name}.tmp")
-            tmp.write_text(new)
-            os.replace(tmp, intro)
-            changed = True
+    markers, :func:`quality_table`, :func:`coverage_index`, :func:`fig1_right_block` and
+    :func:`fig8_right_block`; then the figure index of ``book/intro.md`` (:func:`figure_index`). True if a
+    page changed."""
     page = Path(page) if page is not None else book_root() / "book" / "results.md"
     text = page.read_text()
     new = _replace_block(text, RESULTS_BEGIN, RESULTS_END, results_table(directory), page)
@@ -517,5 +511,15 @@ def write_results_page(page=None, directory=None, intro=None) -> bool:
         tmp = page.with_name(f".{page.name}.tmp")
         tmp.write_text(new)
         os.replace(tmp, page)
-    return changed or new != text
+    changed = new != text
+    intro = Path(intro) if intro is not None else book_root() / "book" / "intro.md"
+    if intro.exists() and FIGURES_BEGIN in intro.read_text():  # after the results page: it indexes its figures
+        old = intro.read_text()
+        new = _replace_block(old, FIGURES_BEGIN, FIGURES_END, figure_index(), intro)
+        if new != old:
+            tmp = intro.with_name(f".{intro.name}.tmp")
+            tmp.write_text(new)
+            os.replace(tmp, intro)
+            changed = True
+    return changed
 
