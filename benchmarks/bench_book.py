@@ -73,9 +73,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_book.json"))
     p.add_argument("--import-log", type=Path, default=None, help="record this `python -m repairlib book` log")
     p.add_argument("--as", dest="as_run", choices=list(RUNS), default="cpu_cold", help="the run it records")
+    p.add_argument("--commit", default=None, help="with --import-log: the commit the logged run executed")
+    p.add_argument("--date", default=None, help="with --import-log: when the logged run started (UTC)")
     args = p.parse_args(argv)
     if args.import_log is not None:
         args.runs, imported = [], parse_log(args.import_log.read_text(), RUNS[args.as_run][0], args.jobs)
+        imported.update({"commit": args.commit, "date": args.date, "log": str(args.import_log)})
     else:
         imported = None
 

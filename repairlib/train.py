@@ -35,6 +35,7 @@ import itertools
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -227,7 +228,11 @@ def _data_parallel(net: nn.Module, device: torch.device):
 
 
 def _autocast(device: torch.device, enabled: bool):
-    """A re-enterable bf16 autocast context for ``device`` (a no-op when not ``enabled``)."""
+    """A re-enterable bf16 autocast context for ``device`` (a no-op when not ``enabled``). A GPU without
+    native bf16 (before Ampere, e.g. Colab's T4) trains in fp32 instead, with a warning."""
+    if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        warnings.warn(f"{torch.cuda.get_device_name(device)} has no native bf16: training in fp32", stacklevel=3)
+        enabled = False
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

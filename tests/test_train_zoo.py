@@ -396,3 +396,14 @@ def test_train_command_bad_input_is_one_error_line_and_no_file(args, match, tmp_
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert re.search(match, err)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["empty"]
+
+
+def test_bf16_falls_back_to_fp32_on_a_gpu_without_native_bf16(monkeypatch):
+    from repairlib import train
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.warns(UserWarning, match="Tesla T4 has no native bf16"):
+        ctx = train._autocast(torch.device("cuda"), True)
+    assert ctx._enabled is False  # nothing of CUDA is touched: the context is only built, not entered
+    assert train._autocast(torch.device("cpu"), True)._enabled is True
