@@ -43,6 +43,14 @@
 # those of these short-trained networks. Two seed pairs per family, (0, 1) and (2, 3): training all
 # eight networks takes a few minutes on two CPU cores (measured: 30 s for a ViT pair and 118 s for a
 # ConvNeXt pair with one torch thread); the page's own measurements take a few more.
+#
+# **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
+# about 2 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
+# data download. Measured without a GPU (2026-12-01, 2 CPU cores, one torch thread per notebook): 253
+# s with an empty checkpoint zoo, 72 s with the networks cached; the estimate assumes that training
+# runs 10x faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
+# `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
+# is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.

@@ -22,20 +22,23 @@ import textwrap
 from pathlib import Path
 
 # Seconds per notebook at the cpu profile: (empty checkpoint zoo, every network trained; filled zoo,
-# networks loaded), measured by benchmarks/bench_book.py on 2026-11-22 on the 2-core development
-# machine without a GPU, two notebooks side by side with one torch thread each
-# (benchmarks/results/bench_book.json, runs cpu_cold and cpu_warm; a test keeps the two equal).
+# networks loaded), from the book's own runs `python -m repairlib book --profile cpu --jobs 2` on
+# 2026-12-01 on the 2-core development machine without a GPU, two notebooks side by side with one
+# torch thread each, recorded by benchmarks/bench_book.py --import-log (benchmarks/results/bench_book.json,
+# runs cpu_cold and cpu_warm; a test keeps the two equal).
 MEASURED_CPU_S = {
-    "00_quickstart": (12.4, 13.9),
-    "03_variance_collapse": (21.0, 23.0),
-    "04_repair": (94.9, 42.0),
-    "05_1_normalization": (467.2, 53.2),
-    "05_2_imagenet_resnets": (108.4, 39.7),
-    "05_3_width_depth": (403.6, 43.1),
-    "05_4_split_data": (125.7, 29.9),
-    "C_no_alignment": (44.6, 36.0),
+    "00_quickstart": (16.0, 16.0),
+    "03_variance_collapse": (39.1, 37.7),
+    "04_repair": (198.1, 113.1),
+    "05_1_normalization": (2556.0, 218.3),
+    "05_2_imagenet_resnets": (206.6, 104.1),
+    "05_3_width_depth": (809.5, 105.1),
+    "05_4_split_data": (444.2, 118.1),
+    "C_no_alignment": (145.1, 133.1),
+    "D_merge_many": (1103.6, 268.5),
+    "E_transformers": (253.3, 72.1),
 }
-MEASURED_ON = "2026-11-22, 2 CPU cores, one torch thread per notebook"
+MEASURED_ON = "2026-12-01, 2 CPU cores, one torch thread per notebook"
 
 # The assumption: a T4 trains the cpu profile's networks 10x faster than one thread of the
 # development machine did in that run, and runs everything else (kernel start, imports, data
