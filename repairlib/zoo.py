@@ -343,14 +343,27 @@ def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=No
                 pass
         model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
         save(model, path, desc["config"], meta)
+        model.repairlib_test_accuracy = meta["test_accuracy"]
     return tagged(model, desc)
 
 
 def tagged(model: nn.Module, desc: dict) -> nn.Module:
     """``model`` with its training description as the attribute ``repairlib_training`` (config, data set,
-    seed, epochs, ...), which copies keep and the book's measurement records read."""
+    seed, epochs, ...), which copies keep and the book's measurement records read. A network whose
+    cached test accuracy (``repairlib_test_accuracy``) is below 1.5x chance did not learn: a
+    :class:`ChanceWarning` says so each time it is handed out, so no page measures it silently."""
     model.repairlib_training = copy.deepcopy(desc)
+    accuracy = getattr(model, "repairlib_test_accuracy", None)
+    classes = desc["config"].get("num_classes")
+    if accuracy is not None and classes and accuracy < 1.5 / classes:
+        warnings.warn(f"{desc['config'].get('arch')} seed {desc.get('seed')} on {desc.get('dataset')} reached "
+                      f"{accuracy:.1%} test accuracy, near chance ({1 / classes:.0%}): it did not train, and "
+                      f"measurements of it say nothing about the method", ChanceWarning, stacklevel=3)
     return model
+
+
+class ChanceWarning(UserWarning):
+    """A trained network is at chance accuracy (:func:`tagged`)."""
 
 
 def _trained_by_every_rank(desc: dict, path: Path, root, device) -> nn.Module:
@@ -386,7 +399,9 @@ def load_cached(path, description: dict, device=None) -> nn.Module:
         if value != wanted[field]:
             raise ValueError(f"{path} does not hold the requested network: its stored {field} is {value!r}, "
                              f"the request's is {wanted[field]!r}")
-    return _rebuild(ckpt, path, device=device)
+    model = _rebuild(ckpt, path, device=device)
+    model.repairlib_test_accuracy = meta.get("test_accuracy")
+    return model
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import json
 import math
 import re
 import threading
+import warnings
 
 import pytest
 import torch
@@ -407,3 +408,17 @@ def test_bf16_falls_back_to_fp32_on_a_gpu_without_native_bf16(monkeypatch):
         ctx = train._autocast(torch.device("cuda"), True)
     assert ctx._enabled is False  # nothing of CUDA is touched: the context is only built, not entered
     assert train._autocast(torch.device("cpu"), True)._enabled is True
+
+
+def test_a_network_at_chance_is_flagged_whenever_the_zoo_hands_it_out():
+    from repairlib import zoo
+
+    desc = zoo.training_description({"arch": "mlp", "depth": 2, "width": 8}, "fashion_mnist", epochs=1, seed=3)
+    net = nn.Linear(2, 2)
+    net.repairlib_test_accuracy = 0.089
+    with pytest.warns(zoo.ChanceWarning, match=r"mlp seed 3 on fashion_mnist reached 8.9% .*near chance \(10%\)"):
+        zoo.tagged(net, desc)
+    net.repairlib_test_accuracy = 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert zoo.tagged(net, desc).repairlib_training == desc
