@@ -130,6 +130,7 @@ def train_model(description: dict, *, root=None, device=None, progress=True, tes
             "dataset": dataset, "epochs": desc["epochs"], "seed": seed, "device": str(device),
             "torch": str(torch.__version__), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "training": desc, "key": cache_key(desc)}
+    model.repairlib_test_accuracy = meta["test_accuracy"]  # read by tagged(), as for a cached network
     return model, meta
 
 
@@ -343,7 +344,6 @@ def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=No
                 pass
         model, meta = train_model(desc, root=root, device=device, test_examples=CACHED_TEST_EXAMPLES)
         save(model, path, desc["config"], meta)
-        model.repairlib_test_accuracy = meta["test_accuracy"]
     return tagged(model, desc)
 
 

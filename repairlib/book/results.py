@@ -389,14 +389,11 @@ def _error_barrier(ends: dict, curve: dict, inner: list) -> float:
     return 100 * max((1 - t) * ends[0.0] + t * ends[1.0] - curve[t] for t in inner)
 
 
-def fig1_right(directory=None, profile: str = "cpu"):
-    """Paper Fig. 1 right from the plain records of ``profile`` (:func:`barrier_points`): the figure, or
-    None when no record holds a whole aligned curve with its REPAIR curve."""
+def fig1_right(points: dict):
+    """Paper Fig. 1 right from :func:`barrier_points` (non-empty): one series per architecture and
+    normalisation, one marker per width (mean over seed pairs)."""
     from repairlib import plots
 
-    points = barrier_points(load_measurements(directory, (profile,)))
-    if not points:
-        return None
     series = {}
     for (arch, norm), settings in sorted(points.items(), key=lambda kv: str(kv[0])):
         label = _ARCH_NAMES.get(arch, arch) + (f" {_NORM_NAMES.get(norm, norm)}" if norm else "")
@@ -418,15 +415,12 @@ def _setting_label(arch, norm, width, depth) -> str:
                      *([_NORM_NAMES.get(norm, norm)] if norm else [])])
 
 
-def fig8_right(directory=None, profile: str = "cpu"):
-    """Paper Fig. 8 right from the plain records of ``profile``: the error barrier of the aligned curve,
-    of a BatchNorm reset and of REPAIR of the convolutions and of the convolutions and block outputs, for
-    every setting that measured all four (:func:`curve_barriers`); None where none did."""
+def fig8_right(found: dict):
+    """Paper Fig. 8 right from :func:`curve_barriers` of :data:`FIG8_METHODS` (non-empty): the error barrier
+    of the aligned curve, of a BatchNorm reset and of REPAIR of the convolutions and of the convolutions
+    and block outputs, for every setting that measured all four."""
     from repairlib import plots
 
-    found = curve_barriers(load_measurements(directory, (profile,)), tuple(FIG8_METHODS))
-    if not found:
-        return None
     groups = {_setting_label(*key): {FIG8_METHODS[k]: sum(p[k] for p in pairs) / len(pairs) for k in FIG8_METHODS}
               for key, pairs in sorted(found.items(), key=lambda kv: str(kv[0]))}
     return plots.grouped_bars(groups, "error barrier (percentage points)")
@@ -454,12 +448,11 @@ def fig1_right_block(directory=None, profile: str = "cpu") -> str:
     (atomically) and returns its MyST figure with a caption that states the scale."""
     directory = Path(directory) if directory is not None else book_results_dir()
     records = load_measurements(directory, (profile,))
-    fig = fig1_right(directory, profile)
-    if fig is None:
-        return "Paper Fig. 1 right: not measured yet (no page has saved an aligned curve with its REPAIR curve)."
     points = barrier_points(records)
+    if not points:
+        return "Paper Fig. 1 right: not measured yet (no page has saved an aligned curve with its REPAIR curve)."
     pairs = sum(len(v) for settings in points.values() for v in settings.values())
-    return _figure_block(fig, directory, f"fig1_right_{profile}", (
+    return _figure_block(fig1_right(points), directory, f"fig1_right_{profile}", (
         "Paper Fig. 1 right. Error barrier (Eq. 1, percentage points, linear scales) between aligned networks "
         "before (x) and after (y) REPAIR, one marker per architecture, normalisation and width (larger markers: "
         "wider networks; mean over seed pairs), from every page's saved curves; the dotted diagonal is no change. "
@@ -470,11 +463,10 @@ def fig8_right_block(directory=None, profile: str = "cpu") -> str:
     """The results page's Fig. 8 right (:func:`fig8_right`), written like :func:`fig1_right_block`."""
     directory = Path(directory) if directory is not None else book_results_dir()
     records = load_measurements(directory, (profile,))
-    fig = fig8_right(directory, profile)
-    if fig is None:
-        return "Paper Fig. 8 right: not measured yet (no page has saved a BatchNorm reset beside both REPAIRs)."
     found = curve_barriers(records, tuple(FIG8_METHODS))
-    return _figure_block(fig, directory, f"fig8_right_{profile}", (
+    if not found:
+        return "Paper Fig. 8 right: not measured yet (no page has saved a BatchNorm reset beside both REPAIRs)."
+    return _figure_block(fig8_right(found), directory, f"fig8_right_{profile}", (
         "Paper Fig. 8 right (the paper: ResNet50 on ImageNet, Ainsworth et al.'s BatchNorm reset against "
         "REPAIR). Error barrier (Eq. 1, percentage points, linear scale; mean over seed pairs) of aligned "
         "interpolation without correction, with the BatchNorm statistics reset, with REPAIR of the convolution "
@@ -506,19 +498,21 @@ def write_results_page(page=None, directory=None, intro=None) -> bool:
         new = _replace_block(new, FIG1_BEGIN, FIG1_END, fig1_right_block(directory), page)
     if FIG8_BEGIN in new:
         new = _replace_block(new, FIG8_BEGIN, FIG8_END, fig8_right_block(directory), page)
-    if new != text:  # written beside the page, then renamed: a killed run leaves the old page whole
-        tmp = page.with_name(f".{page.name}.tmp")
-        tmp.write_text(new)
-        os.replace(tmp, page)
-    changed = new != text
+    changed = _rewrite(page, text, new)
     intro = Path(intro) if intro is not None else book_root() / "book" / "intro.md"
     if intro.exists() and FIGURES_BEGIN in intro.read_text():  # after the results page: it indexes its figures
         old = intro.read_text()
-        new = _replace_block(old, FIGURES_BEGIN, FIGURES_END, figure_index(), intro)
-        if new != old:
-            tmp = intro.with_name(f".{intro.name}.tmp")
-            tmp.write_text(new)
-            os.replace(tmp, intro)
-            changed = True
+        changed |= _rewrite(intro, old, _replace_block(old, FIGURES_BEGIN, FIGURES_END, figure_index(), intro))
     return changed
+
+
+def _rewrite(path: Path, old: str, new: str) -> bool:
+    """Replace ``path``'s text ``old`` by ``new`` where they differ, written beside it and then renamed
+    (a killed run leaves the old page whole); True if it changed."""
+    if new == old:
+        return False
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    os.replace(tmp, path)
+    return True
 
