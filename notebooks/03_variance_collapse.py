@@ -87,6 +87,7 @@ from matplotlib.figure import Figure
 import repairlib
 from repairlib import analysis, book, plots
 from repairlib.book import evidence
+from repairlib.evaluation import per_example
 
 cfg = book.settings(
     profile, "3", mlp=mlp, mlp_dataset=mlp_dataset, mlp_epochs=mlp_epochs,
@@ -130,6 +131,8 @@ for family, name in FAMILIES.items():
 
 # %%
 alpha = cfg["alpha"]
+METHODS = {"unaligned": "naive", "aligned": "aligned", "unaligned + REPAIR": "naive_repair", "aligned + REPAIR": "repair"}
+FIGURES = {"mlp": "Fig. 2 left", "conv": "Fig. 2 middle"}
 stats, variants, ratios, midpoints = {}, {}, {}, {}
 for family, n in nets.items():
     a, d = n["a"], train[family]
@@ -141,8 +144,10 @@ for family, n in nets.items():
         variants[family, f"{pairing} + REPAIR"] = (repairlib.repair(mid, a, b, d, alpha, stats=s, fuse=False), b, s)
     ratios[family] = {label: list(repairlib.variance_ratio(m, a, b, d, stats=s).values())
                       for (f, label), (m, b, s) in variants.items() if f == family}
-    midpoints[family] = {label: repairlib.evaluate(m, test[family])["accuracy"]
-                         for (f, label), (m, _, _) in variants.items() if f == family}
+    midpoints[family] = {  # each also a plain measurement record (the page's `measurements`)
+        label: evidence.record(a, b, alpha, METHODS[label], per_example(m, test[family]), figure=FIGURES[family],
+                               variance_ratio_last_layer=ratios[family][label][-1])["accuracy"]
+        for (f, label), (m, b, _) in variants.items() if f == family}
     print(f"{FAMILIES[family]}: variance ratio of the last corrected layer and test accuracy at alpha = {alpha}")
     for label, r in ratios[family].items():
         print(f"  {label:>20}: {r[-1]:7.3f}   accuracy {midpoints[family][label]:6.2%}")

@@ -72,6 +72,7 @@ vgg_epochs = None
 vgg_train_subset = None
 vgg_batch_size = None
 vgg_lr = None
+vgg_grad_clip = None
 seeds = None
 seed_pairs = None
 
@@ -96,7 +97,7 @@ cfg = book.settings(
     resnet_batch_size=resnet_batch_size, resnet_lr=resnet_lr,
     vgg_dataset=vgg_dataset, vgg_depths=vgg_depths, vgg_epochs=vgg_epochs,
     vgg_train_subset=vgg_train_subset, vgg_batch_size=vgg_batch_size, vgg_lr=vgg_lr,
-    seeds=seeds, seed_pairs=seed_pairs
+    vgg_grad_clip=vgg_grad_clip, seeds=seeds, seed_pairs=seed_pairs
 )
 cfg
 
@@ -120,11 +121,16 @@ def data_of(dataset):
     return loaders[dataset]
 
 
-def one_pair(config, dataset, seeds, epochs, train_subset, batch_size, lr):
+def training(family):
+    """How the sweep `family` ("mlp", "resnet", "vgg") trains: epochs, images, batch size, lr, gradient clip."""
+    return {"epochs": cfg[f"{family}_epochs"], "train_subset": cfg[f"{family}_train_subset"],
+            **{k: cfg.get(f"{family}_{k}") for k in ("batch_size", "lr", "grad_clip")}}
+
+
+def one_pair(config, dataset, seeds, recipe):
     """Per-example test results of the endpoints and the midpoint (before REPAIR, exact, closed form)."""
     train, test = data_of(dataset)
-    model_a, model_b = [zoo.trained(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                                    batch_size=batch_size, lr=lr, bf16=cfg["train_bf16"], device=cfg["device"])
+    model_a, model_b = [zoo.trained(config, dataset, seed=seed, **recipe, bf16=cfg["train_bf16"], device=cfg["device"])
                         for seed in seeds]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")
     model_b, stats = repairlib.permute(model_b, alignment), alignment.endpoint_stats
@@ -133,12 +139,12 @@ def one_pair(config, dataset, seeds, epochs, train_subset, batch_size, lr):
                for when, correct in (("before", "none"), ("after", "repair"), ("closed_form", "closed_form"))}}, stats
 
 
-def midpoint_barriers(config, dataset, epochs, train_subset, batch_size=None, lr=None):
+def midpoint_barriers(config, dataset, recipe):
     """Eq. 1 at alpha = 0.5 between two aligned networks of `config`, before and after REPAIR (mean over
     the seed pairs), and the per-example results of every pair ("examples")."""
     examples = []
     for settings in evidence.pair_settings(cfg):
-        results, stats = one_pair(config, dataset, settings["seeds"], epochs, train_subset, batch_size, lr)
+        results, stats = one_pair(config, dataset, settings["seeds"], recipe)
         examples.append(results)
     r = {when: evidence.average([evidence.summary(e, [0.5], when) for e in examples])
          for when in ("before", "after", "closed_form")}
@@ -167,7 +173,7 @@ def sweep_figure(xs, results, key, ylabel, xlabel, title, log2=True, scale=1.0):
 mlp = {}
 for dataset in cfg["datasets"]:
     mlp[dataset] = {width: midpoint_barriers({"arch": "mlp", "depth": cfg["mlp_depth"], "width": width},
-                                             dataset, cfg["mlp_epochs"], cfg["mlp_train_subset"])
+                                             dataset, training("mlp"))
                     for width in cfg["mlp_widths"]}
 sweep_figure(cfg["mlp_widths"], mlp, "barrier_accuracy", "test error barrier (percentage points)",
              "hidden units per layer", f"{cfg['mlp_depth']}-layer MLPs", scale=100)
@@ -185,8 +191,7 @@ sweep_figure(cfg["mlp_widths"], mlp, "barrier_loss", "test loss barrier", "hidde
 resnet = {}
 for dataset in cfg["datasets"]:
     resnet[dataset] = {width: midpoint_barriers({"arch": "resnet20", "width": width, "norm": cfg["resnet_norm"]},
-                                                dataset, cfg["resnet_epochs"], cfg["resnet_train_subset"],
-                                                cfg["resnet_batch_size"], cfg["resnet_lr"])
+                                                dataset, training("resnet"))
                        for width in cfg["resnet_widths"]}
 sweep_figure(cfg["resnet_widths"], resnet, "barrier_accuracy", "test error barrier (percentage points)",
              "width multiplier", "ResNet20", scale=100)
@@ -201,8 +206,7 @@ sweep_figure(cfg["resnet_widths"], resnet, "barrier_loss", "test loss barrier", 
 
 # %% mystnb={"figure": {"caption": "Paper Fig. 6 right (CIFAR-10). Error barrier at the midpoint (percentage points, linear scale; mean over the seed pairs) between two aligned VGGs against their depth (11 to 19 layers, linear scale), without (dashed) and with (solid) REPAIR. At the cpu profile Fashion-MNIST, depths 11, 13, 16 and 19 at a quarter width (16-128 channels).", "name": "fig-5-3-vgg-accuracy"}}
 vgg = {cfg["vgg_dataset"]: {depth: midpoint_barriers({"arch": "vgg", "depth": depth, "width": cfg["vgg_width"]},
-                                                     cfg["vgg_dataset"], cfg["vgg_epochs"], cfg["vgg_train_subset"],
-                                                     cfg["vgg_batch_size"], cfg["vgg_lr"])
+                                                     cfg["vgg_dataset"], training("vgg"))
                             for depth in cfg["vgg_depths"]}}
 sweep_figure(cfg["vgg_depths"], vgg, "barrier_accuracy", "test error barrier (percentage points)",
              "VGG depth (layers)", "VGG", log2=False, scale=100)

@@ -76,8 +76,7 @@ from IPython.display import Markdown
 import repairlib
 from repairlib import baselines, book, data, plots, zoo
 from repairlib.book import evidence
-from repairlib.correction import corrected
-from repairlib.evaluation import per_example, per_example_logits
+from repairlib.evaluation import per_example_logits
 
 cfg = book.settings(
     profile, "5.4", dataset=dataset, model=model, epochs=epochs,
@@ -144,24 +143,29 @@ for name, (out, _) in logits.items():
 # resample the test images.
 
 # %%
-def curve(a, b, correct, stats=None):
-    """Per-example results ``[alphas, N]`` along the aligned path, with the correction ``correct``."""
-    return evidence.stack([per_example(corrected(repairlib.interpolate(a, b, t), a, b, train, t, correct, "conv",
-                                                 stats), test) for t in cfg["alphas"]])
-
-
 def examples(a, b, out):
     """Everything the verdicts resample, per test image: endpoints, the full-data network, both curves,
-    the logit ensemble and the shift-corrected endpoints."""
+    the logit ensemble and the shift-corrected endpoints. Each is also kept as a plain measurement
+    record (`evidence.curve`, `evidence.record`: the page's `measurements`)."""
     alignment = repairlib.align(a, b, train, stats_scope="conv")
     aligned = repairlib.permute(b, alignment)
     (la, y), (lb, _) = out["A (half 0)"], out["B (half 1)"]
-    return {"a": per_example_logits(la, y), "b": per_example_logits(lb, y),
-            "full": per_example_logits(out["full training set"][0], y),
-            "aligned": curve(a, aligned, "none"), "repair": curve(a, aligned, "repair", alignment.endpoint_stats),
-            "ensemble": evidence.stack([per_example_logits((1 - t) * la + t * lb, y) for t in cfg["alphas"]]),
-            **{f"{n}_shifted": per_example_logits(baselines.balanced_logits(o, f)[0], y)
-               for n, o, f in (("a", la, favoured[0]), ("b", lb, favoured[1]))}}
+    found = {"a": per_example_logits(la, y), "b": per_example_logits(lb, y),
+             "full": per_example_logits(out["full training set"][0], y),
+             "aligned": evidence.curve(a, aligned, test, cfg["alphas"], "none", train, figure="Fig. 7"),
+             "repair": evidence.curve(a, aligned, test, cfg["alphas"], "repair", train,
+                                      stats=alignment.endpoint_stats, figure="Fig. 7"),
+             "ensemble": evidence.stack([per_example_logits((1 - t) * la + t * lb, y) for t in cfg["alphas"]]),
+             **{f"{n}_shifted": per_example_logits(baselines.balanced_logits(o, f)[0], y)
+                for n, o, f in (("a", la, favoured[0]), ("b", lb, favoured[1]))}}
+    for method, alpha, key in (("endpoint_a", 0.0, "a"), ("endpoint_b", 1.0, "b"), ("full_data", None, "full"),
+                               ("endpoint_a_shift_corrected", 0.0, "a_shifted"),
+                               ("endpoint_b_shift_corrected", 1.0, "b_shifted")):
+        evidence.record(a, aligned, alpha, method, found[key], figure="Fig. 13")
+    for k, t in enumerate(cfg["alphas"]):
+        evidence.record(a, aligned, t, "logit_ensemble", {m: found["ensemble"][m][k] for m in ("correct", "loss")},
+                        figure="Fig. 13")
+    return found
 
 
 def means(per_image):

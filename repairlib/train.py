@@ -51,7 +51,9 @@ from repairlib.plumbing import default_device
 
 @dataclass(frozen=True)
 class Recipe:
-    """One column of Table 1. ``schedule`` is "linear" or "cosine"; ``warmup`` a fraction of all steps."""
+    """One column of Table 1. ``schedule`` is "linear" or "cosine"; ``warmup`` a fraction of all steps;
+    ``grad_clip`` a maximum L2 norm of all gradients together per step (``clip_grad_norm_``), None (the
+    paper's recipes) for none."""
 
     batch_size: int
     lr: float
@@ -61,6 +63,7 @@ class Recipe:
     momentum: float = 0.9
     warmup: float = 0.05
     label_smoothing: float = 0.0
+    grad_clip: float | None = None
 
 
 _RESNET = Recipe(500, 0.4, "cosine", 1e-4, "flip+translate+cutout")
@@ -89,9 +92,18 @@ def recipe_for(arch: str, dataset: str, **overrides) -> Recipe:
     if data.canonical_name(dataset) in NO_FLIP_OR_CUTOUT:
         kept = [op for op in recipe.augment.split("+") if op not in ("flip", "cutout")]
         recipe = replace(recipe, augment="+".join(kept))
+    return overridden(recipe, **overrides)
+
+
+def overridden(recipe: Recipe, **overrides) -> Recipe:
+    """``recipe`` with the ``overrides`` that are not None; ``ValueError`` for an unknown field or a
+    ``grad_clip`` that is not a positive number."""
     unknown = sorted(set(overrides) - set(asdict(recipe)))
     if unknown:
         raise ValueError(f"unknown recipe field {unknown[0]!r}; valid: {', '.join(asdict(recipe))}")
+    clip = overrides.get("grad_clip")
+    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0):
+        raise ValueError(f"grad_clip must be a positive number or None, got {clip!r}")
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -157,13 +169,13 @@ def _train_loader(dataset, recipe, *, seed, root, device, train_subset, indices,
 
 
 def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=None, root=None,
-        train_subset=None, indices=None, batch_size=None, lr=None, label_smoothing=None, recipe=None,
-        bf16=None, progress: bool = True) -> dict:
+        train_subset=None, indices=None, batch_size=None, lr=None, label_smoothing=None, grad_clip=None,
+        recipe=None, bf16=None, progress: bool = True) -> dict:
     """Train ``model`` in place on ``dataset`` with its Table 1 recipe; return
     ``dict(seconds, images_per_second, images_per_cpu_second, train_loss, steps, recipe)``.
 
     ``recipe``: a :class:`Recipe` or a ``RECIPES`` key (default: from the model's class); ``batch_size``,
-    ``lr`` and ``label_smoothing`` override it. ``seed`` fixes data order and augmentation, so the same
+    ``lr``, ``label_smoothing`` and ``grad_clip`` override it. ``seed`` fixes data order and augmentation, so the same
     initial weights and seed give identical weights on the CPU. Conv nets train in channels_last memory
     format (faster on CPU and GPU; the model is handed back contiguous). ``bf16``: bf16 autocast, by
     default on CUDA only (``bf16=True`` also on CPUs with AMX, where it is faster but not the fp32 default).
@@ -182,8 +194,8 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(recipe, Recipe):
         recipe = recipe_for(recipe or arch_of(model), dataset)
-    overrides = {"batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing}
-    recipe = replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    overrides = {"batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing, "grad_clip": grad_clip}
+    recipe = overridden(recipe, **overrides)
     device = distributed.join(default_device(device))
     torch.manual_seed(seed)
     batches = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
@@ -261,6 +273,8 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
                 loss = criterion(net(inputs), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.grad_clip is not None:  # after DDP's all-reduce: every rank clips the same gradients
+                nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
             optimizer.step()
             schedule.step()
             epoch_loss += loss.detach().float()

@@ -65,10 +65,12 @@ def model_config(config: dict, dataset: str) -> dict:
 
 
 def training_description(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None,
-                         batch_size=None, lr=None, bf16=False) -> dict:
+                         batch_size=None, lr=None, grad_clip=None, bf16=False) -> dict:
     """Everything that determines the trained weights, as plain JSON-able values: the completed model
     config, data set, epochs, seed, subset, split part (0/1 of paper 5.4's biased halves), the recipe
-    (Table 1 with ``batch_size``/``lr`` overrides) and ``TRAIN_CODE_VERSION``.
+    (Table 1 with ``batch_size``/``lr``/``grad_clip`` overrides) and ``TRAIN_CODE_VERSION``. The recipe
+    lists ``grad_clip`` only when it is set, so the keys of networks trained without clipping stay as
+    they were before the option existed.
 
     ``bf16=True`` (bf16 autocast in training, :func:`repairlib.train.fit`) adds ``"autocast": "bf16"``;
     without it the description has no such key and trains with ``fit``'s default (fp32 on the CPU, bf16
@@ -82,9 +84,11 @@ def training_description(config, dataset, *, epochs, seed=0, train_subset=None, 
         raise ValueError(f"split_part must be None, 0 or 1, got {split_part!r}")
     dataset = data.canonical_name(dataset)
     config = check_size(model_config(config, dataset))
-    recipe = recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr)
+    recipe = asdict(recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr, grad_clip=grad_clip))
+    if recipe["grad_clip"] is None:
+        del recipe["grad_clip"]
     return {"config": config, "dataset": dataset, "epochs": epochs, "seed": seed, "train_subset": train_subset,
-            "split_part": split_part, "recipe": asdict(recipe), "train_code_version": TRAIN_CODE_VERSION,
+            "split_part": split_part, "recipe": recipe, "train_code_version": TRAIN_CODE_VERSION,
             **({"autocast": "bf16"} if bf16 else {})}
 
 
@@ -317,17 +321,19 @@ def _report_nonfinite(path, state_dict: dict, nonfinite: str) -> None:
 
 
 def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None, device=None,
-            cache_dir=None, batch_size=None, lr=None, bf16=False) -> nn.Module:
+            cache_dir=None, batch_size=None, lr=None, grad_clip=None, bf16=False) -> nn.Module:
     """The network ``config`` trained on ``dataset`` for ``epochs`` with ``seed`` (eval mode, on ``device``).
 
     Loaded from the cache when its training description was trained before; otherwise trained now and
     cached. A corrupt cache file, or a valid one whose stored config, training description or key
-    differs from the request (:func:`load_cached`), is reported with a warning and replaced. ``batch_size`` and ``lr``
-    override the Table 1 recipe (e.g. for small subsets); ``bf16=True`` trains under bf16 autocast (faster
-    on CPUs with AMX); all three are part of the cache key.
+    differs from the request (:func:`load_cached`), is reported with a warning and replaced. ``batch_size``,
+    ``lr`` and ``grad_clip`` (a maximum gradient norm) override the Table 1 recipe (e.g. for small subsets
+    and short runs); ``bf16=True`` trains under bf16 autocast (faster on CPUs with AMX); all four are part
+    of the cache key.
     """
     desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
-                                split_part=split_part, batch_size=batch_size, lr=lr, bf16=bf16)
+                                split_part=split_part, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
+                                bf16=bf16)
     path, device = checkpoint_path(desc, cache_dir), default_device(device)
     if distributed.world_size() > 1:
         return tagged(_trained_by_every_rank(desc, path, root, device), desc)

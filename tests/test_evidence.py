@@ -308,7 +308,8 @@ def test_curves_leave_plain_records_that_name_the_networks_and_the_method(tmp_pa
     assert recs[0]["figure"] == "Fig. 1 right" and recs[2]["figure"] is None
     assert recs[1]["seeds"] == [3, 4] and recs[1]["arch"] == "mlp" and recs[1]["width"] == 6
     assert recs[1]["n_test"] == 20 and recs[1]["alpha"] == 0.5
-    assert recs[1]["train"] == {"epochs": 1, "train_subset": None, "batch_size": 10, "lr": 0.1, "autocast": "bf16"}
+    assert recs[1]["train"] == {"epochs": 1, "train_subset": None, "batch_size": 10, "lr": 0.1, "grad_clip": None,
+                               "autocast": "bf16"}
     assert recs[1]["accuracy"] == pytest.approx(float(naive["correct"][1].double().mean()))
     assert recs[1]["loss"] == pytest.approx(float(naive["loss"][1].double().mean()))
     path = book.save_results("5.4", "cpu", {}, {}, directory=tmp_path)
@@ -332,4 +333,26 @@ def test_endpoints_are_recorded_and_give_midpoint_only_curves_a_barrier():
     (pair,) = found[None, None, None, None]
     line = 0.5 * (recs[0]["accuracy"] + recs[1]["accuracy"])
     assert pair["aligned"] == pytest.approx(100 * (line - recs[2]["accuracy"]))
+    evidence.RECORDS.clear()
+
+
+def test_a_baseline_is_recorded_with_its_extra_fields_and_split_pairs_stay_out_of_fig1():
+    """`evidence.record` keeps any per-image result (a baseline off the path has alpha None) with plain
+    extra fields; pairs trained on different halves (5.4) are not one task, so Fig. 1 right skips them."""
+    from repairlib import zoo
+
+    nets = [zoo.tagged(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)),
+                       zoo.training_description({"arch": "mlp", "depth": 1, "width": 3}, "fashion_mnist", epochs=1,
+                                                seed=s, split_part=s, grad_clip=1.0)) for s in (0, 1)]
+    per_image = {"correct": torch.tensor([True, False, True, True]), "loss": torch.tensor([0.1, 2.0, 0.3, 0.2])}
+    evidence.RECORDS.clear()
+    rec = evidence.record(nets[0], nets[1], None, "full_data", per_image, figure="Fig. 13", variance_ratio=0.25)
+    assert evidence.RECORDS == [rec] and rec["alpha"] is None and rec["variance_ratio"] == 0.25
+    assert rec["accuracy"] == 0.75 and rec["loss"] == pytest.approx(0.65) and rec["n_test"] == 4
+    assert rec["split_parts"] == [0, 1] and rec["train"]["grad_clip"] == 1.0
+    with pytest.raises(ValueError, match="plain numbers and strings"):
+        evidence.record(nets[0], nets[1], 0.5, "x", per_image, extra=object())
+    for alpha, method in ((0.0, "endpoint_a"), (1.0, "endpoint_b"), (0.5, "aligned"), (0.5, "repair")):
+        evidence.record(nets[0], nets[1], alpha, method, per_image)
+    assert book.results.curve_barriers(evidence.RECORDS) == {}
     evidence.RECORDS.clear()

@@ -195,6 +195,34 @@ def test_progress_bar_shows_and_hides(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
 
 
+def test_grad_clip_bounds_every_step_and_is_off_in_table_1(monkeypatch):
+    """With ``grad_clip`` each SGD step sees gradients of total L2 norm at most the bound (a large lr
+    makes the unclipped norm exceed it); the paper's recipes do not clip."""
+    assert all(recipe.grad_clip is None for recipe in train.RECIPES.values())
+    norms, step = [], torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    torch.manual_seed(0)
+    result = _tiny_fit(models.build(TINY_MLP), grad_clip=0.05, lr=1.0)
+    assert result["recipe"]["grad_clip"] == 0.05 and len(norms) == 4
+    assert max(norms) <= 0.05 * (1 + 1e-4)
+    norms.clear()
+    torch.manual_seed(0)
+    _tiny_fit(models.build(TINY_MLP), lr=1.0)
+    assert max(norms) > 0.05  # the bound above was active
+
+
+@pytest.mark.parametrize("clip", [0, -1.0, True, "1"])
+def test_grad_clip_must_be_a_positive_number(clip):
+    with pytest.raises(ValueError, match="grad_clip must be a positive number"):
+        train.recipe_for("mlp", DATA, grad_clip=clip)
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"device": "tpu9"}, "unknown device 'tpu9'"),
@@ -273,9 +301,10 @@ def test_zoo_cache_key_covers_the_training_description():
     assert key() == key({**TINY_MLP, "in_features": 784, "num_classes": 10})  # defaults spelled out
     assert key() == zoo.cache_key(zoo.training_description(TINY_MLP, "FashionMNIST", epochs=1))
     others = [key(epochs=2), key(seed=1), key(train_subset=100), key(split_part=0), key({**TINY_MLP, "width": 33}),
-              key(batch_size=100), key(lr=0.1), key(bf16=True)]
+              key(batch_size=100), key(lr=0.1), key(bf16=True), key(grad_clip=1.0), key(grad_clip=2.0)]
     assert len({key(), *others}) == 1 + len(others)
-    assert "autocast" not in zoo.training_description(TINY_MLP, DATA, epochs=1)  # keys cached before bf16 stay
+    plain = zoo.training_description(TINY_MLP, DATA, epochs=1)
+    assert "autocast" not in plain and "grad_clip" not in plain["recipe"]  # keys cached before either stay
 
 
 def test_zoo_trains_under_bf16_autocast_when_asked(tmp_path, counted_fit):

@@ -441,6 +441,17 @@ def endpoints(model_a, model_b, data) -> dict:
     return out
 
 
+def record(model_a, model_b, alpha, method: str, per_image: dict, figure: str | None = None, **extra) -> dict:
+    """Append one plain measurement to :data:`RECORDS` and return it: the per-image results ``per_image``
+    (``{"correct": [N], "loss": [N]}``, e.g. of :func:`repairlib.evaluation.per_example`) of a network
+    measured for the pair ``model_a``, ``model_b`` (``alpha`` may be None for a network off the path, such
+    as a baseline); ``extra`` adds plain fields (numbers, strings)."""
+    rec = {**point_record(model_a, model_b, alpha, method, per_image["correct"], per_image["loss"], figure),
+           **_plain(extra)}
+    RECORDS.append(rec)
+    return rec
+
+
 def point_record(model_a, model_b, alpha: float, method: str, correct: torch.Tensor, loss: torch.Tensor,
                  figure: str | None = None) -> dict:
     """One plain measurement: the network at ``alpha`` between ``model_a`` and ``model_b`` after ``method``,
@@ -455,8 +466,9 @@ def point_record(model_a, model_b, alpha: float, method: str, correct: torch.Ten
         "split_parts": [t.get("split_part") for t in tags] if tags[0].get("split_part") is not None else None,
         "train": ({"epochs": tags[0].get("epochs"), "train_subset": tags[0].get("train_subset"),
                    "batch_size": tags[0].get("recipe", {}).get("batch_size"), "lr": tags[0].get("recipe", {}).get("lr"),
+                   "grad_clip": tags[0].get("recipe", {}).get("grad_clip"),
                    "autocast": tags[0].get("autocast")} if tags[0] else None),
-        "n_test": int(correct.numel()), "alpha": alpha, "method": method,
+        "n_test": int(correct.numel()), "alpha": None if alpha is None else float(alpha), "method": method,
         "accuracy": float(correct.double().mean()), "loss": float(loss.double().mean())})
 
 

@@ -358,9 +358,12 @@ def curve_barriers(records: list, methods=("aligned", "repair")) -> dict:
     ``{(arch, norm, width, depth): [{method: barrier}, ...one per seed pair]}``. A pair counts where its
     endpoints were recorded (methods "endpoint_a" and "endpoint_b", else the aligned curve at alpha 0 and
     1) and every method was measured at a common interior alpha; each barrier is the largest gap over
-    those alphas between the endpoints' line and the curve."""
+    those alphas between the endpoints' line and the curve. Pairs trained on different data (section
+    5.4's biased halves: ``split_parts`` set) are left out: Fig. 1 right compares networks of one task."""
     curves = {}
     for m in records:
+        if m.get("split_parts"):
+            continue
         if m["method"] in ("aligned", "endpoint_a", "endpoint_b", *methods):
             curves.setdefault(_setting(m), {}).setdefault(m["method"], {}).setdefault(m["alpha"], m["accuracy"])
     out = {}
