@@ -73,6 +73,8 @@ conv_train_subset = None
 conv_batch_size = None
 conv_lr = None
 alpha = None
+depths = None
+depth_width = None
 seeds = None
 seed_pairs = None
 
@@ -93,8 +95,8 @@ cfg = book.settings(
     profile, "3", mlp=mlp, mlp_dataset=mlp_dataset, mlp_epochs=mlp_epochs,
     mlp_train_subset=mlp_train_subset, conv=conv, conv_dataset=conv_dataset,
     conv_epochs=conv_epochs, conv_train_subset=conv_train_subset,
-    conv_batch_size=conv_batch_size, conv_lr=conv_lr, alpha=alpha, seeds=seeds,
-    seed_pairs=seed_pairs
+    conv_batch_size=conv_batch_size, conv_lr=conv_lr, alpha=alpha, depths=depths,
+    depth_width=depth_width, seeds=seeds, seed_pairs=seed_pairs
 )
 cfg
 
@@ -299,7 +301,6 @@ k, c = (evidence.average(evidence.values(f, [m["mlp"] for m in measured])) for f
 rows = {"variance_ratio": {"before": f"{k:.2f} at corr {c:.2f}",
                            "note": f"first layer, {FAMILIES['mlp']}, {cfg['mlp_dataset']}, {profile} profile, "
                                    f"mean of {len(pairs)} seed pair(s)"}}
-book.save_results("3", profile, cfg, rows, start, claims=records)
 matched = nets["mlp"]["alignment"].matched_correlation()
 print("MLP: mean correlation of matched units per layer, measured where the alignment matches them (Eq. 2):",
       [round(c, 2) for c in matched.values()])
@@ -318,6 +319,53 @@ print("The aligned MLP midpoint", evidence.in_words(
     collapse_here, "loses more than 90% of its variance by the last layer, as in the paper",
     "keeps more than 10% of its variance by the last layer, unlike the paper's 35-layer MLP"))
 Markdown(evidence.match_box(records, section="3"))
+
+# %% [markdown]
+# ## Why ours differs: depth
+#
+# The paper's Fig. 2 left is a 35-layer MLP, whose aligned midpoint has lost nearly all of its variance
+# by the last layer; ours has 10 hidden layers and keeps more. If depth is the cause, the last-layer
+# ratio should fall steadily as MLPs get deeper. Page 4's depth sweep trains aligned pairs of MLPs of
+# `depths` hidden layers (width `depth_width`; the same networks, from the zoo), so we measure that
+# ratio on each of them, per seed pair, image by image over the training images, and test the slope
+# of its logarithm over depth.
+
+# %%
+def last_layer_moments(settings, depth):
+    """Per-image moments at the last hidden layer of A, aligned B and their midpoint, for one depth."""
+    n = book.aligned_pair(settings, "mlp", train["mlp"], {"arch": "mlp", "depth": depth, "width": cfg["depth_width"]})
+    last = n["stats"].points[-1]
+    mid = repairlib.interpolate(n["a"], n["aligned"], alpha)
+    return {k: v[last] for k, v in evidence.unit_moments({"a": n["a"], "b": n["aligned"], "mid": mid},
+                                                        train["mlp"], [last]).items()}
+
+
+def depth_ratios(m):
+    """The midpoint's last-layer variance ratio at each depth: ``[B, depths]``."""
+    return torch.stack([evidence.variance_ratio(one["mid"], one["a"], one["b"]) for one in m], -1)
+
+
+by_depth = [[last_layer_moments(settings, depth) for depth in cfg["depths"]] for settings in evidence.pair_settings(cfg)]
+by_pair = {depth: evidence.values(lambda m, i=i: depth_ratios(m)[:, i], by_depth)  # one value per seed pair
+           for i, depth in enumerate(cfg["depths"])}
+for depth, values in by_pair.items():
+    print(f"{depth:>2} hidden layers: last-layer variance ratio of the aligned midpoint "
+          + " / ".join(f"{v:.3f}" for v in values) + f"  ({len(values)} seed pair(s))")
+depth_model = f"MLPs of width {cfg['depth_width']}, depths {', '.join(map(str, cfg['depths']))}"
+causes = [evidence.measure("fig2_left_depth", lambda m: evidence.slope(cfg["depths"], depth_ratios(m).log10()),
+                           by_depth, profile=profile, dataset=cfg["mlp_dataset"], model=depth_model, seeds=pairs,
+                           arch="mlp", alpha=alpha, images="training")]
+book.save_results("3", profile, cfg, rows, start, claims=records, causes=causes)
+
+# %% mystnb={"figure": {"caption": "Why Fig. 2 left differs (no panel of the paper). Last-layer variance ratio of the aligned midpoint (alpha = 0.5; summed unit variance over the endpoints' mean, linear scale; 1 = no collapse) against the number of hidden layers of the MLP (page 4's depth sweep), one line per seed pair; the dotted line is 0.1, below which the collapse is 'nearly complete'. Width, data set and training images of the page's profile.", "name": "variance-collapse-depth"}}
+fig = plots.barrier_vs(cfg["depths"], {f"seeds {a}, {b}": [by_pair[d][k] for d in cfg["depths"]]
+                                       for k, (a, b) in enumerate(pairs)},
+                       "hidden layers", "last-layer variance ratio", title=f"aligned MLP midpoints, width {cfg['depth_width']}")
+fig.axes[0].axhline(0.1, linestyle=":", color="0.4", linewidth=1)
+fig
+
+# %%
+Markdown(book.cause_box(causes))
 
 # %%
 book.show_provenance(profile, cfg, start)

@@ -148,6 +148,34 @@ def test_records_are_plain_and_round_trip_through_the_results_file(tmp_path):
         evidence.measure("fig99", merge_gap, pairs, profile="cpu", dataset="fm", model="m", seeds=[(0, 1)] * 2)
 
 
+def test_every_cause_explains_a_judged_claim_of_its_section_and_is_kept_apart():
+    assert set(coverage.CAUSE_KEYS).isdisjoint(coverage.CLAIM_KEYS) and len(set(coverage.CAUSE_KEYS)) == len(coverage.CAUSES)
+    for cause in coverage.CAUSES:
+        explained = coverage.claim(cause["explains"])
+        assert cause["section"] == explained["section"] and explained["test"]["kind"] in ("greater", "less", "within")
+        assert cause["test"]["kind"] in ("greater", "less", "within") and cause["source"].startswith("Why ours differs")
+
+
+def test_a_cause_is_measured_like_a_claim_stored_apart_and_read_as_a_hypothesis(tmp_path):
+    gen = torch.Generator().manual_seed(7)
+    gain = lambda m: merge_gap(m) + 1.0  # a shifted statistic: the hypothesis holds
+    rec = evidence.measure("fig7_unequal_endpoints", gain, [merge_examples(gen, 0.1), merge_examples(gen, 0.2)],
+                           profile="cpu", dataset="fashion_mnist", model="ResNet20 x1", seeds=[(0, 1), (2, 3)])
+    assert rec["verdict"] == "reproduced" and rec["section"] == "5.4" and rec["figure"] is None
+    line = evidence.cause_line(rec)
+    assert line.startswith("**Fig. 7** (fig7): Unequal endpoints") and "**Supported**" in line and "2 seed pairs" in line
+    box = book.cause_box([rec])
+    assert box.startswith("```{admonition} Why ours differs") and line in box and "nothing tested" in book.cause_box([])
+    against = evidence.measure("fig7_unequal_endpoints", lambda m: merge_gap(m) - 1.0, [merge_examples(gen, 0.1)],
+                               profile="cpu", dataset="fashion_mnist", model="ResNet20 x1", seeds=[(0, 1)])
+    assert "**Not supported**" in evidence.cause_line(against)
+    book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, causes=[rec], measurements=[])
+    assert book.load_causes(tmp_path) == [rec] and book.load_claims(tmp_path) == []  # claim counts stay the paper's
+    assert "*Why ours differs, tested on the page:*" in book.coverage_index(tmp_path)
+    with pytest.raises(ValueError, match="unknown cause key"):
+        book.save_results("5.4", "cpu", {}, {}, directory=tmp_path, causes=[{**rec, "key": "fig7"}])
+
+
 # --- the box and the index -------------------------------------------------------------------------
 
 def assert_narrow(markdown: str):

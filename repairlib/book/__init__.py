@@ -34,6 +34,8 @@ One module per concept, each importing only those above it; every name is re-exp
 """
 
 from repairlib.book.coverage import (
+    CAUSE_KEYS,
+    CAUSES,
     CLAIM_KEYS,
     CLAIMS,
     claim,
@@ -44,6 +46,7 @@ from repairlib.book.evidence import (
     bootstrap,
     bootstrap_difference,
     bootstrap_mean,
+    cause_box,
     claim_table,
     interior,
     judge,
@@ -99,6 +102,7 @@ from repairlib.book.results import (
     book_results_dir,
     book_root,
     coverage_index,
+    load_causes,
     load_claims,
     load_measurements,
     load_results,
@@ -128,6 +132,8 @@ from repairlib.book.runner import (
 
 __all__ = [
     "ALPHAS11",
+    "CAUSES",
+    "CAUSE_KEYS",
     "CLAIMS",
     "CLAIM_KEYS",
     "CPU",
@@ -159,6 +165,7 @@ __all__ = [
     "bootstrap_difference",
     "bootstrap_mean",
     "build_book",
+    "cause_box",
     "check_profile",
     "check_section",
     "claim",
@@ -174,6 +181,7 @@ __all__ = [
     "judge",
     "kernel_environment",
     "kernel_name",
+    "load_causes",
     "load_claims",
     "load_measurements",
     "load_results",

@@ -390,6 +390,33 @@ def match_box(records: list, section: str | None = None) -> str:
     return "```{admonition} Does it match the paper?\n:class: tip\n\n" + body + claim_table(items, records) + "```\n"
 
 
+HYPOTHESIS_VERDICTS = {"reproduced": "supported", "differs": "not supported"}
+
+
+def cause_line(record: dict) -> str:
+    """One cause test in a sentence: the claim it explains, the hypothesis, our value with its seed-pair
+    spread and interval, the scale and whether the measurement supports the hypothesis (a cause record's
+    verdict "reproduced" reads *supported*, "differs" *not supported*, otherwise *not distinguishable*)."""
+    item, explained = claim(record["key"]), claim(claim(record["key"])["explains"])
+    says, why = judge(record)
+    unit, signed = item["unit"], _signed(item["test"])
+    low, high = fmt(record["min"], unit, signed), fmt(record["max"], unit, signed)
+    pairs = low if low == high else f"{low} to {high}"
+    return (f"**{explained['source']}** ({explained['key']}): {item['claim']}. Ours: {item['what']} = "
+            f"{fmt(record['mean'], unit, signed)} (seed pairs {pairs}; 95% CI {fmt(record['ci95'][0], unit, signed)} "
+            f"to {fmt(record['ci95'][1], unit, signed)}; test {criterion_text(item['test'], unit)}); "
+            f"{scale_text(record)}. **{HYPOTHESIS_VERDICTS.get(says, says).capitalize()}**: {why}.")
+
+
+def cause_box(records: list) -> str:
+    """The "Why ours differs" box of a section page: one :func:`cause_line` per cause record."""
+    lines = "\n".join(f"- {_cell(cause_line(r))}" for r in records) or "- nothing tested yet"
+    return ("```{admonition} Why ours differs: the causes tested\n:class: note\n\n"
+            "Where a claim of the paper differs at this scale, the page tests a cause: a hypothesis, a statistic "
+            "measured like the claims (per seed pair, with a paired bootstrap) and a test. *Supported*: the "
+            "interval and every pair pass it; *not supported*: they all fail it.\n\n" + lines + "\n```\n")
+
+
 # --- networks, image by image ---------------------------------------------------------------------
 
 def pair_settings(cfg: dict) -> list:

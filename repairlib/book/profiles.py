@@ -41,13 +41,13 @@ SMOKE = {
         "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
         "mlp_train_subset": 256,
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128, "alpha": 0.5,
-        "conv_batch_size": None, "conv_lr": None,
+        "conv_batch_size": None, "conv_lr": None, "depths": (2, 4), "depth_width": 16,
     },
     "4": {
         "mlp_dataset": FM, "mlp": {"arch": "mlp", "depth": 10, "width": 16}, "mlp_epochs": 1,
         "mlp_train_subset": 256, "depths": (2, 4), "depth_width": 16,
         "conv_dataset": FM, "conv": RESNET20_BN, "conv_epochs": 1, "conv_train_subset": 128,
-        "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0),
+        "conv_batch_size": None, "conv_lr": None, "conv_alphas": (0.0, 0.5, 1.0), "conv_widths": (0.5, 1),
     },
     "5.1": {"dataset": FM, "norms": ("bn", "ln", "fixup"), "widths": (1,), "curve_width": 1, "epochs": 1,
             "train_subset": 128, "batch_size": None, "lr": None, "norm_recipes": {}, "alphas": (0.5,)},
@@ -58,7 +58,7 @@ SMOKE = {
         "resnet_widths": (1,), "resnet_norm": "bn", "resnet_epochs": 1, "resnet_train_subset": 128,
         "resnet_batch_size": None, "resnet_lr": None,
         "vgg_dataset": FM, "vgg_depths": (11,), "vgg_width": 1, "vgg_epochs": 1, "vgg_train_subset": 128,
-        "vgg_batch_size": None, "vgg_lr": None, "vgg_grad_clip": None,
+        "vgg_batch_size": None, "vgg_lr": None, "vgg_grad_clip": None, "vgg_narrow_width": 0.5,
     },
     "5.4": {"dataset": FM, "model": RESNET20_BN, "epochs": 1, "train_subset": 128, "batch_size": None, "lr": None,
             "major": 0.8},
@@ -100,6 +100,7 @@ CPU_RESNET20 = {"epochs": 1, "train_subset": None, "batch_size": 100, "lr": 0.08
 # the warm build's time. 500 images give every conv channel 24k-392k samples; 2,000 test images give an
 # accuracy a standard error of about 1 point (each page's box shows the bootstrap interval).
 CPU_EXAMPLES = {"stats_examples": 500, "eval_examples": 2000}
+CPU_DEPTHS = {"depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 64}  # MLP depth sweep of pages 3 and 4
 CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v in CPU_RESNET20.items()}}
 CPU_VIT = {"arch": "vit", "embed_dim": 48, "depth": 3, "num_heads": 4, "mlp_ratio": 2, "patch_size": 7}
 CPU_CONVNEXT = {"arch": "convnext", "width": 16, "depth": 1}
@@ -111,8 +112,9 @@ CPU = {
                "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None, "train_bf16": True},
     "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
                    "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
-    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5, **CPU_EXAMPLES},
-    "4": {**CPU_MLP, "depths": (2, 4, 6, 8, 12, 16, 24), "depth_width": 64, **CPU_CONV, "alphas": ALPHAS11,
+    # 3's cause test of Fig. 2 left reads the last-layer collapse of 4's depth-sweep MLPs (one zoo entry each)
+    "3": {**CPU_MLP, **CPU_CONV, "alpha": 0.5, **CPU_DEPTHS, **CPU_EXAMPLES},
+    "4": {**CPU_MLP, **CPU_DEPTHS, **CPU_CONV, "conv_widths": (0.25, 0.5, 1), "alphas": ALPHAS11,
           "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # conv curves cost a pass per alpha: fewer points
           **CPU_EXAMPLES},
     # 5.1 and 5.3: widths x0.25, x0.5, x1 (4/8/16 to 16/32/64 channels; a x2 costs ~4x a x1), shared by the
@@ -137,7 +139,9 @@ CPU = {
         # VGG16 and a VGG19 of four seeds, at 0.02 still a VGG16); with the gradient norm clipped at 1
         # that VGG16 seed reaches 81.0% at lr 0.04 (measured 2026-12-01).
         "vgg_dataset": FM, "vgg_depths": (11, 13, 16, 19), "vgg_width": 0.25, "vgg_epochs": 1,
-        "vgg_train_subset": None, "vgg_batch_size": 100, "vgg_lr": 0.04, "vgg_grad_clip": 1.0, **CPU_EXAMPLES,
+        "vgg_train_subset": None, "vgg_batch_size": 100, "vgg_lr": 0.04, "vgg_grad_clip": 1.0,
+        "vgg_narrow_width": 0.125,  # the cause test of Fig. 6 right: VGGs at half the sweep's width
+        **CPU_EXAMPLES,
     },
     "5.4": {"dataset": FM, "model": RESNET20_BN, **CPU_RESNET20, "major": 0.8, "alphas": ALPHAS11, **CPU_EXAMPLES},
     "C": {**CPU_MLP, **CPU_CONV, "alphas": ALPHAS11, "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0), **CPU_EXAMPLES},
@@ -169,13 +173,14 @@ PAPER = {
         "mlp_train_subset": None,
         "conv_dataset": "cifar10", "conv": {"arch": "vgg", "depth": 11, "width": 1}, "conv_epochs": 100,
         "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None, "alpha": 0.5,
+        "depths": (2, 4, 6, 8, 10, 15, 20, 27, 35, 50), "depth_width": 512,  # 4's sweep: Fig. 3 right
     },
     "4": {  # Fig. 3: ResNet18 on CIFAR-10 (channel stats, curves); MLP depth sweep 2..50 on MNIST
         "mlp_dataset": "mnist", "mlp": MLP10, "mlp_epochs": 100, "mlp_train_subset": None,
         "depths": (2, 4, 6, 8, 10, 15, 20, 27, 35, 50), "depth_width": 512,
         "conv_dataset": "cifar10", "conv": {"arch": "resnet18", "width": 1, "norm": "bn"}, "conv_epochs": 200,
         "conv_train_subset": None, "conv_batch_size": None, "conv_lr": None,
-        "conv_alphas": tuple(i / 20 for i in range(21)),
+        "conv_alphas": tuple(i / 20 for i in range(21)), "conv_widths": (0.5, 1),
     },
     "5.1": {"dataset": "cifar10", "norms": ("bn", "ln", "fixup"), "widths": (1, 2, 4, 8, 16), "curve_width": 8,
             "epochs": 200, "train_subset": None, "batch_size": None, "lr": None, "norm_recipes": {}},
@@ -187,7 +192,7 @@ PAPER = {
         "resnet_widths": (1, 2, 4, 8, 16), "resnet_norm": "bn", "resnet_epochs": 200, "resnet_train_subset": None,
         "resnet_batch_size": None, "resnet_lr": None,
         "vgg_dataset": "cifar10", "vgg_depths": (11, 13, 16, 19), "vgg_width": 1, "vgg_epochs": 100,
-        "vgg_train_subset": None, "vgg_batch_size": None, "vgg_lr": None, "vgg_grad_clip": None,
+        "vgg_train_subset": None, "vgg_batch_size": None, "vgg_lr": None, "vgg_grad_clip": None, "vgg_narrow_width": 0.5,
     },
     "5.4": {  # Ainsworth et al.'s split: 80% of classes 0-49 + 20% of 50-99, and the reverse
         "dataset": "cifar100", "model": {"arch": "resnet20", "width": 4, "norm": "bn"}, "epochs": 200,

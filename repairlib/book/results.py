@@ -12,8 +12,8 @@ import os
 import re
 from pathlib import Path
 
-from repairlib.book.coverage import CLAIM_KEYS, CLAIMS, figure_panels, markdown_table, page_of
-from repairlib.book.evidence import RECORDS, claim_table
+from repairlib.book.coverage import CAUSE_KEYS, CLAIM_KEYS, CLAIMS, figure_panels, markdown_table, page_of
+from repairlib.book.evidence import RECORDS, cause_line, claim_table
 from repairlib.book.profiles import PROFILES, SECTIONS, check_profile, check_section
 from repairlib.book.provenance import ROOT, provenance_record
 
@@ -74,14 +74,15 @@ def results_dir() -> Path:
 
 
 def save_results(section: str, profile: str, params: dict, rows: dict, start: float | None = None,
-                 directory=None, claims=None, measurements=None) -> Path | None:
+                 directory=None, claims=None, measurements=None, causes=None) -> Path | None:
     """Write a notebook's measured numbers to ``<results dir>/<section>_<profile>.json`` (written
     beside it, then renamed: a killed run leaves the old file whole).
 
     ``rows`` maps a key of :data:`REFERENCE` to ``{"before": str, "after": str, "endpoints": str,
     "note": str}`` (any subset; "note" says how our setting differs, e.g. "ResNet20 x2, 2 epochs").
     ``claims``: the claim records of :func:`repairlib.book.evidence.measure` (stored as the list
-    ``"claims"``; their keys must be keys of :data:`~repairlib.book.coverage.CLAIMS`).
+    ``"claims"``; their keys must be keys of :data:`~repairlib.book.coverage.CLAIMS`). ``causes``: the
+    records of the page's cause tests (keys of :data:`~repairlib.book.coverage.CAUSES`), the list ``"causes"``.
     ``measurements``: plain records, one per network measured (``figure``, ``arch``, ``width``, ``depth``,
     ``norm``, ``dataset``, ``seeds``, ``n_test``, ``alpha``, ``method``, ``accuracy``, ``loss``, ...),
     stored as the list ``"measurements"``; default: those the page's curves collected
@@ -97,6 +98,10 @@ def save_results(section: str, profile: str, params: dict, rows: dict, start: fl
     unknown = sorted({m.get("key") for m in claims} - set(CLAIM_KEYS), key=str)
     if unknown:
         raise ValueError(f"unknown claim key(s) {unknown}; valid keys: {', '.join(CLAIM_KEYS)}")
+    causes = list(causes or [])
+    unknown = sorted({m.get("key") for m in causes} - set(CAUSE_KEYS), key=str)
+    if unknown:
+        raise ValueError(f"unknown cause key(s) {unknown}; valid keys: {', '.join(CAUSE_KEYS)}")
     measurements = list(RECORDS if measurements is None else measurements)
     missing = sorted({k for m in measurements for k in PLAIN_FIELDS if k not in m})
     if missing:
@@ -108,7 +113,8 @@ def save_results(section: str, profile: str, params: dict, rows: dict, start: fl
     path = directory / f"{section}_{profile}.json"
     record = {"section": section, "profile": profile, "provenance": provenance_record(profile, params, start),
               "rows": {k: {f: str(v) for f, v in row.items()} for k, row in rows.items()},
-              "claims": json.loads(json.dumps(claims)), "measurements": json.loads(json.dumps(measurements))}
+              "claims": json.loads(json.dumps(claims)), "causes": json.loads(json.dumps(causes)),
+              "measurements": json.loads(json.dumps(measurements))}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
@@ -137,6 +143,12 @@ def load_claims(directory=None, profiles=("cpu", "paper")) -> list:
     """Every claim record (:func:`repairlib.book.evidence.measure`) of the results records of
     ``profiles`` in ``directory`` (default ``book/results``)."""
     return [m for record in load_results(directory, profiles) for m in record.get("claims", [])]
+
+
+def load_causes(directory=None, profiles=("cpu", "paper")) -> list:
+    """Every cause-test record (:data:`~repairlib.book.coverage.CAUSES`) of the results records of
+    ``profiles`` in ``directory`` (default ``book/results``)."""
+    return [m for record in load_results(directory, profiles) for m in record.get("causes", [])]
 
 
 def load_measurements(directory=None, profiles=("cpu", "paper")) -> list:
@@ -326,7 +338,7 @@ def coverage_index(directory=None, profiles=("cpu", "paper")) -> str:
     each figure panel, each number of its text) by book section -> its page, our value with its seed-pair
     spread and bootstrap interval, the scale (in the notes below each table) and the verdict, from the
     claim records in ``directory`` (:func:`load_claims`); "not measured yet" where none is."""
-    records = load_claims(directory, profiles)
+    records, causes = load_claims(directory, profiles), load_causes(directory, profiles)
     parts = []
     for section in (*SECTIONS, None):
         items = [c for c in CLAIMS if c["section"] == section]
@@ -337,6 +349,10 @@ def coverage_index(directory=None, profiles=("cpu", "paper")) -> str:
         link = f"[{page}](reproduce.md)" if section is None else f"[{page}](executed/cpu/{page}.ipynb)"
         keys = {c["key"] for c in items}
         parts.append(f"**{title}**, page {link}\n\n" + claim_table(items, [r for r in records if r["key"] in keys]))
+        tested = [r for r in causes if r.get("section") == section]
+        if tested:
+            parts.append("*Why ours differs, tested on the page:*\n\n" + "\n".join(
+                f"- {cause_line(r)}" for r in tested) + "\n")
     return "\n".join(parts)
 
 
