@@ -30,9 +30,9 @@
 # as the paper notes for its ResNet18.
 #
 # **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
-# about 3 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
-# data download. Measured without a GPU (2026-12-01, 2 CPU cores, one torch thread per notebook): 145
-# s with an empty checkpoint zoo, 133 s with the networks cached; the estimate assumes that training
+# about 2 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
+# data download. Measured without a GPU (2026-12-01, 2 CPU cores, one torch thread per notebook): 127
+# s with an empty checkpoint zoo, 111 s with the networks cached; the estimate assumes that training
 # runs 10x faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
 # `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
 # is not estimated here (see *Running at the paper's scale*).

@@ -27,16 +27,16 @@ from pathlib import Path
 # torch thread each, recorded by benchmarks/bench_book.py --import-log (benchmarks/results/bench_book.json,
 # runs cpu_cold and cpu_warm; a test keeps the two equal).
 MEASURED_CPU_S = {
-    "00_quickstart": (16.0, 16.0),
-    "03_variance_collapse": (39.1, 37.7),
-    "04_repair": (198.1, 113.1),
-    "05_1_normalization": (2556.0, 218.3),
-    "05_2_imagenet_resnets": (206.6, 104.1),
-    "05_3_width_depth": (809.5, 105.1),
-    "05_4_split_data": (444.2, 118.1),
-    "C_no_alignment": (145.1, 133.1),
-    "D_merge_many": (1103.6, 268.5),
-    "E_transformers": (253.3, 72.1),
+    "00_quickstart": (19.0, 18.3),
+    "03_variance_collapse": (53.1, 47.4),
+    "04_repair": (241.7, 148.0),
+    "05_1_normalization": (1920.1, 192.1),
+    "05_2_imagenet_resnets": (185.2, 94.1),
+    "05_3_width_depth": (1580.9, 93.1),
+    "05_4_split_data": (334.2, 102.4),
+    "C_no_alignment": (127.1, 110.6),
+    "D_merge_many": (1487.2, 258.5),
+    "E_transformers": (223.2, 60.6),
 }
 MEASURED_ON = "2026-12-01, 2 CPU cores, one torch thread per notebook"
 
