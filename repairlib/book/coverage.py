@@ -251,7 +251,7 @@ def _cause(key, explains, hypothesis, unit, test, what) -> dict:
     """One row of :data:`CAUSES`: a measured test of why claim ``explains`` comes out differently here."""
     explained = _BY_KEY[explains]
     return {**_item(key, f"Why ours differs: {explained['source']}", explained["section"], explained["data"],
-                    hypothesis, None, unit, test, what), "figure": None, "panel": None, "explains": explains}
+                    hypothesis, None, unit, test, what), "explains": explains}
 
 
 # Where a claim differs at this project's scale, its page tests a cause: a hypothesis with a measured
@@ -291,11 +291,6 @@ def claim(key: str) -> dict:
     if key not in _BY_KEY:
         raise KeyError(f"unknown claim {key!r}; valid keys: {', '.join(CLAIM_KEYS + CAUSE_KEYS)}")
     return _BY_KEY[key]
-
-
-def section_causes(section: str) -> list:
-    """The rows of :data:`CAUSES` a section's page measures."""
-    return [c for c in CAUSES if c["section"] == section]
 
 
 def section_claims(section: str) -> list:

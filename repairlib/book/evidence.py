@@ -332,6 +332,14 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def spread_text(record: dict, unit: str, signed: bool) -> tuple:
+    """``(mean, seed pairs, 95% CI)`` of a measured record as text: "+1.2%", "+0.8% to +1.6%" (one value
+    when every pair agrees), "+0.5% to +1.9%"."""
+    low, high = fmt(record["min"], unit, signed), fmt(record["max"], unit, signed)
+    ci = f"{fmt(record['ci95'][0], unit, signed)} to {fmt(record['ci95'][1], unit, signed)}"
+    return fmt(record["mean"], unit, signed), low if low == high else f"{low} to {high}", ci
+
+
 def claim_table(items: list, records: list) -> str:
     """A narrow Markdown table of claims and our measurements, notes below it.
 
@@ -356,13 +364,10 @@ def claim_table(items: list, records: list) -> str:
                                     else ["–", "–", "–", test["kind"]]))
                 continue
             says, why = judge(r)
-            signed = _signed(test)
-            low, high = fmt(r["min"], unit, signed), fmt(r["max"], unit, signed)
-            pairs = low if low == high else f"{low} to {high}"
-            ci = f"{fmt(r['ci95'][0], unit, signed)} to {fmt(r['ci95'][1], unit, signed)}"
+            mean, pairs, ci = spread_text(r, unit, _signed(test))
             notes.append(f"{item['source']} ({item['key']}): ours is {item['what']}; {scale_text(r)}. "
                          f"{says.capitalize()}: {why}.")
-            rows.append(head + [f"{fmt(r['mean'], unit, signed)} [{len(notes)}]", pairs, ci, says])
+            rows.append(head + [f"{mean} [{len(notes)}]", pairs, ci, says])
     table = markdown_table(["Paper", "Claim", "Test", "Ours", "Seed pairs", "95% CI", "Verdict"], rows)
     text = table + "".join(f"\n{i}. {_cell(n)}" for i, n in enumerate(notes, 1))
     text += "\n" if notes else ""
@@ -397,14 +402,12 @@ def cause_line(record: dict) -> str:
     """One cause test in a sentence: the claim it explains, the hypothesis, our value with its seed-pair
     spread and interval, the scale and whether the measurement supports the hypothesis (a cause record's
     verdict "reproduced" reads *supported*, "differs" *not supported*, otherwise *not distinguishable*)."""
-    item, explained = claim(record["key"]), claim(claim(record["key"])["explains"])
+    item = claim(record["key"])
+    explained = claim(item["explains"])
     says, why = judge(record)
-    unit, signed = item["unit"], _signed(item["test"])
-    low, high = fmt(record["min"], unit, signed), fmt(record["max"], unit, signed)
-    pairs = low if low == high else f"{low} to {high}"
-    return (f"**{explained['source']}** ({explained['key']}): {item['claim']}. Ours: {item['what']} = "
-            f"{fmt(record['mean'], unit, signed)} (seed pairs {pairs}; 95% CI {fmt(record['ci95'][0], unit, signed)} "
-            f"to {fmt(record['ci95'][1], unit, signed)}; test {criterion_text(item['test'], unit)}); "
+    mean, pairs, ci = spread_text(record, item["unit"], _signed(item["test"]))
+    return (f"**{explained['source']}** ({explained['key']}): {item['claim']}. Ours: {item['what']} = {mean} "
+            f"(seed pairs {pairs}; 95% CI {ci}; test {criterion_text(item['test'], item['unit'])}); "
             f"{scale_text(record)}. **{HYPOTHESIS_VERDICTS.get(says, says).capitalize()}**: {why}.")
 
 

@@ -289,14 +289,15 @@ def show_smoke_banner() -> None:
 def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
     """The two networks of ``family`` (e.g. "mlp", "conv") that a section's settings ``cfg`` describe, one
     per seed in ``cfg["seeds"]``, from the checkpoint zoo: ``config`` (default ``cfg[family]``) trained on
-    ``cfg["<family>_dataset"]`` with its ``_epochs``, ``_train_subset``, ``_batch_size`` and ``_lr``, under
-    bf16 autocast where ``cfg["train_bf16"]``."""
+    ``cfg["<family>_dataset"]`` with its ``_epochs``, ``_train_subset``, ``_batch_size``, ``_lr`` and
+    ``_grad_clip``, under bf16 autocast where ``cfg["train_bf16"]``."""
     from repairlib import zoo
 
     config = config or cfg[family]
     return [zoo.trained(config, cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
                         train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
-                        lr=cfg.get(f"{family}_lr"), bf16=cfg["train_bf16"], device=cfg["device"])
+                        lr=cfg.get(f"{family}_lr"), grad_clip=cfg.get(f"{family}_grad_clip"), bf16=cfg["train_bf16"],
+                        device=cfg["device"])
             for seed in cfg["seeds"]]
 
 

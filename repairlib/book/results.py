@@ -94,14 +94,7 @@ def save_results(section: str, profile: str, params: dict, rows: dict, start: fl
     unknown = sorted(set(rows) - set(REFERENCE_KEYS))
     if unknown:
         raise ValueError(f"unknown result key(s) {unknown}; valid keys: {', '.join(REFERENCE_KEYS)}")
-    claims = list(claims or [])
-    unknown = sorted({m.get("key") for m in claims} - set(CLAIM_KEYS), key=str)
-    if unknown:
-        raise ValueError(f"unknown claim key(s) {unknown}; valid keys: {', '.join(CLAIM_KEYS)}")
-    causes = list(causes or [])
-    unknown = sorted({m.get("key") for m in causes} - set(CAUSE_KEYS), key=str)
-    if unknown:
-        raise ValueError(f"unknown cause key(s) {unknown}; valid keys: {', '.join(CAUSE_KEYS)}")
+    claims, causes = _keyed(claims, CLAIM_KEYS, "claim"), _keyed(causes, CAUSE_KEYS, "cause")
     measurements = list(RECORDS if measurements is None else measurements)
     missing = sorted({k for m in measurements for k in PLAIN_FIELDS if k not in m})
     if missing:
@@ -119,6 +112,15 @@ def save_results(section: str, profile: str, params: dict, rows: dict, start: fl
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+def _keyed(records, valid: tuple, what: str) -> list:
+    """``records`` (None: none) as a list; ``ValueError`` naming any ``key`` not in ``valid``."""
+    records = list(records or [])
+    unknown = sorted({m.get("key") for m in records} - set(valid), key=str)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}; valid keys: {', '.join(valid)}")
+    return records
 
 
 def load_results(directory=None, profiles=("cpu", "paper")) -> list:
