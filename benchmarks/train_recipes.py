@@ -43,6 +43,19 @@ RUNS = {
         "epochs": 2, "batch_size": 100, "lr": 0.04, "bf16": True}),
     "resnet20 fixup, 2 ep, batch 100, bf16": ({**RESNET20, "norm": "fixup"}, {
         "epochs": 2, "batch_size": 100, "lr": 0.02, "bf16": True}),
+    # augmentation in a one-epoch run (Table 1's flip+translate+cutout against lighter or none), fp32
+    "resnet20 bn, 1 ep, batch 100, no augmentation, fp32": (RESNET20, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "augment": "", "bf16": False}),
+    "resnet20 bn, 1 ep, batch 100, translate only, fp32": (RESNET20, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "augment": "translate", "bf16": False}),
+    "resnet20 bn, 1 ep, batch 100, flip+translate, fp32": (RESNET20, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "augment": "flip+translate", "bf16": False}),
+    "resnet20 bn, 1 ep, batch 100, no augmentation, label smoothing 0.1, fp32": (RESNET20, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "augment": "", "label_smoothing": 0.1, "bf16": False}),
+    "resnet20 ln, 1 ep, batch 100, clip 1, fp32": ({**RESNET20, "norm": "ln"}, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "bf16": False}),
+    "resnet20 ln, 1 ep, batch 100, clip 1, no augmentation, fp32": ({**RESNET20, "norm": "ln"}, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "bf16": False}),
     "mlp 10x512, 3 ep (book recipe), fp32": (MLP10, {"epochs": 3, "bf16": False}),
     "mlp 10x512, 3 ep, bf16": (MLP10, {"epochs": 3, "bf16": True}),
     "mlp 10x512, 10 ep, bf16": (MLP10, {"epochs": 10, "bf16": True}),
@@ -61,14 +74,20 @@ def run(name: str) -> dict:
             "cpu_seconds": cpu, "images_per_second": stats["images_per_second"],
             "accuracy_per_cpu_minute": result["accuracy"] / (cpu / 60), "steps": stats["steps"],
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
-            "load_1min": os.getloadavg()[0], "cpu": platform.processor() or platform.machine()}
+            "load_1min": os.getloadavg()[0], "cpu": platform.processor() or platform.machine(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": train.native_bf16("cpu")}
 
 
-def write(records: list) -> None:
-    """The study's JSON, replaced atomically (a temp file beside it, then ``os.replace``)."""
+def recorded() -> list:
+    return json.loads(OUT.read_text()) if OUT.exists() else []
+
+
+def write(record: dict) -> None:
+    """Append ``record`` to the study's JSON as it is on disk now (so two processes running disjoint
+    ``--runs`` keep each other's records), replaced atomically (a temp file beside it, then ``os.replace``)."""
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
+    tmp = OUT.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(recorded() + [record], indent=1) + "\n")
     os.replace(tmp, OUT)
 
 
@@ -81,13 +100,11 @@ def main():
     if unknown:
         raise SystemExit(f"unknown run {unknown[0]!r}; valid: {', '.join(RUNS)}")
     torch.set_num_threads(args.threads)
-    done = json.loads(OUT.read_text()) if OUT.exists() else []
     for name in args.runs:
-        if any(r["name"] == name and r["fit"] == RUNS[name][1] for r in done):
+        if any(r["name"] == name and r["fit"] == RUNS[name][1] for r in recorded()):
             continue
         record = run(name)
-        done.append(record)
-        write(done)
+        write(record)
         print(f"{name:>60}: {record['test_accuracy']:.2%} in {record['wall_seconds']:.0f} s wall, "
               f"{record['cpu_seconds']:.0f} s CPU ({record['images_per_second']:.0f} img/s)", flush=True)
 

@@ -170,15 +170,18 @@ def _train_loader(dataset, recipe, *, seed, root, device, train_subset, indices,
 
 def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=None, root=None,
         train_subset=None, indices=None, batch_size=None, lr=None, label_smoothing=None, grad_clip=None,
-        recipe=None, bf16=None, progress: bool = True) -> dict:
+        augment=None, recipe=None, bf16=None, progress: bool = True) -> dict:
     """Train ``model`` in place on ``dataset`` with its Table 1 recipe; return
     ``dict(seconds, images_per_second, images_per_cpu_second, train_loss, steps, recipe)``.
 
     ``recipe``: a :class:`Recipe` or a ``RECIPES`` key (default: from the model's class); ``batch_size``,
-    ``lr``, ``label_smoothing`` and ``grad_clip`` override it. ``seed`` fixes data order and augmentation, so the same
+    ``lr``, ``label_smoothing``, ``grad_clip`` and ``augment`` (a :func:`repairlib.data.loader` augmentation;
+    ``""`` for none) override it. ``seed`` fixes data order and augmentation, so the same
     initial weights and seed give identical weights on the CPU. Conv nets train in channels_last memory
-    format (faster on CPU and GPU; the model is handed back contiguous). ``bf16``: bf16 autocast, by
-    default on CUDA only (``bf16=True`` also on CPUs with AMX, where it is faster but not the fp32 default).
+    format (faster on CPU and GPU; the model is handed back contiguous) where that is safe
+    (:func:`channels_last_is_safe`). ``bf16``: bf16 autocast, by
+    default on CUDA only; ``True`` also on the CPU (faster with AMX, not the fp32 default; emulated and
+    slower without, with a warning); ``"auto"`` where the device has it in hardware (:func:`native_bf16`).
     ``images_per_second`` (wall clock) and ``images_per_cpu_second`` (CPU time of all of this process's
     threads, less sensitive to other load on a shared machine) count the SGD steps only; ``seconds`` is
     the whole call. The model is left in eval mode on ``device``.
@@ -194,14 +197,15 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
         raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     if not isinstance(recipe, Recipe):
         recipe = recipe_for(recipe or arch_of(model), dataset)
-    overrides = {"batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing, "grad_clip": grad_clip}
+    overrides = {"batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing, "grad_clip": grad_clip,
+                 "augment": augment}
     recipe = overridden(recipe, **overrides)
     device = distributed.join(default_device(device))
     torch.manual_seed(seed)
     batches = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                             train_subset=train_subset, indices=indices)
-    amp = _autocast(device, device.type == "cuda" if bf16 is None else bf16)
-    convolutional = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    amp = _autocast(device, device.type == "cuda" if bf16 is None else resolve_bf16(bf16, device))
+    convolutional = channels_last_is_safe(model, device)
     model.to(device, memory_format=torch.channels_last if convolutional else torch.preserve_format)
     net = with_hidden_batchnorm(model) if isinstance(model, MLP) and model.trains_with_batchnorm else model
     with _data_parallel(net, device) as parallel:
@@ -239,12 +243,55 @@ def _data_parallel(net: nn.Module, device: torch.device):
             net.get_submodule(parent).add_module(child, module)
 
 
+def channels_last_is_safe(model: nn.Module, device) -> bool:
+    """Whether ``fit`` trains ``model`` in channels_last memory format: every conv net, except on a CPU
+    without AVX512 when the net has a strided 1x1 convolution with fewer than 8 input channels. There,
+    with torch 2.14's oneDNN on an AVX2-only CPU (AMD EPYC, 1 thread), the weight gradient of such a
+    convolution in channels_last corrupts the heap (the process aborts or segfaults; e.g. the 4 -> 8
+    channel shortcut of a ResNet20 x0.25); in the contiguous format, or with 8 or more input channels,
+    it trains normally. Its layout does not change what the network computes, only the float rounding."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return False
+    device = device if isinstance(device, torch.device) else default_device(device)
+    if device.type != "cpu" or torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX")):
+        return True
+    return not any(c.kernel_size == (1, 1) and c.stride != (1, 1) and c.in_channels < 8 for c in convs)
+
+
+def native_bf16(device=None) -> bool:
+    """Whether ``device`` (default: :func:`repairlib.plumbing.default_device`) computes bf16 in hardware: a
+    CUDA GPU from Ampere on, or a CPU with AMX or AVX512-BF16. Elsewhere bf16 autocast is emulated: on an
+    AVX2-only CPU (AMD EPYC, 2 threads) a ResNet20 x1 evaluation of 10,000 images took 206 s under bf16
+    autocast against 15 s in fp32, and one training epoch more than 4x its fp32 time."""
+    device = device if isinstance(device, torch.device) else default_device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    return False
+
+
+def resolve_bf16(bf16, device=None) -> bool:
+    """``bf16`` as a bool: ``"auto"`` is :func:`native_bf16` of ``device``; True and False stay; anything
+    else is a ``ValueError``."""
+    if bf16 == "auto":
+        return native_bf16(device)
+    if not isinstance(bf16, bool):
+        raise ValueError(f"bf16 must be True, False or 'auto', got {bf16!r}")  # noqa: TRY004 (one error type for settings)
+    return bf16
+
+
 def _autocast(device: torch.device, enabled: bool):
     """A re-enterable bf16 autocast context for ``device`` (a no-op when not ``enabled``). A GPU without
-    native bf16 (before Ampere, e.g. Colab's T4) trains in fp32 instead, with a warning."""
-    if enabled and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+    native bf16 (before Ampere, e.g. Colab's T4) trains in fp32 instead, with a warning; a CPU without
+    it trains in bf16 as asked, with a warning that this is emulated and several times slower."""
+    if enabled and device.type == "cuda" and not native_bf16(device):
         warnings.warn(f"{torch.cuda.get_device_name(device)} has no native bf16: training in fp32", stacklevel=3)
         enabled = False
+    if enabled and device.type == "cpu" and not native_bf16(device):
+        warnings.warn("this CPU has no AMX or AVX512-BF16: bf16 autocast is emulated and several times slower "
+                      "than fp32 (bf16='auto' picks fp32 here)", stacklevel=3)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

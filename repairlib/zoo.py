@@ -34,7 +34,7 @@ from repairlib import data, distributed
 from repairlib.evaluation import evaluate
 from repairlib.models import build, canonical_config, check_size
 from repairlib.plumbing import default_device
-from repairlib.train import Recipe, fit, recipe_for
+from repairlib.train import Recipe, fit, recipe_for, resolve_bf16
 
 # bump when a change to the training code should invalidate cached networks (2: Fixup's He init of stem and shortcuts)
 TRAIN_CODE_VERSION = 2
@@ -65,10 +65,12 @@ def model_config(config: dict, dataset: str) -> dict:
 
 
 def training_description(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None,
-                         batch_size=None, lr=None, grad_clip=None, bf16=False) -> dict:
+                         batch_size=None, lr=None, grad_clip=None, augment=None, label_smoothing=None,
+                         bf16=False) -> dict:
     """Everything that determines the trained weights, as plain JSON-able values: the completed model
     config, data set, epochs, seed, subset, split part (0/1 of paper 5.4's biased halves), the recipe
-    (Table 1 with ``batch_size``/``lr``/``grad_clip`` overrides) and ``TRAIN_CODE_VERSION``. The recipe
+    (Table 1 with ``batch_size``/``lr``/``grad_clip``/``augment``/``label_smoothing`` overrides) and
+    ``TRAIN_CODE_VERSION``. The recipe
     lists ``grad_clip`` only when it is set, so the keys of networks trained without clipping stay as
     they were before the option existed.
 
@@ -84,7 +86,8 @@ def training_description(config, dataset, *, epochs, seed=0, train_subset=None, 
         raise ValueError(f"split_part must be None, 0 or 1, got {split_part!r}")
     dataset = data.canonical_name(dataset)
     config = check_size(model_config(config, dataset))
-    recipe = asdict(recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr, grad_clip=grad_clip))
+    recipe = asdict(recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
+                               augment=augment, label_smoothing=label_smoothing))
     if recipe["grad_clip"] is None:
         del recipe["grad_clip"]
     return {"config": config, "dataset": dataset, "epochs": epochs, "seed": seed, "train_subset": train_subset,
@@ -132,6 +135,7 @@ def train_model(description: dict, *, root=None, device=None, progress=True, tes
             "test_examples": subset or n_test,
             "seconds": stats["seconds"], "images_per_second": stats["images_per_second"], "steps": stats["steps"],
             "dataset": dataset, "epochs": desc["epochs"], "seed": seed, "device": str(device),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "torch": str(torch.__version__), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "training": desc, "key": cache_key(desc)}
     model.repairlib_test_accuracy = meta["test_accuracy"]  # read by tagged(), as for a cached network
@@ -321,19 +325,23 @@ def _report_nonfinite(path, state_dict: dict, nonfinite: str) -> None:
 
 
 def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None, device=None,
-            cache_dir=None, batch_size=None, lr=None, grad_clip=None, bf16=False) -> nn.Module:
+            cache_dir=None, batch_size=None, lr=None, grad_clip=None, augment=None, label_smoothing=None,
+            bf16=False) -> nn.Module:
     """The network ``config`` trained on ``dataset`` for ``epochs`` with ``seed`` (eval mode, on ``device``).
 
     Loaded from the cache when its training description was trained before; otherwise trained now and
     cached. A corrupt cache file, or a valid one whose stored config, training description or key
     differs from the request (:func:`load_cached`), is reported with a warning and replaced. ``batch_size``,
-    ``lr`` and ``grad_clip`` (a maximum gradient norm) override the Table 1 recipe (e.g. for small subsets
-    and short runs); ``bf16=True`` trains under bf16 autocast (faster on CPUs with AMX); all four are part
-    of the cache key.
+    ``lr``, ``grad_clip`` (a maximum gradient norm), ``augment`` (``""``: none) and ``label_smoothing``
+    override the Table 1 recipe (e.g. for small subsets and short runs); ``bf16=True`` trains under bf16
+    autocast (faster on CPUs with AMX), ``bf16="auto"`` where ``device`` has bf16 in hardware
+    (:func:`repairlib.train.native_bf16`; fp32 elsewhere). All of these are part of the cache key
+    (``"auto"`` as what it picked).
     """
+    bf16 = resolve_bf16(bf16, device)
     desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
                                 split_part=split_part, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
-                                bf16=bf16)
+                                augment=augment, label_smoothing=label_smoothing, bf16=bf16)
     path, device = checkpoint_path(desc, cache_dir), default_device(device)
     if distributed.world_size() > 1:
         return tagged(_trained_by_every_rank(desc, path, root, device), desc)

@@ -301,10 +301,12 @@ def test_zoo_cache_key_covers_the_training_description():
     assert key() == key({**TINY_MLP, "in_features": 784, "num_classes": 10})  # defaults spelled out
     assert key() == zoo.cache_key(zoo.training_description(TINY_MLP, "FashionMNIST", epochs=1))
     others = [key(epochs=2), key(seed=1), key(train_subset=100), key(split_part=0), key({**TINY_MLP, "width": 33}),
-              key(batch_size=100), key(lr=0.1), key(bf16=True), key(grad_clip=1.0), key(grad_clip=2.0)]
+              key(batch_size=100), key(lr=0.1), key(bf16=True), key(grad_clip=1.0), key(grad_clip=2.0),
+              key(augment=""), key(augment="flip"), key(label_smoothing=0.1)]
     assert len({key(), *others}) == 1 + len(others)
     plain = zoo.training_description(TINY_MLP, DATA, epochs=1)
     assert "autocast" not in plain and "grad_clip" not in plain["recipe"]  # keys cached before either stay
+    assert key(augment="translate") == key() and key(label_smoothing=0.0) == key()  # the MLP recipe's own values
 
 
 def test_zoo_trains_under_bf16_autocast_when_asked(tmp_path, counted_fit):
@@ -436,7 +438,37 @@ def test_bf16_falls_back_to_fp32_on_a_gpu_without_native_bf16(monkeypatch):
     with pytest.warns(UserWarning, match="Tesla T4 has no native bf16"):
         ctx = train._autocast(torch.device("cuda"), True)
     assert ctx._enabled is False  # nothing of CUDA is touched: the context is only built, not entered
-    assert train._autocast(torch.device("cpu"), True)._enabled is True
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_the_cpu_is_kept_as_asked_and_warns_where_it_is_emulated(monkeypatch, native):
+    import warnings
+
+    from repairlib import train
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert train.native_bf16("cpu") is native
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train._autocast(torch.device("cpu"), True)._enabled is True
+    assert [str(w.message).startswith("this CPU has no AMX") for w in caught] == ([] if native else [True])
+    assert train.resolve_bf16("auto", "cpu") is native
+    assert train.resolve_bf16(False, "cpu") is False and train.resolve_bf16(True, "cpu") is True
+    with pytest.raises(ValueError, match="bf16 must be True, False or 'auto'"):
+        train.resolve_bf16("yes", "cpu")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_zoo_resolves_auto_bf16_to_what_the_device_has_in_its_key(tmp_path, counted_fit, monkeypatch, native):
+    from repairlib import train
+
+    monkeypatch.setattr(train, "native_bf16", lambda device=None: native)
+    model = _trained(tmp_path, bf16="auto")
+    assert counted_fit[0]["bf16"] is (True if native else None)  # fit's own default is fp32 on the CPU
+    assert model.repairlib_training == zoo.training_description(
+        TINY_MLP, DATA, epochs=1, seed=0, train_subset=128, batch_size=64, bf16=native)
+    assert _trained(tmp_path, bf16=native) is not None and len(counted_fit) == 1  # the same zoo entry
 
 
 def test_a_network_at_chance_is_flagged_whenever_the_zoo_hands_it_out():
@@ -451,3 +483,42 @@ def test_a_network_at_chance_is_flagged_whenever_the_zoo_hands_it_out():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert zoo.tagged(net, desc).repairlib_training == desc
+
+
+def test_fit_trains_with_the_augmentation_it_is_given(monkeypatch):
+    """``augment`` overrides the recipe's augmentation (``""``: none); a bad one fails before any step."""
+    seen = []
+    loader = train.data.loader
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("augment"))
+        return loader(*args, **kwargs)
+
+    monkeypatch.setattr(train.data, "loader", spy)
+    model = models.build({"arch": "resnet20", "width": 0.25, "norm": "bn", "in_channels": 1})
+    result = _tiny_fit(model, train_subset=64, batch_size=32, augment="")
+    assert result["recipe"]["augment"] == "" and seen[0] == ""  # the training batches: no augmentation
+    assert _tiny_fit(model, train_subset=64, batch_size=32)["recipe"]["augment"] == "flip+translate+cutout"
+    with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
+        _tiny_fit(model, train_subset=64, batch_size=32, augment="rotate")
+
+
+def test_a_resnet20_with_four_channel_strided_shortcuts_trains_on_any_cpu():
+    """A ResNet20 x0.25 (a 1x1 stride-2 shortcut from 4 channels) trains in a one-thread process: in
+    channels_last that convolution's weight gradient corrupted the heap on an AVX2-only CPU, so ``fit``
+    keeps such nets contiguous there (a subprocess, so a crash fails this test instead of the run)."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(1)\n"
+            "from repairlib import models, train\n"
+            "m = models.build({'arch': 'resnet20', 'width': 0.25, 'norm': 'bn', 'in_channels': 1})\n"
+            "r = train.fit(m, 'fashion_mnist', epochs=1, train_subset=96, batch_size=32, device='cpu', progress=False)\n"
+            "print('trained', r['steps'])\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "trained 3" in done.stdout, done.stderr[-2000:]
+    model = models.build({"arch": "resnet20", "width": 0.25, "norm": "bn", "in_channels": 1})
+    wide = models.build({"arch": "resnet20", "width": 0.5, "norm": "bn", "in_channels": 1})
+    avx512 = torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+    assert train.channels_last_is_safe(model, "cpu") is avx512 and train.channels_last_is_safe(wide, "cpu")
+    assert not train.channels_last_is_safe(models.build({"arch": "mlp", "depth": 2, "width": 8}), "cpu")

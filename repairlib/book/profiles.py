@@ -88,7 +88,7 @@ SMOKE = {
 # cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
 # epochs, subset and seed -> one zoo entry): the 10x512 MLP pair (quickstart, 3, 4, 5.3, C) and the
 # ResNet20 BatchNorm networks (3, 4, 5.1, 5.3, C, many). Every network trains on all 60,000 training
-# images under bf16 autocast. Measured cold training cost is in benchmarks/README.md (bench_book).
+# images, under bf16 autocast on CPUs with AMX. Measured cold training cost: benchmarks/README.md (bench_book).
 CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 3, "mlp_train_subset": None}
 ALPHAS11 = tuple(i / 10 for i in range(11))
 # ResNet20s: one epoch of all 60,000 images, batch 100 (600 SGD steps): 82.9% test accuracy for a BatchNorm
@@ -105,11 +105,13 @@ CPU_CONV = {"conv_dataset": FM, "conv": RESNET20_BN, **{f"conv_{k}": v for k, v 
 CPU_VIT = {"arch": "vit", "embed_dim": 48, "depth": 3, "num_heads": 4, "mlp_ratio": 2, "patch_size": 7}
 CPU_CONVNEXT = {"arch": "convnext", "width": 16, "depth": 1}
 CPU = {
-    # train_bf16: every network of the profile trains under bf16 autocast (zoo.trained(bf16=True)): on this
-    # AMX CPU it halves the training time at the same accuracy (benchmarks/train_recipes.py: ResNet20 1
-    # epoch 82.9% in 108 CPU s against 83.6% in 195 s in fp32; the 10x512 MLP 83.4% against 83.3%)
+    # train_bf16 "auto": the networks train under bf16 autocast where the device has it in hardware (train.
+    # native_bf16: AMX or AVX512-BF16 CPUs, Ampere+ GPUs), in fp32 elsewhere. On an AMX CPU it halves the
+    # training time at the same accuracy (benchmarks/train_recipes.py: ResNet20 1 epoch 82.9% in 108 CPU s
+    # against 83.6% in 195 s in fp32; the 10x512 MLP 83.4% against 83.3%); on an AVX2-only CPU it is
+    # emulated and several times slower than fp32. The zoo keys record which one a network got.
     "common": {"seeds": (0, 1), "stats_examples": 1000, "eval_examples": 1000,
-               "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None, "train_bf16": True},
+               "alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "device": None, "train_bf16": "auto"},
     "quickstart": {"dataset": FM, "model": MLP10, "epochs": CPU_MLP["mlp_epochs"],
                    "train_subset": CPU_MLP["mlp_train_subset"], "alphas": ALPHAS11},
     # 3's cause test of Fig. 2 left reads the last-layer collapse of 4's depth-sweep MLPs (one zoo entry each)
@@ -289,14 +291,17 @@ def show_smoke_banner() -> None:
 def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
     """The two networks of ``family`` (e.g. "mlp", "conv") that a section's settings ``cfg`` describe, one
     per seed in ``cfg["seeds"]``, from the checkpoint zoo: ``config`` (default ``cfg[family]``) trained on
-    ``cfg["<family>_dataset"]`` with its ``_epochs``, ``_train_subset``, ``_batch_size``, ``_lr`` and
-    ``_grad_clip``, under bf16 autocast where ``cfg["train_bf16"]``."""
+    ``cfg["<family>_dataset"]`` with its ``_epochs``, ``_train_subset``, ``_batch_size``, ``_lr``,
+    ``_grad_clip``, ``_augment`` and ``_label_smoothing`` (where the profile sets them), under bf16
+    autocast as ``cfg["train_bf16"]`` says (True, False or "auto")."""
     from repairlib import zoo
 
     config = config or cfg[family]
     return [zoo.trained(config, cfg[f"{family}_dataset"], epochs=cfg[f"{family}_epochs"], seed=seed,
                         train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
-                        lr=cfg.get(f"{family}_lr"), grad_clip=cfg.get(f"{family}_grad_clip"), bf16=cfg["train_bf16"],
+                        lr=cfg.get(f"{family}_lr"), grad_clip=cfg.get(f"{family}_grad_clip"),
+                        augment=cfg.get(f"{family}_augment"), label_smoothing=cfg.get(f"{family}_label_smoothing"),
+                        bf16=cfg["train_bf16"],
                         device=cfg["device"])
             for seed in cfg["seeds"]]
 
