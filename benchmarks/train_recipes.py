@@ -56,6 +56,14 @@ RUNS = {
         "epochs": 1, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "bf16": False}),
     "resnet20 ln, 1 ep, batch 100, clip 1, no augmentation, fp32": ({**RESNET20, "norm": "ln"}, {
         "epochs": 1, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "bf16": False}),
+    "resnet20 fixup, 1 ep, batch 100, clip 1, no augmentation, fp32": ({**RESNET20, "norm": "fixup"}, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "bf16": False}),
+    "resnet20 bn, 2 ep, batch 100, no augmentation, label smoothing 0.1, fp32": (RESNET20, {
+        "epochs": 2, "batch_size": 100, "lr": 0.08, "augment": "", "label_smoothing": 0.1, "bf16": False}),
+    "resnet20 ln, 1 ep, batch 100, clip 1, no augmentation, label smoothing 0.1, fp32": ({**RESNET20, "norm": "ln"}, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "label_smoothing": 0.1,
+        "bf16": False}),
+    "mlp 10x512, 3 ep, no augmentation, fp32": (MLP10, {"epochs": 3, "augment": "", "bf16": False}),
     "mlp 10x512, 3 ep (book recipe), fp32": (MLP10, {"epochs": 3, "bf16": False}),
     "mlp 10x512, 3 ep, bf16": (MLP10, {"epochs": 3, "bf16": True}),
     "mlp 10x512, 10 ep, bf16": (MLP10, {"epochs": 10, "bf16": True}),
