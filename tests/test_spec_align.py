@@ -532,3 +532,25 @@ def test_einsum_in_sublist_form_names_the_node():
 
     with pytest.raises(ValueError, match=r"graph node 'einsum' \(call_function einsum\): einsum in sublist form"):
         permutation_spec(Sublist(), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "near rank one", "ties"])
+def test_solve_assignment_finds_the_best_permutation_of_the_raw_score(kind):
+    """The solver sees a doubly centred score; the permutation it returns is still one of the best for
+    the score as given (the centring adds one constant to every permutation's total)."""
+    from scipy.optimize import linear_sum_assignment
+
+    from repairlib.alignment import solve_assignment
+
+    g = torch.Generator().manual_seed(0)
+    n = 60
+    score = {"gaussian": lambda: torch.randn(n, n, generator=g, dtype=torch.float64),
+             "near rank one": lambda: torch.rand(n, 1, generator=g, dtype=torch.float64)
+             @ torch.rand(1, n, generator=g, dtype=torch.float64) * 1e3
+             + 1e-3 * torch.randn(n, n, generator=g, dtype=torch.float64),
+             "ties": lambda: torch.randint(0, 3, (n, n), generator=g).double()}[kind]()
+    perm = solve_assignment(score)
+    assert sorted(perm.tolist()) == list(range(n))
+    rows, cols = linear_sum_assignment(score.numpy(), maximize=True)
+    best = float(score.numpy()[rows, cols].sum())
+    assert float(score[torch.arange(n), perm].sum()) == pytest.approx(best, rel=1e-12, abs=1e-9)
