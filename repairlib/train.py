@@ -176,12 +176,12 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
 
     ``recipe``: a :class:`Recipe` or a ``RECIPES`` key (default: from the model's class); ``batch_size``,
     ``lr``, ``label_smoothing``, ``grad_clip`` and ``augment`` (a :func:`repairlib.data.loader` augmentation;
-    ``""`` for none) override it. ``seed`` fixes data order and augmentation, so the same
-    initial weights and seed give identical weights on the CPU. Conv nets train in channels_last memory
-    format (faster on CPU and GPU; the model is handed back contiguous) where that is safe
-    (:func:`channels_last_is_safe`). ``bf16``: bf16 autocast, by
-    default on CUDA only; ``True`` also on the CPU (faster with AMX, not the fp32 default; emulated and
-    slower without, with a warning); ``"auto"`` where the device has it in hardware (:func:`native_bf16`).
+    ``""`` for none) override it. ``seed`` fixes data order and augmentation, so the same initial weights
+    and seed give identical weights on the CPU. Conv nets train in channels_last memory format (faster on
+    CPU and GPU; the model is handed back contiguous) where that is safe (:func:`channels_last_is_safe`).
+    ``bf16``: bf16 autocast, by default on CUDA only; ``True`` also on the CPU (faster with AMX, not the
+    fp32 default; emulated and slower without, with a warning); ``"auto"`` where the device has it in
+    hardware (:func:`native_bf16`).
     ``images_per_second`` (wall clock) and ``images_per_cpu_second`` (CPU time of all of this process's
     threads, less sensitive to other load on a shared machine) count the SGD steps only; ``seconds`` is
     the whole call. The model is left in eval mode on ``device``.
@@ -205,11 +205,11 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
     batches = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                             train_subset=train_subset, indices=indices)
     amp = _autocast(device, device.type == "cuda" if bf16 is None else resolve_bf16(bf16, device))
-    convolutional = channels_last_is_safe(model, device)
-    model.to(device, memory_format=torch.channels_last if convolutional else torch.preserve_format)
+    channels_last = channels_last_is_safe(model, device)
+    model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     net = with_hidden_batchnorm(model) if isinstance(model, MLP) and model.trains_with_batchnorm else model
     with _data_parallel(net, device) as parallel:
-        stats = _sgd(parallel, batches, recipe, epochs, amp, convolutional, progress and distributed.is_main(),
+        stats = _sgd(parallel, batches, recipe, epochs, amp, channels_last, progress and distributed.is_main(),
                      desc=f"train {type(model).__name__} {dataset}")
     calibration = _train_loader(dataset, recipe, seed=seed, root=root, device=device,
                                 train_subset=train_subset, indices=indices, augment=False)
@@ -263,7 +263,8 @@ def native_bf16(device=None) -> bool:
     """Whether ``device`` (default: :func:`repairlib.plumbing.default_device`) computes bf16 in hardware: a
     CUDA GPU from Ampere on, or a CPU with AMX or AVX512-BF16. Elsewhere bf16 autocast is emulated: on an
     AVX2-only CPU (AMD EPYC, 2 threads) a ResNet20 x1 evaluation of 10,000 images took 206 s under bf16
-    autocast against 15 s in fp32, and one training epoch more than 4x its fp32 time."""
+    autocast against 15 s in fp32, and a one-epoch training run (1 thread) was unfinished after 520 CPU s
+    where fp32 took 320 s."""
     device = device if isinstance(device, torch.device) else default_device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)

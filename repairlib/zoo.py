@@ -70,9 +70,8 @@ def training_description(config, dataset, *, epochs, seed=0, train_subset=None, 
     """Everything that determines the trained weights, as plain JSON-able values: the completed model
     config, data set, epochs, seed, subset, split part (0/1 of paper 5.4's biased halves), the recipe
     (Table 1 with ``batch_size``/``lr``/``grad_clip``/``augment``/``label_smoothing`` overrides) and
-    ``TRAIN_CODE_VERSION``. The recipe
-    lists ``grad_clip`` only when it is set, so the keys of networks trained without clipping stay as
-    they were before the option existed.
+    ``TRAIN_CODE_VERSION``. The recipe lists ``grad_clip`` only when it is set, so the keys of networks
+    trained without clipping stay as they were before the option existed.
 
     ``bf16=True`` (bf16 autocast in training, :func:`repairlib.train.fit`) adds ``"autocast": "bf16"``;
     without it the description has no such key and trains with ``fit``'s default (fp32 on the CPU, bf16

@@ -301,8 +301,7 @@ def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
                         train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
                         lr=cfg.get(f"{family}_lr"), grad_clip=cfg.get(f"{family}_grad_clip"),
                         augment=cfg.get(f"{family}_augment"), label_smoothing=cfg.get(f"{family}_label_smoothing"),
-                        bf16=cfg["train_bf16"],
-                        device=cfg["device"])
+                        bf16=cfg["train_bf16"], device=cfg["device"])
             for seed in cfg["seeds"]]
 
 
