@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_linear_bn_eval
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 from repairlib import data, distributed
@@ -53,7 +54,9 @@ from repairlib.plumbing import default_device
 class Recipe:
     """One column of Table 1. ``schedule`` is "linear" or "cosine"; ``warmup`` a fraction of all steps;
     ``grad_clip`` a maximum L2 norm of all gradients together per step (``clip_grad_norm_``), None (the
-    paper's recipes) for none."""
+    paper's recipes) for none. ``ema``: the decay ``d`` of an exponential moving average of the weights
+    after every SGD step, ``W_ema <- d W_ema + (1 - d) W`` (torch's ``get_ema_multi_avg_fn``), which the
+    network ends with (its BatchNorm statistics then re-estimated); None (the paper's recipes) for none."""
 
     batch_size: int
     lr: float
@@ -64,6 +67,7 @@ class Recipe:
     warmup: float = 0.05
     label_smoothing: float = 0.0
     grad_clip: float | None = None
+    ema: float | None = None
 
 
 _RESNET = Recipe(500, 0.4, "cosine", 1e-4, "flip+translate+cutout")
@@ -104,6 +108,9 @@ def overridden(recipe: Recipe, **overrides) -> Recipe:
     clip = overrides.get("grad_clip")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0):
         raise ValueError(f"grad_clip must be a positive number or None, got {clip!r}")
+    decay = overrides.get("ema")
+    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay < 1):
+        raise ValueError(f"ema must be a decay between 0 and 1 (exclusive) or None, got {decay!r}")
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -170,13 +177,13 @@ def _train_loader(dataset, recipe, *, seed, root, device, train_subset, indices,
 
 def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=None, root=None,
         train_subset=None, indices=None, batch_size=None, lr=None, label_smoothing=None, grad_clip=None,
-        augment=None, recipe=None, bf16=None, progress: bool = True) -> dict:
+        augment=None, ema=None, recipe=None, bf16=None, progress: bool = True) -> dict:
     """Train ``model`` in place on ``dataset`` with its Table 1 recipe; return
     ``dict(seconds, images_per_second, images_per_cpu_second, train_loss, steps, recipe)``.
 
     ``recipe``: a :class:`Recipe` or a ``RECIPES`` key (default: from the model's class); ``batch_size``,
-    ``lr``, ``label_smoothing``, ``grad_clip`` and ``augment`` (a :func:`repairlib.data.loader` augmentation;
-    ``""`` for none) override it. ``seed`` fixes data order and augmentation, so the same initial weights
+    ``lr``, ``label_smoothing``, ``grad_clip``, ``augment`` (a :func:`repairlib.data.loader` augmentation;
+    ``""`` for none) and ``ema`` (a weight-averaging decay) override it. ``seed`` fixes data order and augmentation, so the same initial weights
     and seed give identical weights on the CPU. Conv nets train in channels_last memory format (faster on
     CPU and GPU; the model is handed back contiguous) where that is safe (:func:`channels_last_is_safe`).
     ``bf16``: bf16 autocast, by default on CUDA only; ``True`` also on the CPU (faster with AMX, not the
@@ -198,7 +205,7 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
     if not isinstance(recipe, Recipe):
         recipe = recipe_for(recipe or arch_of(model), dataset)
     overrides = {"batch_size": batch_size, "lr": lr, "label_smoothing": label_smoothing, "grad_clip": grad_clip,
-                 "augment": augment}
+                 "augment": augment, "ema": ema}
     recipe = overridden(recipe, **overrides)
     device = distributed.join(default_device(device))
     torch.manual_seed(seed)
@@ -308,6 +315,9 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
                                 weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, recipe))
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+    params = list(net.parameters())
+    average = get_ema_multi_avg_fn(recipe.ema) if recipe.ema is not None else None
+    averaged = [p.detach().clone() for p in params] if average else None
     net.train()
     images, loop_start, cpu_start = 0, time.perf_counter(), time.process_time()
     bar = tqdm(total=total, desc=desc, unit="step", disable=_progress_disabled(progress))
@@ -325,6 +335,8 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
                 nn.utils.clip_grad_norm_(net.parameters(), recipe.grad_clip)
             optimizer.step()
             schedule.step()
+            if average:
+                average(averaged, [p.detach() for p in params], None)
             epoch_loss += loss.detach().float()
             images += len(inputs)
             bar.update(1)
@@ -334,6 +346,10 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
             bar.close()
             raise FloatingPointError(f"training diverged: loss {train_loss} (try a smaller lr)")
     bar.close()
+    if averaged:
+        with torch.no_grad():
+            for p, a in zip(params, averaged, strict=True):
+                p.copy_(a)
     loop_seconds, cpu_seconds = time.perf_counter() - loop_start, time.process_time() - cpu_start
     images *= distributed.world_size()  # every rank trained on its share of the same global batches
     return {"images_per_second": images / loop_seconds, "images_per_cpu_second": images / max(cpu_seconds, 1e-9),

@@ -66,12 +66,12 @@ def model_config(config: dict, dataset: str) -> dict:
 
 def training_description(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None,
                          batch_size=None, lr=None, grad_clip=None, augment=None, label_smoothing=None,
-                         bf16=False) -> dict:
+                         ema=None, bf16=False) -> dict:
     """Everything that determines the trained weights, as plain JSON-able values: the completed model
     config, data set, epochs, seed, subset, split part (0/1 of paper 5.4's biased halves), the recipe
-    (Table 1 with ``batch_size``/``lr``/``grad_clip``/``augment``/``label_smoothing`` overrides) and
-    ``TRAIN_CODE_VERSION``. The recipe lists ``grad_clip`` only when it is set, so the keys of networks
-    trained without clipping stay as they were before the option existed.
+    (Table 1 with ``batch_size``/``lr``/``grad_clip``/``augment``/``label_smoothing``/``ema`` overrides)
+    and ``TRAIN_CODE_VERSION``. The recipe lists ``grad_clip`` and ``ema`` only when they are set, so the
+    keys of networks trained without them stay as they were before the options existed.
 
     ``bf16=True`` (bf16 autocast in training, :func:`repairlib.train.fit`) adds ``"autocast": "bf16"``;
     without it the description has no such key and trains with ``fit``'s default (fp32 on the CPU, bf16
@@ -86,9 +86,10 @@ def training_description(config, dataset, *, epochs, seed=0, train_subset=None, 
     dataset = data.canonical_name(dataset)
     config = check_size(model_config(config, dataset))
     recipe = asdict(recipe_for(config["arch"], dataset, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
-                               augment=augment, label_smoothing=label_smoothing))
-    if recipe["grad_clip"] is None:
-        del recipe["grad_clip"]
+                               augment=augment, label_smoothing=label_smoothing, ema=ema))
+    for optional in ("grad_clip", "ema"):
+        if recipe[optional] is None:
+            del recipe[optional]
     return {"config": config, "dataset": dataset, "epochs": epochs, "seed": seed, "train_subset": train_subset,
             "split_part": split_part, "recipe": recipe, "train_code_version": TRAIN_CODE_VERSION,
             **({"autocast": "bf16"} if bf16 else {})}
@@ -325,22 +326,22 @@ def _report_nonfinite(path, state_dict: dict, nonfinite: str) -> None:
 
 def trained(config, dataset, *, epochs, seed=0, train_subset=None, split_part=None, root=None, device=None,
             cache_dir=None, batch_size=None, lr=None, grad_clip=None, augment=None, label_smoothing=None,
-            bf16=False) -> nn.Module:
+            ema=None, bf16=False) -> nn.Module:
     """The network ``config`` trained on ``dataset`` for ``epochs`` with ``seed`` (eval mode, on ``device``).
 
     Loaded from the cache when its training description was trained before; otherwise trained now and
     cached. A corrupt cache file, or a valid one whose stored config, training description or key
     differs from the request (:func:`load_cached`), is reported with a warning and replaced. ``batch_size``,
-    ``lr``, ``grad_clip`` (a maximum gradient norm), ``augment`` (``""``: none) and ``label_smoothing``
-    override the Table 1 recipe (e.g. for small subsets and short runs); ``bf16=True`` trains under bf16
-    autocast (faster on CPUs with AMX), ``bf16="auto"`` where ``device`` has bf16 in hardware
+    ``lr``, ``grad_clip`` (a maximum gradient norm), ``augment`` (``""``: none), ``label_smoothing`` and
+    ``ema`` (a weight-averaging decay, :class:`repairlib.train.Recipe`) override the Table 1 recipe (e.g.
+    for small subsets and short runs); ``bf16=True`` trains under bf16 autocast (faster on CPUs with AMX), ``bf16="auto"`` where ``device`` has bf16 in hardware
     (:func:`repairlib.train.native_bf16`; fp32 elsewhere). All of these are part of the cache key
     (``"auto"`` as what it picked).
     """
     bf16 = resolve_bf16(bf16, device)
     desc = training_description(config, dataset, epochs=epochs, seed=seed, train_subset=train_subset,
                                 split_part=split_part, batch_size=batch_size, lr=lr, grad_clip=grad_clip,
-                                augment=augment, label_smoothing=label_smoothing, bf16=bf16)
+                                augment=augment, label_smoothing=label_smoothing, ema=ema, bf16=bf16)
     path, device = checkpoint_path(desc, cache_dir), default_device(device)
     if distributed.world_size() > 1:
         return tagged(_trained_by_every_rank(desc, path, root, device), desc)

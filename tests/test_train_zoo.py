@@ -223,8 +223,33 @@ def test_grad_clip_must_be_a_positive_number(clip):
         train.recipe_for("mlp", DATA, grad_clip=clip)
 
 
+def test_fit_ends_with_the_exponential_average_of_the_weights(monkeypatch):
+    trajectory, sgd_step = [], torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        out = sgd_step(self, *args, **kwargs)
+        trajectory.append([p.detach().clone() for group in self.param_groups for p in group["params"]])
+        return out
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    config = {**TINY_MLP, "init": "he"}  # no BatchNorm while training: fit hands back the averaged weights as they are
+    for ema in (None, 0.5):
+        trajectory.clear()
+        torch.manual_seed(0)
+        model = models.build(config)
+        average = [p.detach().clone() for p in model.parameters()]
+        _tiny_fit(model, ema=ema)
+        for weights in trajectory:
+            average = [0.5 * a + 0.5 * w for a, w in zip(average, weights)]
+        expected = trajectory[-1] if ema is None else average
+        assert len(trajectory) == 4
+        assert all(torch.allclose(p, e, atol=1e-6) for p, e in zip(model.parameters(), expected))
+    assert not all(torch.allclose(a, w, atol=1e-4) for a, w in zip(average, trajectory[-1]))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"ema": 1.0}, "ema must be a decay between 0 and 1"),
     ({"device": "tpu9"}, "unknown device 'tpu9'"),
 ])
 def test_fit_rejects_bad_arguments(kwargs, match):
@@ -302,10 +327,10 @@ def test_zoo_cache_key_covers_the_training_description():
     assert key() == zoo.cache_key(zoo.training_description(TINY_MLP, "FashionMNIST", epochs=1))
     others = [key(epochs=2), key(seed=1), key(train_subset=100), key(split_part=0), key({**TINY_MLP, "width": 33}),
               key(batch_size=100), key(lr=0.1), key(bf16=True), key(grad_clip=1.0), key(grad_clip=2.0),
-              key(augment=""), key(augment="flip"), key(label_smoothing=0.1)]
+              key(augment=""), key(augment="flip"), key(label_smoothing=0.1), key(ema=0.99), key(ema=0.999)]
     assert len({key(), *others}) == 1 + len(others)
     plain = zoo.training_description(TINY_MLP, DATA, epochs=1)
-    assert "autocast" not in plain and "grad_clip" not in plain["recipe"]  # keys cached before either stay
+    assert "autocast" not in plain and not {"grad_clip", "ema"} & plain["recipe"].keys()  # keys cached before stay
     assert key(augment="translate") == key() and key(label_smoothing=0.0) == key()  # the MLP recipe's own values
 
 

@@ -292,7 +292,7 @@ def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
     """The two networks of ``family`` (e.g. "mlp", "conv") that a section's settings ``cfg`` describe, one
     per seed in ``cfg["seeds"]``, from the checkpoint zoo: ``config`` (default ``cfg[family]``) trained on
     ``cfg["<family>_dataset"]`` with its ``_epochs``, ``_train_subset``, ``_batch_size``, ``_lr``,
-    ``_grad_clip``, ``_augment`` and ``_label_smoothing`` (where the profile sets them), under bf16
+    ``_grad_clip``, ``_augment``, ``_label_smoothing`` and ``_ema`` (where the profile sets them), under bf16
     autocast as ``cfg["train_bf16"]`` says (True, False or "auto")."""
     from repairlib import zoo
 
@@ -301,6 +301,7 @@ def trained_pair(cfg: dict, family: str, config: dict | None = None) -> list:
                         train_subset=cfg[f"{family}_train_subset"], batch_size=cfg.get(f"{family}_batch_size"),
                         lr=cfg.get(f"{family}_lr"), grad_clip=cfg.get(f"{family}_grad_clip"),
                         augment=cfg.get(f"{family}_augment"), label_smoothing=cfg.get(f"{family}_label_smoothing"),
+                        ema=cfg.get(f"{family}_ema"),
                         bf16=cfg["train_bf16"], device=cfg["device"])
             for seed in cfg["seeds"]]
 
