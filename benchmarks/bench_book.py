@@ -1,6 +1,7 @@
 """How long the book takes: every notebook at the smoke profile, the cpu profile with an empty checkpoint
-zoo (cold: trains every network) and again with the zoo it filled (warm: evaluation only), and one
-jupyter-book build. Writes benchmarks/results/bench_book.json.
+zoo (cold: trains every network) and again with the zoo it filled (warm: the networks and their
+evaluations cached, :mod:`repairlib.evalcache`; alignment, REPAIR statistics and figures recomputed), and
+one jupyter-book build. Writes benchmarks/results/bench_book.json.
 
     python benchmarks/bench_book.py                 # smoke, cpu cold, cpu warm, build (the lead's run)
     python benchmarks/bench_book.py --runs smoke    # seconds: every notebook at the smoke profile

@@ -18,7 +18,7 @@ and each step is a function of its own::
                               train_batches, alpha=0.5, stats=perms.endpoint_stats)
 
 Modules, in import order (each imports only those before it): plumbing, distributed, data, models, batchnorm,
-evaluation, train, zoo, spec, stats, points, endpoints, alignment, interpolation, fusion, correction,
+evalcache, evaluation, train, zoo, spec, stats, points, endpoints, alignment, interpolation, fusion, correction,
 metrics, pipeline, analysis, baselines, plots, book, cli.
 """
 

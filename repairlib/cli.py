@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -238,6 +239,9 @@ def _add_book(sub):
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where the executed copies go (default: book/executed/<profile>/)")
     p.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the one running this Python)")
+    p.add_argument("--no-eval-cache", action="store_true",
+                   help="evaluate every network afresh (default: results of networks and test data evaluated "
+                        "before are read from <zoo>/evaluations, repairlib.evalcache)")
     p.add_argument("--jobs", type=int, default=2, metavar="N",
                    help="notebooks run side by side, each with cores/N torch threads (default 2; 1 runs them "
                         "one after another)")
@@ -257,8 +261,11 @@ def book_command(args) -> int:
     lines on stdout as it goes. Exit status 0 when every notebook and the build succeeded, else 1."""
     import functools
 
+    from repairlib import evalcache
     from repairlib.book import cluster, runner
 
+    if args.no_eval_cache:
+        os.environ[evalcache.ENV] = ""
     execute_notebooks = None
     if args.devices:
         execute_notebooks = functools.partial(cluster.run_on_devices, devices=cluster.parse_devices(args.devices))

@@ -4,17 +4,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repairlib.plumbing import as_input, batches, eval_mode, fixed_order
+from repairlib import evalcache
+from repairlib.plumbing import as_input, batches, eval_mode, fixed_order, reusable
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data) -> dict:
     """``{"accuracy": fraction correct in [0, 1], "loss": mean cross-entropy}`` over ``data``.
 
     ``data`` yields ``(inputs, targets int64 [B])``; logits ``[B, classes]``, the loss summed in
     float64. Batches are moved to the model's device; the model runs in eval mode, its modes are
-    restored afterwards.
+    restored afterwards. With ``$REPAIR_EVAL_CACHE`` set, a result computed before for the same
+    network and data is read from that cache (:mod:`repairlib.evalcache`).
     """
+    return evalcache.memoised("evaluate", model, reusable(data), _evaluate)
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, data) -> dict:
     correct, loss, n = 0, 0.0, 0
     with eval_mode(model):
         for x, y in batches(fixed_order(data), chunk=True):  # CPU image batches in CPU_CHUNK pieces: same result
@@ -42,14 +48,18 @@ def per_example_logits(logits: torch.Tensor, targets: torch.Tensor) -> dict:
             "loss": F.cross_entropy(logits.double(), targets, reduction="none").cpu()}
 
 
-@torch.no_grad()
 def per_example(model: nn.Module, data) -> dict:
     """``{"correct": bool [N], "loss": float64 [N]}`` of ``model`` on every example of ``data``, in order.
 
     The per-example form of :func:`evaluate` (same batches, same eval mode): ``correct.double().mean()``
     is its accuracy and ``loss.mean()`` its loss; a bootstrap over test images resamples these
-    (:mod:`repairlib.book.evidence`). Tensors on the CPU.
+    (:mod:`repairlib.book.evidence`). Tensors on the CPU. Cached like :func:`evaluate`.
     """
+    return evalcache.memoised("per_example", model, reusable(data), _per_example)
+
+
+@torch.no_grad()
+def _per_example(model: nn.Module, data) -> dict:
     correct, loss = [], []
     with eval_mode(model):
         for x, y in batches(fixed_order(data), chunk=True):

@@ -9,7 +9,7 @@ import repairlib
 
 PACKAGE = Path(repairlib.__file__).parent
 # Each module may import only modules listed before it (the order of repairlib/__init__.py's docstring).
-ORDER = ("plumbing", "distributed", "data", "models", "batchnorm", "evaluation", "train", "zoo", "spec", "stats", "points",
+ORDER = ("plumbing", "distributed", "data", "models", "batchnorm", "evalcache", "evaluation", "train", "zoo", "spec", "stats", "points",
          "endpoints", "alignment", "interpolation", "fusion", "correction", "metrics", "pipeline", "analysis",
          "baselines", "plots", "book", "cli", "__main__")
 

@@ -245,9 +245,14 @@ def report_outcome(path, outcome, done: int, total: int, log) -> tuple:
 @contextlib.contextmanager
 def kernel_environment(jobs: int = 1):
     """The environment the runner's kernels inherit, restored afterwards: no progress bars
-    (``TQDM_DISABLE``), results recorded in the book (``REPAIR_RESULTS``, unless set), and with
-    ``jobs`` kernels side by side ``cores // jobs`` threads each (``OMP_NUM_THREADS``, unless set)."""
-    env = {"TQDM_DISABLE": "1", "REPAIR_RESULTS": os.environ.get("REPAIR_RESULTS") or str(book_results_dir())}
+    (``TQDM_DISABLE``), results recorded in the book (``REPAIR_RESULTS``, unless set), evaluations
+    cached beside the checkpoint zoo (``REPAIR_EVAL_CACHE``: ``<zoo>/evaluations`` unless set; set to
+    "" for none, :mod:`repairlib.evalcache`), and with ``jobs`` kernels side by side ``cores // jobs``
+    threads each (``OMP_NUM_THREADS``, unless set)."""
+    from repairlib import evalcache, zoo
+
+    env = {"TQDM_DISABLE": "1", "REPAIR_RESULTS": os.environ.get("REPAIR_RESULTS") or str(book_results_dir()),
+           evalcache.ENV: os.environ.get(evalcache.ENV, str(zoo.resolve_cache_dir() / "evaluations"))}
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
     saved = {k: os.environ.get(k) for k in env}
