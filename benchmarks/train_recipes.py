@@ -27,6 +27,7 @@ OUT = Path(__file__).parent / "results" / "train_recipes.json"
 FM = "fashion_mnist"
 RESNET20 = {"arch": "resnet20", "width": 1, "norm": "bn", "in_channels": 1}
 MLP10 = {"arch": "mlp", "depth": 10, "width": 512}
+VGG11 = {"arch": "vgg", "depth": 11, "in_channels": 1}
 
 # name -> (model config, fit keyword arguments); train_subset None = all 60,000 training images
 RUNS = {
@@ -67,6 +68,37 @@ RUNS = {
     "mlp 10x512, 3 ep (book recipe), fp32": (MLP10, {"epochs": 3, "bf16": False}),
     "mlp 10x512, 3 ep, bf16": (MLP10, {"epochs": 3, "bf16": True}),
     "mlp 10x512, 10 ep, bf16": (MLP10, {"epochs": 10, "bf16": True}),
+    # round 2 (AVX2 CPU, fp32): longer schedules of the no-augmentation, label-smoothing recipe
+    "resnet20 bn, 3 ep, batch 100, no augmentation, label smoothing 0.1, fp32": (RESNET20, {
+        "epochs": 3, "batch_size": 100, "lr": 0.08, "augment": "", "label_smoothing": 0.1, "bf16": False}),
+    "resnet20 ln, 2 ep, batch 100, clip 1, no augmentation, label smoothing 0.1, fp32": ({**RESNET20, "norm": "ln"}, {
+        "epochs": 2, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "label_smoothing": 0.1,
+        "bf16": False}),
+    "resnet20 fixup, 2 ep, batch 100, clip 1, no augmentation, label smoothing 0.1, fp32": ({**RESNET20, "norm": "fixup"}, {
+        "epochs": 2, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "label_smoothing": 0.1,
+        "bf16": False}),
+    "mlp 10x512, 6 ep, no augmentation, label smoothing 0.1, fp32": (MLP10, {
+        "epochs": 6, "augment": "", "label_smoothing": 0.1, "bf16": False}),
+    # weight averaging (an EMA of the weights, then BatchNorm re-estimated) and smaller batches
+    "resnet20 bn, 1 ep, batch 100, no augmentation, label smoothing 0.1, ema 0.99, fp32": (RESNET20, {
+        "epochs": 1, "batch_size": 100, "lr": 0.08, "augment": "", "label_smoothing": 0.1, "ema": 0.99,
+        "bf16": False}),
+    "resnet20 bn, 1 ep, batch 50, lr 0.05, no augmentation, label smoothing 0.1, fp32": (RESNET20, {
+        "epochs": 1, "batch_size": 50, "lr": 0.05, "augment": "", "label_smoothing": 0.1, "bf16": False}),
+    "mlp 10x512, 6 ep, no augmentation, label smoothing 0.1, ema 0.9, fp32": (MLP10, {
+        "epochs": 6, "augment": "", "label_smoothing": 0.1, "ema": 0.9, "bf16": False}),
+    "resnet20 ln, 3 ep, batch 100, clip 1, no augmentation, label smoothing 0.1, fp32": ({**RESNET20, "norm": "ln"}, {
+        "epochs": 3, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "label_smoothing": 0.1,
+        "bf16": False}),
+    "resnet20 fixup, 3 ep, batch 100, clip 1, no augmentation, label smoothing 0.1, fp32": ({**RESNET20, "norm": "fixup"}, {
+        "epochs": 3, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "label_smoothing": 0.1,
+        "bf16": False}),
+    "vgg11 x1, 3 ep, batch 100, lr 0.04, clip 1, no augmentation, label smoothing 0.1, fp32": (
+        {**VGG11, "width": 1}, {"epochs": 3, "batch_size": 100, "lr": 0.04, "grad_clip": 1.0, "augment": "",
+                                "label_smoothing": 0.1, "bf16": False}),
+    "vgg11 x0.5, 2 ep, batch 100, lr 0.04, clip 1, no augmentation, label smoothing 0.1, fp32": (
+        {**VGG11, "width": 0.5}, {"epochs": 2, "batch_size": 100, "lr": 0.04, "grad_clip": 1.0, "augment": "",
+                                  "label_smoothing": 0.1, "bf16": False}),
 }
 
 
