@@ -93,6 +93,9 @@ RUNS = {
     "resnet20 fixup, 3 ep, batch 100, clip 1, no augmentation, label smoothing 0.1, fp32": ({**RESNET20, "norm": "fixup"}, {
         "epochs": 3, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "", "label_smoothing": 0.1,
         "bf16": False}),
+    "resnet20 ln, 3 ep, batch 100, lr 0.04, clip 1, no augmentation, label smoothing 0.1, fp32": (
+        {**RESNET20, "norm": "ln"}, {"epochs": 3, "batch_size": 100, "lr": 0.04, "grad_clip": 1.0, "augment": "",
+                                     "label_smoothing": 0.1, "bf16": False}),
     "vgg11 x1, 3 ep, batch 100, lr 0.04, clip 1, no augmentation, label smoothing 0.1, fp32": (
         {**VGG11, "width": 1}, {"epochs": 3, "batch_size": 100, "lr": 0.04, "grad_clip": 1.0, "augment": "",
                                 "label_smoothing": 0.1, "bf16": False}),
