@@ -23,6 +23,7 @@ import functools
 import hashlib
 import inspect
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -109,7 +110,7 @@ def load(path: Path):
     try:
         return torch.load(path, weights_only=True)
     except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, ImportError,
-            __import__("pickle").UnpicklingError):
+            pickle.UnpicklingError):
         return None
 
 

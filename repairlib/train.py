@@ -105,12 +105,11 @@ def overridden(recipe: Recipe, **overrides) -> Recipe:
     unknown = sorted(set(overrides) - set(asdict(recipe)))
     if unknown:
         raise ValueError(f"unknown recipe field {unknown[0]!r}; valid: {', '.join(asdict(recipe))}")
-    clip = overrides.get("grad_clip")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, int | float) or not clip > 0):
-        raise ValueError(f"grad_clip must be a positive number or None, got {clip!r}")
-    decay = overrides.get("ema")
-    if decay is not None and (isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 < decay < 1):
-        raise ValueError(f"ema must be a decay between 0 and 1 (exclusive) or None, got {decay!r}")
+    for name, valid, what in (("grad_clip", lambda v: v > 0, "a positive number"),
+                              ("ema", lambda v: 0 < v < 1, "a decay between 0 and 1 (exclusive)")):
+        value = overrides.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not valid(value)):
+            raise ValueError(f"{name} must be {what} or None, got {value!r}")
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -183,8 +182,8 @@ def fit(model: nn.Module, dataset: str, *, epochs: int, seed: int = 0, device=No
 
     ``recipe``: a :class:`Recipe` or a ``RECIPES`` key (default: from the model's class); ``batch_size``,
     ``lr``, ``label_smoothing``, ``grad_clip``, ``augment`` (a :func:`repairlib.data.loader` augmentation;
-    ``""`` for none) and ``ema`` (a weight-averaging decay) override it. ``seed`` fixes data order and augmentation, so the same initial weights
-    and seed give identical weights on the CPU. Conv nets train in channels_last memory format (faster on
+    ``""`` for none) and ``ema`` (a weight-averaging decay) override it. ``seed`` fixes data order and
+    augmentation, so the same initial weights and seed give identical weights on the CPU. Conv nets train in channels_last memory format (faster on
     CPU and GPU; the model is handed back contiguous) where that is safe (:func:`channels_last_is_safe`).
     ``bf16``: bf16 autocast, by default on CUDA only; ``True`` also on the CPU (faster with AMX, not the
     fp32 default; emulated and slower without, with a warning); ``"auto"`` where the device has it in
@@ -315,9 +314,9 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
                                 weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total, recipe))
     criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
-    params = list(net.parameters())
     average = get_ema_multi_avg_fn(recipe.ema) if recipe.ema is not None else None
-    averaged = [p.detach().clone() for p in params] if average else None
+    weights = [p.detach() for p in net.parameters()]  # views of the parameters, updated in place by SGD
+    averaged = [w.clone() for w in weights] if average else None
     net.train()
     images, loop_start, cpu_start = 0, time.perf_counter(), time.process_time()
     bar = tqdm(total=total, desc=desc, unit="step", disable=_progress_disabled(progress))
@@ -336,7 +335,7 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
             optimizer.step()
             schedule.step()
             if average:
-                average(averaged, [p.detach() for p in params], None)
+                average(averaged, weights, None)
             epoch_loss += loss.detach().float()
             images += len(inputs)
             bar.update(1)
@@ -347,9 +346,7 @@ def _sgd(net, batches, recipe, epochs, amp, channels_last, progress, desc) -> di
             raise FloatingPointError(f"training diverged: loss {train_loss} (try a smaller lr)")
     bar.close()
     if averaged:
-        with torch.no_grad():
-            for p, a in zip(params, averaged, strict=True):
-                p.copy_(a)
+        torch._foreach_copy_(weights, averaged)
     loop_seconds, cpu_seconds = time.perf_counter() - loop_start, time.process_time() - cpu_start
     images *= distributed.world_size()  # every rank trained on its share of the same global batches
     return {"images_per_second": images / loop_seconds, "images_per_cpu_second": images / max(cpu_seconds, 1e-9),
