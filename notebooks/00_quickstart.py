@@ -81,8 +81,8 @@ cfg
 # %%
 dataset, device = cfg["dataset"], cfg["device"]
 model_a, model_b = [
-    zoo.trained(cfg["model"], dataset, epochs=cfg["epochs"], seed=seed,
-                train_subset=cfg["train_subset"], bf16=cfg["train_bf16"], device=device)
+    zoo.trained(cfg["model"], dataset, epochs=cfg["epochs"], seed=seed, train_subset=cfg["train_subset"],
+                **book.recipe_overrides(cfg), bf16=cfg["train_bf16"], device=device)
     for seed in cfg["seeds"]
 ]
 train = data.loader(dataset, "train", subset=cfg["stats_examples"], device=device)

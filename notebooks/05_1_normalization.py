@@ -118,7 +118,8 @@ test = data.loader(cfg["dataset"], "test", subset=cfg["eval_examples"], device=c
 def recipe(norm):
     """Epochs, learning rate and gradient clip of one normalisation: the section's, unless `norm_recipes`
     overrides them."""
-    return {"epochs": cfg["epochs"], "lr": cfg["lr"], "grad_clip": None, **cfg["norm_recipes"].get(norm, {})}
+    return {"epochs": cfg["epochs"], "lr": cfg["lr"], "grad_clip": None, **book.recipe_overrides(cfg),
+            **cfg["norm_recipes"].get(norm, {})}
 
 
 def pair(norm, width, seeds=cfg["seeds"]):

@@ -117,7 +117,8 @@ def aligned(config, seeds):
     """(A, B aligned to A, B as trained, REPAIR's endpoint statistics) of one seed pair."""
     model_a, model_b = [
         zoo.trained(config, cfg["dataset"], epochs=cfg["epochs"], seed=seed, train_subset=cfg["train_subset"],
-                    batch_size=cfg["batch_size"], lr=cfg["lr"], bf16=cfg["train_bf16"], device=cfg["device"])
+                    batch_size=cfg["batch_size"], lr=cfg["lr"], **book.recipe_overrides(cfg), bf16=cfg["train_bf16"],
+                    device=cfg["device"])
         for seed in seeds
     ]
     alignment = repairlib.align(model_a, model_b, train, stats_scope="conv")

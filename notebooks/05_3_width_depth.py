@@ -125,7 +125,8 @@ def data_of(dataset):
 def training(family):
     """How the sweep `family` ("mlp", "resnet", "vgg") trains: epochs, images, batch size, lr, gradient clip."""
     return {"epochs": cfg[f"{family}_epochs"], "train_subset": cfg[f"{family}_train_subset"],
-            **{k: cfg.get(f"{family}_{k}") for k in ("batch_size", "lr", "grad_clip")}}
+            **{k: cfg.get(f"{family}_{k}") for k in ("batch_size", "lr", "grad_clip")},
+            **book.recipe_overrides(cfg, family)}
 
 
 def one_pair(config, dataset, seeds, recipe):

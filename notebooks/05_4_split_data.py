@@ -104,7 +104,8 @@ test = data.loader(cfg["dataset"], "test", subset=cfg["eval_examples"], device=c
 
 def trained(**kwargs):
     return zoo.trained(cfg["model"], cfg["dataset"], epochs=cfg["epochs"], batch_size=cfg["batch_size"],
-                       lr=cfg["lr"], bf16=cfg["train_bf16"], device=cfg["device"], **kwargs)
+                       lr=cfg["lr"], **book.recipe_overrides(cfg), bf16=cfg["train_bf16"], device=cfg["device"],
+                       **kwargs)
 
 
 pairs = evidence.seed_pairs(cfg)

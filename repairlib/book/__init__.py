@@ -79,6 +79,7 @@ from repairlib.book.profiles import (
     check_section,
     describe,
     loaders,
+    recipe_overrides,
     settings,
     trained_pair,
 )
@@ -211,6 +212,7 @@ __all__ = [
     "show_provenance",
     "slope",
     "stack",
+    "recipe_overrides",
     "trained_pair",
     "trend",
     "verdict",
