@@ -28,12 +28,12 @@
 # **What we measure here.** The same three sweeps. The barrier (Eq. 1) is measured at the midpoint
 # $\alpha = 0.5$, where the interpolation curves peak, on test images, in error (endpoints' mean
 # accuracy minus the midpoint's) and in loss. At the `cpu` profile everything runs on Fashion-MNIST
-# only (the other three data sets are not available on this machine): the MLPs for three epochs on
+# only (the other three data sets are not available on this machine): the MLPs for six epochs on
 # all 60,000 images, the ResNet20s at widths $0.25\times$, $0.5\times$ and $1\times$ (the BatchNorm
-# networks of section 5.1) for one epoch, and the VGGs at all four depths (11, 13, 16, 19) at a quarter
-# of the paper's width (16 to 128 channels) for one epoch, every network on all 60,000 training images
-# under bf16 autocast. The endpoints are weaker than the paper's and the grids much
-# shorter, so look for the *direction* of each effect. The `paper` profile runs the paper's grids.
+# networks of section 5.1) for three epochs, and the VGGs at all four depths (11, 13, 16, 19) at a
+# quarter of the paper's width (16 to 128 channels) for one epoch, every network on all 60,000 training
+# images without augmentation, with label smoothing 0.1, under bf16 autocast where the CPU has it in
+# hardware. The grids are much shorter than the paper's, so look for the *direction* of each effect. The `paper` profile runs the paper's grids.
 #
 # **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
 # about 5 minutes on Colab's T4, training its networks from scratch, plus the install cell and the

@@ -242,6 +242,9 @@ def _add_book(sub):
     p.add_argument("--no-eval-cache", action="store_true",
                    help="evaluate every network afresh (default: results of networks and test data evaluated "
                         "before are read from <zoo>/evaluations, repairlib.evalcache)")
+    p.add_argument("--refresh-prose", action="store_true",
+                   help="run nothing: copy the Markdown and the figure captions of notebooks/ into the executed "
+                        "copies of the profile whose code cells are unchanged, then build the book")
     p.add_argument("--jobs", type=int, default=2, metavar="N",
                    help="notebooks run side by side, each with cores/N torch threads (default 2; 1 runs them "
                         "one after another)")
@@ -264,6 +267,8 @@ def book_command(args) -> int:
     from repairlib import evalcache
     from repairlib.book import cluster, runner
 
+    if args.refresh_prose:
+        return refresh_prose_command(args)
     if args.no_eval_cache:
         os.environ[evalcache.ENV] = ""
     execute_notebooks = None
@@ -278,6 +283,32 @@ def book_command(args) -> int:
                               jobs=args.jobs, log=functools.partial(print, flush=True),
                               execute_notebooks=execute_notebooks)
     return 0 if summary["ok"] else 1
+
+
+def refresh_prose_command(args) -> int:
+    """``book --refresh-prose``: :func:`repairlib.book.runner.refresh_prose` for every executed copy of the
+    profile (``--only`` narrows them), one line each, then the results page and the build (unless
+    ``--no-build``). Exit status 1 when a copy ran other code than its source (it is left as it was)."""
+    from repairlib.book import results, runner
+
+    notebook_dir = Path(args.notebooks or results.book_root() / "notebooks")
+    out_dir = Path(args.out or runner.executed_dir(args.profile))
+    failed = 0
+    for source in runner.select_notebooks(notebook_dir, args.only):
+        executed = out_dir / source.name
+        if not executed.exists():
+            print(f"{source.stem}: no executed copy in {out_dir}", flush=True)
+            continue
+        try:
+            print(f"{source.stem}: {'refreshed' if runner.refresh_prose(executed, source) else 'unchanged'}",
+                  flush=True)
+        except ValueError as e:
+            failed += 1
+            print(f"{source.stem}: {e}", flush=True)
+    if not args.no_build:
+        results.write_results_page()
+        failed += runner.build_book() is False
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------- entry point

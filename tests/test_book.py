@@ -49,6 +49,21 @@ def test_settings_overrides_and_validation():
         book.settings("cpu", "5.1", widht=3)
 
 
+def test_recipe_overrides_reach_every_network_and_the_paper_profile_keeps_table_1(monkeypatch):
+    from repairlib import zoo
+
+    assert all(book.recipe_overrides(book.settings("paper", s)) == {} for s in book.SECTIONS)
+    cfg = book.settings("cpu", "3")
+    assert book.recipe_overrides(cfg) == {"augment": "", "label_smoothing": 0.1}
+    assert book.recipe_overrides({**cfg, "mlp_augment": "translate"}, "mlp")["augment"] == "translate"
+    seen = []
+    monkeypatch.setattr(zoo, "trained", lambda config, dataset, **kwargs: seen.append(kwargs))
+    book.trained_pair(cfg, "conv")
+    assert [(k["augment"], k["label_smoothing"], k["seed"]) for k in seen] == [("", 0.1, 0), ("", 0.1, 1)]
+    with pytest.raises(ValueError, match="'lr'; valid: augment, label_smoothing, ema"):
+        book.recipe_overrides({"recipe_overrides": {"lr": 0.1}})
+
+
 @pytest.mark.parametrize("text, value", [
     ("3", 3), ("0.5", 0.5), ("[1, 2, 4]", [1, 2, 4]), ('{"arch": "mlp"}', {"arch": "mlp"}),
     ("null", None), ("None", None), ("(1, 2)", (1, 2)), ("true", True), ("fashion_mnist", "fashion_mnist"),
@@ -440,3 +455,36 @@ def test_fig8_right_needs_all_four_curves(tmp_path):
     block = book.results.fig8_right_block(tmp_path)
     assert "Paper Fig. 8 right" in block and "1 seed pairs in 1 setting" in block
     assert book.results.caption_panels(block) == [(8, "right")] and (tmp_path / "fig8_right_cpu.png").exists()
+
+
+def test_refresh_prose_copies_text_and_captions_and_keeps_outputs(tmp_path):
+    import nbformat
+
+    from repairlib.book import runner
+
+    new = nbformat.v4
+    source = new.new_notebook(cells=[new.new_markdown_cell("# Old title"),
+                                     new.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                                     new.new_code_cell("x", metadata={"mystnb": {"figure": {"caption": "old"}}})])
+    ran = nbformat.from_dict(json.loads(nbformat.writes(source)))
+    ran.cells.insert(2, new.new_code_cell('x = 2', metadata={"tags": ["injected-parameters"]}))
+    ran.cells[3].outputs = [new.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
+    ran.cells[3].metadata["papermill"] = {"duration": 0.5}
+    executed, src = tmp_path / "nb_run.ipynb", tmp_path / "nb.ipynb"
+    nbformat.write(ran, str(executed))
+    source.cells[0].source = "# New title, measured numbers"
+    source.cells[2].metadata["mystnb"]["figure"]["caption"] = "new caption"
+    nbformat.write(source, str(src))
+    assert runner.refresh_prose(executed, src) is True
+    nb = nbformat.read(str(executed), as_version=4)
+    assert nb.cells[0].source == "# New title, measured numbers"
+    assert nb.cells[3].metadata["mystnb"]["figure"]["caption"] == "new caption"
+    assert nb.cells[3].metadata["papermill"] == {"duration": 0.5} and nb.cells[3].outputs[0]["data"]["text/plain"] == "2"
+    assert nb.cells[2].source == "x = 2"  # papermill's injected values stay
+    assert runner.refresh_prose(executed, src) is False  # nothing left to copy
+    source.cells[2].source = "x + 1"
+    nbformat.write(source, str(src))
+    before = executed.read_bytes()
+    with pytest.raises(ValueError, match="did not run the code of .*rerun it"):
+        runner.refresh_prose(executed, src)
+    assert executed.read_bytes() == before

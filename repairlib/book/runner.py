@@ -176,6 +176,42 @@ def place_injected_parameters_first(path) -> bool:
     return True
 
 
+KEPT_METADATA = ("papermill", "execution")  # what papermill recorded about running a cell
+
+
+def refresh_prose(executed_path, source_path) -> bool:
+    """Copy the prose of ``source_path`` (a notebook in ``notebooks/``) into its executed copy
+    ``executed_path``, without running anything: every Markdown cell's text and every cell's metadata
+    (the figure captions of ``mystnb``, tags) from the source, the outputs and papermill's records
+    (:data:`KEPT_METADATA`, the injected parameters cell) as they ran. The code cells must be the ones
+    that ran: otherwise a ``ValueError`` (rerun the notebook instead). The copy is replaced atomically.
+    True if it changed."""
+    import nbformat
+
+    executed_path, source = Path(executed_path), nbformat.read(str(source_path), as_version=4)
+    nb = nbformat.read(str(executed_path), as_version=4)
+    ran = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
+    same = len(ran) == len(source.cells) and all(
+        a.cell_type == b.cell_type and (a.cell_type != "code" or a.source == b.source)
+        for a, b in zip(ran, source.cells))
+    if not same:
+        raise ValueError(f"{executed_path} did not run the code of {source_path}: rerun it "
+                         f"(python -m repairlib book --only {executed_path.stem})")
+    changed = False
+    for cell, new in zip(ran, source.cells):
+        metadata = {**new.metadata, **{k: cell.metadata[k] for k in KEPT_METADATA if k in cell.metadata}}
+        if cell.metadata != metadata or (cell.cell_type != "code" and cell.source != new.source):
+            changed = True
+            cell.metadata = nbformat.from_dict(metadata)
+            if cell.cell_type != "code":
+                cell.source = new.source
+    if changed:
+        tmp = partial_path(executed_path)
+        nbformat.write(nb, str(tmp))
+        os.replace(tmp, executed_path)
+    return changed
+
+
 def previous_seconds(executed_path) -> float:
     """Wall time papermill recorded in an executed copy (``metadata.papermill.duration``); infinity
     when there is none, so that a notebook never timed counts as a long one."""

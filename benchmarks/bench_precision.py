@@ -1,0 +1,91 @@
+"""One SGD step on the CPU: fp32 against bf16 autocast, contiguous against channels_last.
+
+    python benchmarks/bench_precision.py [--threads 1] [--steps 10]
+
+For each network the book trains (the 10 x 512 MLP at batch 2,000; ResNet20 x1 and VGG11 x1 at batch
+100, Fashion-MNIST-sized inputs) this times the SGD step that ``repairlib.train.fit`` runs (forward,
+cross-entropy, backward, SGD with momentum) on one fixed random batch, so data loading is left out, in
+the four combinations of precision and memory format (the MLP has no memory format to choose). Each
+timing is the process CPU time of ``--steps`` steps after three warm-up steps, the median of three
+rounds. Writes benchmarks/results/bench_precision.json with the CPU's name, torch's CPU capability and
+whether the CPU has bf16 in hardware (``repairlib.train.native_bf16``).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from repairlib import models, train
+
+OUT = Path(__file__).parent / "results" / "bench_precision.json"
+CASES = {  # name -> (model config, batch, input shape)
+    "mlp 10x512": ({"arch": "mlp", "depth": 10, "width": 512}, 2000, (1, 28, 28)),
+    "resnet20 x1": ({"arch": "resnet20", "width": 1, "norm": "bn", "in_channels": 1}, 100, (1, 28, 28)),
+    "vgg11 x1": ({"arch": "vgg", "depth": 11, "width": 1, "in_channels": 1}, 100, (1, 28, 28)),
+}
+
+
+def step_seconds(config: dict, batch: int, shape: tuple, bf16: bool, channels_last: bool, steps: int) -> float:
+    """Median CPU seconds of one SGD step of ``config`` on a batch of ``batch`` random inputs."""
+    torch.manual_seed(0)
+    model = models.build(config).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(batch, *shape).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    rounds = []
+    for _ in range(3):
+        start = time.process_time()
+        for _ in range(steps):
+            step()
+        rounds.append((time.process_time() - start) / steps)
+    return statistics.median(rounds)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    for name, (config, batch, shape) in CASES.items():
+        formats = (False,) if config["arch"] == "mlp" else (False, True)
+        for channels_last in formats:
+            for bf16 in (False, True):
+                seconds = step_seconds(config, batch, shape, bf16, channels_last, args.steps)
+                rows.append({"network": name, "batch": batch, "bf16": bf16, "channels_last": channels_last,
+                             "cpu_ms_per_step": round(1000 * seconds, 1),
+                             "images_per_cpu_second": round(batch / seconds, 1)})
+                print(f"{name:>12} {'channels_last' if channels_last else 'contiguous':>13} "
+                      f"{'bf16' if bf16 else 'fp32'}: {1000 * seconds:7.1f} CPU ms/step, "
+                      f"{batch / seconds:8.0f} img/CPU s", flush=True)
+    record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
+              "load_1min": os.getloadavg()[0], "cpu": platform.processor() or platform.machine(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": train.native_bf16("cpu"),
+              "torch": torch.__version__, "rows": rows}
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = OUT.with_suffix(f".json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, OUT)
+
+
+if __name__ == "__main__":
+    main()
