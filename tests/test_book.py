@@ -470,6 +470,7 @@ def test_refresh_prose_copies_text_and_captions_and_keeps_outputs(tmp_path):
     ran.cells.insert(2, new.new_code_cell('x = 2', metadata={"tags": ["injected-parameters"]}))
     ran.cells[3].outputs = [new.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
     ran.cells[3].metadata["papermill"] = {"duration": 0.5}
+    ran.cells[0].metadata["tags"] = []  # as papermill writes every cell
     executed, src = tmp_path / "nb_run.ipynb", tmp_path / "nb.ipynb"
     nbformat.write(ran, str(executed))
     source.cells[0].source = "# New title, measured numbers"
@@ -477,7 +478,7 @@ def test_refresh_prose_copies_text_and_captions_and_keeps_outputs(tmp_path):
     nbformat.write(source, str(src))
     assert runner.refresh_prose(executed, src) is True
     nb = nbformat.read(str(executed), as_version=4)
-    assert nb.cells[0].source == "# New title, measured numbers"
+    assert nb.cells[0].source == "# New title, measured numbers" and nb.cells[0].metadata["tags"] == []
     assert nb.cells[3].metadata["mystnb"]["figure"]["caption"] == "new caption"
     assert nb.cells[3].metadata["papermill"] == {"duration": 0.5} and nb.cells[3].outputs[0]["data"]["text/plain"] == "2"
     assert nb.cells[2].source == "x = 2"  # papermill's injected values stay

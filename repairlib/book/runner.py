@@ -199,7 +199,10 @@ def refresh_prose(executed_path, source_path) -> bool:
                          f"(python -m repairlib book --only {executed_path.stem})")
     changed = False
     for cell, new in zip(ran, source.cells):
-        metadata = {**new.metadata, **{k: cell.metadata[k] for k in KEPT_METADATA if k in cell.metadata}}
+        kept = {k: cell.metadata[k] for k in KEPT_METADATA if k in cell.metadata}
+        if "tags" not in new.metadata and cell.metadata.get("tags") == []:
+            kept["tags"] = []  # papermill gives every cell a tag list
+        metadata = {**new.metadata, **kept}
         if cell.metadata != metadata or (cell.cell_type != "code" and cell.source != new.source):
             changed = True
             cell.metadata = nbformat.from_dict(metadata)
