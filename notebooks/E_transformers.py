@@ -220,11 +220,11 @@ for family, fc in curves.items():
               + f"   barrier {c['barrier_accuracy']:6.1%}")
         print(f"  {'':>16}     loss " + " ".join(f"{v:6.3f}" for v in c["loss"]) + f"   barrier {c['barrier_loss']:6.3f}")
 
-# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: test accuracy along the linear path between two ViTs (embedding 48, 3 blocks, 4 heads) trained from different seeds, naive, aligned (attention heads matched as heads) and aligned + REPAIR (exact, scope \"conv\"). Scale: cpu profile, Fashion-MNIST, 2,000 test images, seeds 0 and 1; ViTs 4 epochs on 8,000 training images, ConvNeXts 2 epochs on 6,000 (the provenance table gives the run's values).", "name": "transformers-vit-curves"}}
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: test accuracy along the linear path between two ViTs (embedding 48, 3 blocks, 4 heads) trained from different seeds, naive, aligned (attention heads matched as heads) and aligned + REPAIR (exact, scope \"conv\"). Scale: cpu profile, Fashion-MNIST, all 10,000 test images, seeds 0 and 1; ViTs 4 epochs on 8,000 training images, ConvNeXts 2 epochs on 6,000 (the provenance table gives the run's values).", "name": "transformers-vit-curves"}}
 plots.curve(ALPHAS, {k: [100 * a for a in c["accuracy"]] for k, c in curves["vit"].items()},
             "test accuracy (%)", f"ViT, {plots.dataset_label(cfg['vit_dataset'])}", styles=STYLES)
 
-# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: the same three paths for two ConvNeXts (channels 16-128, one block per stage). Scale: cpu profile, Fashion-MNIST, 2,000 test images, seeds 0 and 1; ViTs 4 epochs on 8,000 training images, ConvNeXts 2 epochs on 6,000 (the provenance table gives the run's values).", "name": "transformers-convnext-curves"}}
+# %% mystnb={"figure": {"caption": "This project's own measurement, not a figure of the paper: the same three paths for two ConvNeXts (channels 16-128, one block per stage). Scale: cpu profile, Fashion-MNIST, all 10,000 test images, seeds 0 and 1; ViTs 4 epochs on 8,000 training images, ConvNeXts 2 epochs on 6,000 (the provenance table gives the run's values).", "name": "transformers-convnext-curves"}}
 plots.curve(ALPHAS, {k: [100 * a for a in c["accuracy"]] for k, c in curves["convnext"].items()},
             "test accuracy (%)", f"ConvNeXt, {plots.dataset_label(cfg['convnext_dataset'])}", styles=STYLES)
 
