@@ -33,12 +33,12 @@
 # better than REPAIR for VGG16 with weight matching on CIFAR-10) and a BatchNorm reset.
 #
 # **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
-# about 7 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
-# data download. Measured without a GPU (2026-12-01, 2 CPU cores, one torch thread per notebook): 1487
-# s with an empty checkpoint zoo, 258 s with the networks cached; the estimate assumes that training
-# runs 10x faster on a T4 and everything else no faster (the basis: the *Reproduce* page, and
-# `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's epochs and
-# is not estimated here (see *Running at the paper's scale*).
+# about 5 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
+# data download. Measured without a GPU (2026-12-02, 2 CPU cores with AVX512-BF16, one torch thread
+# per notebook): 1644 s with an empty checkpoint zoo, 109 s with the networks cached; the estimate
+# assumes that training runs 10x faster on a T4 and everything else no faster (the basis: the
+# *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks for
+# the paper's epochs and is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.

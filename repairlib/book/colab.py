@@ -23,32 +23,32 @@ from pathlib import Path
 
 # Seconds per notebook at the cpu profile: (empty checkpoint zoo, every network trained; filled zoo,
 # networks loaded), from the book's own runs `python -m repairlib book --profile cpu --jobs 2` on
-# 2026-12-01 on the 2-core development machine without a GPU, two notebooks side by side with one
+# 2026-12-02 on the 2-core development machine (AVX512-BF16, no GPU), two notebooks side by side with one
 # torch thread each, recorded by benchmarks/bench_book.py --import-log (benchmarks/results/bench_book.json,
 # runs cpu_cold and cpu_warm; a test keeps the two equal).
 MEASURED_CPU_S = {
-    "00_quickstart": (19.0, 18.3),
-    "03_variance_collapse": (53.1, 47.4),
-    "04_repair": (241.7, 148.0),
-    "05_1_normalization": (1920.1, 192.1),
-    "05_2_imagenet_resnets": (185.2, 94.1),
-    "05_3_width_depth": (1580.9, 93.1),
-    "05_4_split_data": (334.2, 102.4),
-    "C_no_alignment": (127.1, 110.6),
-    "D_merge_many": (1487.2, 258.5),
-    "E_transformers": (223.2, 60.6),
+    "00_quickstart": (38.1, 11.7),
+    "03_variance_collapse": (44.1, 29.1),
+    "04_repair": (196.1, 55.1),
+    "05_1_normalization": (4760.4, 60.3),
+    "05_2_imagenet_resnets": (357.3, 44.1),
+    "05_3_width_depth": (1822.4, 50.1),
+    "05_4_split_data": (801.5, 75.1),
+    "C_no_alignment": (203.2, 48.1),
+    "D_merge_many": (1644.2, 109.3),
+    "E_transformers": (318.2, 47.1),
 }
-MEASURED_ON = "2026-12-01, 2 CPU cores, one torch thread per notebook"
+MEASURED_ON = "2026-12-02, 2 CPU cores with AVX512-BF16, one torch thread per notebook"
 
 # The assumption: a T4 trains the cpu profile's networks 10x faster than one thread of the
 # development machine did in that run, and runs everything else (kernel start, imports, data
 # loading, alignment, evaluation, plots) no faster. Basis: a T4's peak is 8.1 TFLOP/s in fp32
-# (NVIDIA's T4 datasheet); the development machine trained at 121 GFLOP/s (ResNet20 x1: 653 images/s
-# x 186 MFLOP per training image) to 228 GFLOP/s (10 x 512 MLP: 14,419 images/s x 15.8 MFLOP) with
-# two threads (benchmarks/README.md, "Training"; FLOPs counted by torch.utils.flop_counter), so about
-# 60-115 GFLOP/s with the one thread each notebook had. 10x that is 0.6-1.2 TFLOP/s, 7-14% of the
-# T4's peak: a deliberately low utilisation for the small networks, short runs and batches of
-# 100-2,000 images of the cpu profile, where launch and Python overheads weigh most.
+# (NVIDIA's T4 datasheet); one thread of the development machine trained under bf16 autocast at
+# 180 GFLOP/s (ResNet20 x1, channels_last: 969 images per CPU second x 186 MFLOP per training image)
+# to 361 GFLOP/s (10 x 512 MLP: 22,839 images per CPU second x 15.8 MFLOP; benchmarks/results/
+# bench_precision.json, 2026-12-03; FLOPs counted by torch.utils.flop_counter). 10x that is 1.8-3.6
+# TFLOP/s, 22-45% of the T4's fp32 peak: a plausible utilisation for the small networks, short runs
+# and batches of 100-2,000 images of the cpu profile, where launch and Python overheads weigh most.
 T4_TRAINING_SPEEDUP = 10.0
 
 NOTE_START = "**On a free Colab GPU"
