@@ -88,13 +88,14 @@ SMOKE = {
 # cpu: the sections share checkpoints wherever the paper's grids overlap (same config, data set,
 # epochs, subset and seed -> one zoo entry): the 10x512 MLP pair (quickstart, 3, 4, 5.3, C) and the
 # ResNet20 BatchNorm networks (3, 4, 5.1, 5.3, C, many). Every network trains on all 60,000 training
-# images, under bf16 autocast on CPUs with AMX. Measured cold training cost: benchmarks/README.md (bench_book).
+# images, under bf16 autocast on CPUs with AMX or AVX512-BF16. Measured cold training cost: benchmarks/README.md
+# (bench_book).
 # the 10x512 MLP: six epochs (batch 2,000), 88.8% test accuracy in 116 CPU s on an AVX2 CPU (train_recipes.py)
 CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 6, "mlp_train_subset": None}
 ALPHAS11 = tuple(i / 10 for i in range(11))
 # ResNet20s: three epochs of all 60,000 images, batch 100 (1,800 SGD steps), no augmentation, label smoothing
 # 0.1: 92.7% test accuracy for a BatchNorm x1 (fp32, 887 CPU s on an AVX2 CPU; under bf16 autocast on an
-# AVX512-BF16 CPU about 64 CPU s an epoch), Fixup 91.5%, LayerNorm 89.4% (benchmarks/train_recipes.py).
+# AVX512-BF16 CPU 92.4-92.5% over four seeds, benchmarks/README.md "bf16 and channels_last"), Fixup 91.5%, LayerNorm 89.4% (benchmarks/train_recipes.py).
 # Sections 3, 4, 5.1-5.4, C and many share them.
 CPU_RESNET20 = {"epochs": 3, "train_subset": None, "batch_size": 100, "lr": 0.08}
 # sections 3, 4, C: the same ResNet20 pair as 5.1-5.4 (one zoo entry per seed)
@@ -109,10 +110,11 @@ CPU_VIT = {"arch": "vit", "embed_dim": 48, "depth": 3, "num_heads": 4, "mlp_rati
 CPU_CONVNEXT = {"arch": "convnext", "width": 16, "depth": 1}
 CPU = {
     # train_bf16 "auto": the networks train under bf16 autocast where the device has it in hardware (train.
-    # native_bf16: AMX or AVX512-BF16 CPUs, Ampere+ GPUs), in fp32 elsewhere. On an AMX CPU it halves the
+    # native_bf16: AMX or AVX512-BF16 CPUs, Ampere+ GPUs), in fp32 elsewhere. On an AMX CPU it halved the
     # training time at the same accuracy (benchmarks/train_recipes.py: ResNet20 1 epoch 82.9% in 108 CPU s
-    # against 83.6% in 195 s in fp32; the 10x512 MLP 83.4% against 83.3%); on an AVX2-only CPU it is
-    # emulated and several times slower than fp32. The zoo keys record which one a network got.
+    # against 83.6% in 195 s in fp32; the 10x512 MLP 83.4% against 83.3%); on an AVX512-BF16 EPYC a ResNet20
+    # x1 SGD step with channels_last is 1.82x faster than fp32, an MLP step 4.1x (bench_precision.py); on an
+    # AVX2-only CPU bf16 is emulated and several times slower than fp32. The zoo keys record which one a network got.
     # recipe_overrides: every network of the profile trains without augmentation and with label smoothing
     # 0.1 (benchmarks/README.md, "Training recipes"): in a run of a few epochs augmentation costs accuracy
     # (a ResNet20 x1, one epoch: 83.6% with Table 1's, 88.6% without, 89.8% with smoothing too).
