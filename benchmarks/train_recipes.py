@@ -99,6 +99,13 @@ RUNS = {
     "vgg11 x1, 3 ep, batch 100, lr 0.04, clip 1, no augmentation, label smoothing 0.1, fp32": (
         {**VGG11, "width": 1}, {"epochs": 3, "batch_size": 100, "lr": 0.04, "grad_clip": 1.0, "augment": "",
                                 "label_smoothing": 0.1, "bf16": False}),
+    # round 3 (AVX512-BF16 EPYC, bf16): VGG11 x1 towards 92%, a longer schedule or a higher lr
+    "vgg11 x1, 5 ep, batch 100, lr 0.04, clip 1, no augmentation, label smoothing 0.1, bf16": (
+        {**VGG11, "width": 1}, {"epochs": 5, "batch_size": 100, "lr": 0.04, "grad_clip": 1.0, "augment": "",
+                                "label_smoothing": 0.1, "bf16": True}),
+    "vgg11 x1, 3 ep, batch 100, lr 0.08, clip 1, no augmentation, label smoothing 0.1, bf16": (
+        {**VGG11, "width": 1}, {"epochs": 3, "batch_size": 100, "lr": 0.08, "grad_clip": 1.0, "augment": "",
+                                "label_smoothing": 0.1, "bf16": True}),
     "vgg11 x0.5, 2 ep, batch 100, lr 0.04, clip 1, no augmentation, label smoothing 0.1, fp32": (
         {**VGG11, "width": 0.5}, {"epochs": 2, "batch_size": 100, "lr": 0.04, "grad_clip": 1.0, "augment": "",
                                   "label_smoothing": 0.1, "bf16": False}),
