@@ -95,7 +95,8 @@ CPU_MLP = {"mlp_dataset": FM, "mlp": MLP10, "mlp_epochs": 6, "mlp_train_subset":
 ALPHAS11 = tuple(i / 10 for i in range(11))
 # ResNet20s: three epochs of all 60,000 images, batch 100 (1,800 SGD steps), no augmentation, label smoothing
 # 0.1: 92.7% test accuracy for a BatchNorm x1 (fp32, 887 CPU s on an AVX2 CPU; under bf16 autocast on an
-# AVX512-BF16 CPU 92.4-92.5% over four seeds, benchmarks/README.md "bf16 and channels_last"), Fixup 91.5%, LayerNorm 89.4% (benchmarks/train_recipes.py).
+# AVX512-BF16 CPU 92.4-92.5% over four seeds, benchmarks/README.md "bf16 and channels_last"), Fixup 91.5%,
+# LayerNorm 89.4% (benchmarks/train_recipes.py).
 # Sections 3, 4, 5.1-5.4, C and many share them.
 CPU_RESNET20 = {"epochs": 3, "train_subset": None, "batch_size": 100, "lr": 0.08}
 # sections 3, 4, C: the same ResNet20 pair as 5.1-5.4 (one zoo entry per seed)
@@ -114,7 +115,8 @@ CPU = {
     # training time at the same accuracy (benchmarks/train_recipes.py: ResNet20 1 epoch 82.9% in 108 CPU s
     # against 83.6% in 195 s in fp32; the 10x512 MLP 83.4% against 83.3%); on an AVX512-BF16 EPYC a ResNet20
     # x1 SGD step with channels_last is 1.82x faster than fp32, an MLP step 4.1x (bench_precision.py); on an
-    # AVX2-only CPU bf16 is emulated and several times slower than fp32. The zoo keys record which one a network got.
+    # AVX2-only CPU bf16 is emulated and several times slower than fp32. The zoo keys record which one a
+    # network got.
     # recipe_overrides: every network of the profile trains without augmentation and with label smoothing
     # 0.1 (benchmarks/README.md, "Training recipes"): in a run of a few epochs augmentation costs accuracy
     # (a ResNet20 x1, one epoch: 83.6% with Table 1's, 88.6% without, 89.8% with smoothing too).
