@@ -35,24 +35,42 @@ def test_first_cells_are_written_from_the_one_table_and_the_one_url():
     stale = colab.write_first_cells(ROOT, check=True)
     assert not stale, (f"first cells out of date: {[p.name for p in stale]}; run python -c 'from repairlib.book "
                        f"import colab; colab.write_first_cells()' and jupytext --sync those notebooks")
-    for stem in colab.MEASURED_CPU_S:
+    assert colab.measured_cpu_s(ROOT), "no notebook timed in both runs of bench_book.json"
+    for stem in colab.measured_cpu_s(ROOT):
         title = nbformat.read(str(ROOT / "notebooks" / f"{stem}.ipynb"), 4).cells[0].source
         assert " ".join(colab.colab_note(stem).split()) in " ".join(title.split()), (
             f"{stem}.ipynb's title cell lacks its Colab estimate; run jupytext --sync notebooks/{stem}.py")
 
 
-def test_measured_times_are_the_benchmark_records():
+def test_measured_times_are_the_benchmark_records(tmp_path):
     runs = json.loads((ROOT / "benchmarks" / "results" / "bench_book.json").read_text())["runs"]
-    for stem, (cold, warm) in colab.MEASURED_CPU_S.items():
+    measured = colab.measured_cpu_s(ROOT)
+    for stem, (cold, warm) in measured.items():
         assert (cold, warm) == (runs["cpu_cold"]["notebooks"][stem]["seconds"],
                                 runs["cpu_warm"]["notebooks"][stem]["seconds"]), stem
-    assert set(colab.MEASURED_CPU_S) <= {p.stem for p in (ROOT / "notebooks").glob("*.py")}
+    assert set(measured) <= {p.stem for p in (ROOT / "notebooks").glob("*.py")}
+    assert set(measured) == set(runs["cpu_cold"]["notebooks"]) & set(runs["cpu_warm"]["notebooks"])
+    # a root without the records, or with only one of the two runs: one clear error each
+    with pytest.raises(FileNotFoundError, match="bench_book.json is missing"):
+        colab.measured_cpu_s(tmp_path)
+    (tmp_path / colab.BENCH_BOOK).parent.mkdir(parents=True)
+    (tmp_path / colab.BENCH_BOOK).write_text(json.dumps({"runs": {"cpu_cold": runs["cpu_cold"]}}))
+    with pytest.raises(KeyError, match="no run cpu_warm"):
+        colab.measured_cpu_s(tmp_path)
+    # a new timed run changes the notes with no edit to the code
+    fresh = {"cpu_cold": {"date": "2027-01-05 10:00 UTC", "notebooks": {"04_repair": {"seconds": 600.0}}},
+             "cpu_warm": {"date": "2027-01-05 11:00 UTC", "notebooks": {"04_repair": {"seconds": 60.0}}}}
+    (tmp_path / colab.BENCH_BOOK).write_text(json.dumps({"runs": fresh}))
+    note = colab.colab_note("04_repair", tmp_path)
+    assert colab.measured_cpu_s(tmp_path) == {"04_repair": (600.0, 60.0)}
+    assert "2027-01-05," in note and "600 s with an empty" in note and "about 2 minutes" in note  # 60 + 540/10 s
 
 
 def test_the_estimate_is_the_stated_arithmetic():
-    cold, warm = colab.MEASURED_CPU_S["05_1_normalization"]
+    measured = colab.measured_cpu_s(ROOT)
+    cold, warm = measured["05_1_normalization"]
     assert colab.t4_seconds("05_1_normalization") == pytest.approx(warm + (cold - warm) / colab.T4_TRAINING_SPEEDUP)
-    for stem, (c, w) in colab.MEASURED_CPU_S.items():  # never below the work without training,
+    for stem, (c, w) in measured.items():  # never below the work without training,
         assert w <= colab.t4_seconds(stem) <= max(c, w), stem  # never above the CPU's own time
     note = colab.colab_note("05_1_normalization")
     minutes = math.ceil(colab.t4_seconds("05_1_normalization") / 60)  # whole minutes, rounded up
@@ -69,7 +87,7 @@ def test_first_cells_rewrite_the_url_and_the_note_only():
     assert colab.first_cells(new, "04_repair", "https://new/y") == new  # idempotent
     moved = colab.first_cells(new.replace("Intro.", "Intro, longer."), "05_2_imagenet_resnets", "https://new/y")
     assert moved.count(colab.NOTE_START) == 1 and "Intro, longer." in moved
-    assert f"{colab.MEASURED_CPU_S['05_2_imagenet_resnets'][0]:.0f} s" in " ".join(moved.replace("\n#", " ").split())
+    assert f"{colab.measured_cpu_s(ROOT)['05_2_imagenet_resnets'][0]:.0f} s" in " ".join(moved.replace("\n#", " ").split())
 
 
 # ------------------------------------------------------------------ the install, the Colab way

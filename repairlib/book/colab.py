@@ -5,8 +5,8 @@ Every notebook's install cell (its first code cell) runs ``pip install "repairli
 git+<URL>"`` where URL is ``repository.url`` of ``_config.yml``, the one place the repository is set
 (the launch buttons read it too). Its title cell ends with :func:`colab_note`: an *estimate*, not a
 measurement (no GPU has run the book yet), of the page's time on a free Colab GPU (an NVIDIA T4) at
-the ``cpu`` profile, made from the times measured on the 2-core development machine
-(:data:`MEASURED_CPU_S`) and one stated assumption (:data:`T4_TRAINING_SPEEDUP`).
+the ``cpu`` profile, made from the times measured on the 2-core development machine (:func:`measured_cpu_s`,
+read from ``benchmarks/results/bench_book.json``) and one stated assumption (:data:`T4_TRAINING_SPEEDUP`).
 
 After changing the URL or the measurements, ``python -c "from repairlib.book import colab;
 colab.write_first_cells()"`` rewrites both in ``notebooks/<stem>.py`` (then ``jupytext --sync``);
@@ -21,24 +21,43 @@ import re
 import textwrap
 from pathlib import Path
 
-# Seconds per notebook at the cpu profile: (empty checkpoint zoo, every network trained; filled zoo,
-# networks loaded), from the book's own runs `python -m repairlib book --profile cpu --jobs 2` on
-# 2026-12-02 on the 2-core development machine (AVX512-BF16, no GPU), two notebooks side by side with one
-# torch thread each, recorded by benchmarks/bench_book.py --import-log (benchmarks/results/bench_book.json,
-# runs cpu_cold and cpu_warm; a test keeps the two equal).
-MEASURED_CPU_S = {
-    "00_quickstart": (38.1, 11.7),
-    "03_variance_collapse": (44.1, 29.1),
-    "04_repair": (196.1, 55.1),
-    "05_1_normalization": (4760.4, 60.3),
-    "05_2_imagenet_resnets": (357.3, 44.1),
-    "05_3_width_depth": (1822.4, 50.1),
-    "05_4_split_data": (801.5, 75.1),
-    "C_no_alignment": (203.2, 48.1),
-    "D_merge_many": (1644.2, 109.3),
-    "E_transformers": (318.2, 47.1),
-}
-MEASURED_ON = "2026-12-02, 2 CPU cores with AVX512-BF16, one torch thread per notebook"
+BENCH_BOOK = Path("benchmarks") / "results" / "bench_book.json"  # under the book's root
+MACHINE = "2 CPU cores with AVX512-BF16, one torch thread per notebook"  # the machine of those runs
+
+
+def measured_runs(root=None) -> dict:
+    """The book's own timed runs at the cpu profile, ``python -m repairlib book --profile cpu --jobs 2``
+    recorded by ``benchmarks/bench_book.py --import-log``: ``{"cpu_cold": run, "cpu_warm": run}`` from
+    ``<root>/benchmarks/results/bench_book.json`` (cold: empty checkpoint zoo, every network trained;
+    warm: filled zoo, networks loaded). Each run has ``date`` and ``notebooks: {stem: {"seconds": s}}``."""
+    import json
+
+    from repairlib.book.results import book_root
+
+    path = (Path(root) if root is not None else book_root()) / BENCH_BOOK
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: the Colab estimates are made from the book's timed runs "
+                                f"(python benchmarks/bench_book.py --import-log ...)")
+    runs = json.loads(path.read_text()).get("runs", {})
+    missing = [k for k in ("cpu_cold", "cpu_warm") if k not in runs]
+    if missing:
+        raise KeyError(f"{path} has no run {' or '.join(missing)}: record a cold and a warm run of the cpu profile")
+    return {k: runs[k] for k in ("cpu_cold", "cpu_warm")}
+
+
+def measured_cpu_s(root=None) -> dict:
+    """``{stem: (cold seconds, warm seconds)}`` for every notebook timed in both runs of
+    :func:`measured_runs`, in the cold run's order."""
+    runs = measured_runs(root)
+    cold, warm = runs["cpu_cold"]["notebooks"], runs["cpu_warm"]["notebooks"]
+    return {stem: (cold[stem]["seconds"], warm[stem]["seconds"]) for stem in cold if stem in warm}
+
+
+def measured_on(root=None) -> str:
+    """When and where :func:`measured_cpu_s` was measured, as the notes state it."""
+    dates = sorted({run["date"][:10] for run in measured_runs(root).values()})
+    return f"{' and '.join(dates)}, {MACHINE}"
+
 
 # The assumption: a T4 trains the cpu profile's networks 10x faster than one thread of the
 # development machine did in that run, and runs everything else (kernel start, imports, data
@@ -55,11 +74,11 @@ NOTE_START = "**On a free Colab GPU"
 _URL = re.compile(r"git\+[^\"'\s]+")
 
 
-def t4_seconds(stem: str) -> float:
+def t4_seconds(stem: str, measured=None) -> float:
     """The estimated seconds of notebook ``stem`` on a T4 at the cpu profile with an empty zoo: the
     measured time without training (the filled-zoo run) plus the measured training time (empty zoo
     minus filled zoo) divided by :data:`T4_TRAINING_SPEEDUP`."""
-    cold, warm = MEASURED_CPU_S[stem]
+    cold, warm = (measured if measured is not None else measured_cpu_s())[stem]
     return warm + max(cold - warm, 0.0) / T4_TRAINING_SPEEDUP
 
 
@@ -68,14 +87,15 @@ def _minutes(seconds: float) -> str:
     return f"{m} minute" + ("s" if m != 1 else "")
 
 
-def colab_note(stem: str) -> str:
+def colab_note(stem: str, root=None) -> str:
     """The Markdown paragraph that ends notebook ``stem``'s title cell: the estimated time on a free
     Colab GPU, marked as an estimate, with the measured figures and the assumption it comes from."""
-    cold, warm = MEASURED_CPU_S[stem]
+    measured = measured_cpu_s(root)
+    cold, warm = measured[stem]
     return (
         f"{NOTE_START} (an estimate, not a measurement).** At the `cpu` profile this page should take "
-        f"about {_minutes(t4_seconds(stem))} on Colab's T4, training its networks from scratch, plus "
-        f"the install cell and the data download. Measured without a GPU ({MEASURED_ON}): "
+        f"about {_minutes(t4_seconds(stem, measured))} on Colab's T4, training its networks from scratch, plus "
+        f"the install cell and the data download. Measured without a GPU ({measured_on(root)}): "
         f"{cold:.0f} s with an empty checkpoint zoo, {warm:.0f} s with the networks cached; the "
         f"estimate assumes that training runs {T4_TRAINING_SPEEDUP:g}x faster on a T4 and everything else "
         f"no faster (the basis: the *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks "
@@ -100,7 +120,7 @@ def _cells(text: str) -> list:
     return list(zip(starts, starts[1:] + [len(lines)]))
 
 
-def first_cells(text: str, stem: str, url: str) -> str:
+def first_cells(text: str, stem: str, url: str, root=None) -> str:
     """py:percent source ``text`` with its title cell ending in :func:`colab_note` and its first code
     cell installing from ``git+url``; nothing else changes."""
     lines = text.splitlines(keepends=True)
@@ -120,7 +140,7 @@ def first_cells(text: str, stem: str, url: str) -> str:
         body = body[:note_at] + body[stop + 1:]
         while body and body[-1].strip() == "#":
             body.pop()
-    note = textwrap.wrap(colab_note(stem), 100, break_on_hyphens=False)
+    note = textwrap.wrap(colab_note(stem, root), 100, break_on_hyphens=False)
     body = body + ["#\n"] + [f"# {line}\n" for line in note]
     return "".join(lines[:start + 1] + body + tail + lines[end:])
 
@@ -134,12 +154,12 @@ def write_first_cells(root=None, check: bool = False) -> list:
     root = Path(root) if root is not None else book_root()
     url = repository_url(root)
     changed = []
-    for stem in MEASURED_CPU_S:
+    for stem in measured_cpu_s(root):
         path = root / "notebooks" / f"{stem}.py"
         if not path.exists():
             continue
         text = path.read_text()
-        new = first_cells(text, stem, url)
+        new = first_cells(text, stem, url, root)
         if new != text:
             changed.append(path)
             if not check:
