@@ -1,13 +1,13 @@
 """One SGD step on the CPU: fp32 against bf16 autocast, contiguous against channels_last.
 
-    python benchmarks/bench_precision.py [--threads 1] [--steps 10] [--compile] [--out results/bench_precision.json]
+    python benchmarks/bench_precision.py [--threads 1] [--steps 10] [--compile] [--out PATH]
 
 For each network the book trains (the 10 x 512 MLP at batch 2,000; ResNet20 x1 and VGG11 x1 at batch
 100, Fashion-MNIST-sized inputs) this times the SGD step that ``repairlib.train.fit`` runs (forward,
 cross-entropy, backward, SGD with momentum) on one fixed random batch, so data loading is left out, in
 the four combinations of precision and memory format (the MLP has no memory format to choose). Each
 timing is the process CPU time of ``--steps`` steps after three warm-up steps, the median of three
-rounds. Writes benchmarks/results/bench_precision.json with the CPU's name, torch's CPU capability and
+rounds. Writes benchmarks/results/bench_precision.json (or ``--out``) with the CPU's name, torch's CPU capability and
 whether the CPU has bf16 in hardware (``repairlib.train.native_bf16``). ``--compile`` adds, for each
 network, the fastest eager combination (bf16, channels_last for the conv nets) run through
 ``torch.compile`` (inductor), timed the same way after its compiling first steps, whose wall time is

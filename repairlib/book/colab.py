@@ -45,17 +45,18 @@ def measured_runs(root=None) -> dict:
     return {k: runs[k] for k in ("cpu_cold", "cpu_warm")}
 
 
-def measured_cpu_s(root=None) -> dict:
+def measured_cpu_s(root=None, runs=None) -> dict:
     """``{stem: (cold seconds, warm seconds)}`` for every notebook timed in both runs of
-    :func:`measured_runs`, in the cold run's order."""
-    runs = measured_runs(root)
+    :func:`measured_runs` (read from ``root`` unless ``runs`` is given), in the cold run's order."""
+    runs = runs if runs is not None else measured_runs(root)
     cold, warm = runs["cpu_cold"]["notebooks"], runs["cpu_warm"]["notebooks"]
     return {stem: (cold[stem]["seconds"], warm[stem]["seconds"]) for stem in cold if stem in warm}
 
 
-def measured_on(root=None) -> str:
+def measured_on(root=None, runs=None) -> str:
     """When and where :func:`measured_cpu_s` was measured, as the notes state it."""
-    dates = sorted({run["date"][:10] for run in measured_runs(root).values()})
+    runs = runs if runs is not None else measured_runs(root)
+    dates = sorted({run["date"][:10] for run in runs.values()})
     return f"{' and '.join(dates)}, {MACHINE}"
 
 
@@ -90,12 +91,13 @@ def _minutes(seconds: float) -> str:
 def colab_note(stem: str, root=None) -> str:
     """The Markdown paragraph that ends notebook ``stem``'s title cell: the estimated time on a free
     Colab GPU, marked as an estimate, with the measured figures and the assumption it comes from."""
-    measured = measured_cpu_s(root)
+    runs = measured_runs(root)  # one read of bench_book.json for the times and their date
+    measured = measured_cpu_s(runs=runs)
     cold, warm = measured[stem]
     return (
         f"{NOTE_START} (an estimate, not a measurement).** At the `cpu` profile this page should take "
         f"about {_minutes(t4_seconds(stem, measured))} on Colab's T4, training its networks from scratch, plus "
-        f"the install cell and the data download. Measured without a GPU ({measured_on(root)}): "
+        f"the install cell and the data download. Measured without a GPU ({measured_on(runs=runs)}): "
         f"{cold:.0f} s with an empty checkpoint zoo, {warm:.0f} s with the networks cached; the "
         f"estimate assumes that training runs {T4_TRAINING_SPEEDUP:g}x faster on a T4 and everything else "
         f"no faster (the basis: the *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks "
