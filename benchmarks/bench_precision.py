@@ -1,6 +1,6 @@
 """One SGD step on the CPU: fp32 against bf16 autocast, contiguous against channels_last.
 
-    python benchmarks/bench_precision.py [--threads 1] [--steps 10] [--compile] [--out PATH]
+    python benchmarks/bench_precision.py [--threads 1] [--steps 10] [--compile] [--widths] [--out PATH]
 
 For each network the book trains (the 10 x 512 MLP at batch 2,000; ResNet20 x1 and VGG11 x1 at batch
 100, Fashion-MNIST-sized inputs) this times the SGD step that ``repairlib.train.fit`` runs (forward,
@@ -11,7 +11,9 @@ rounds. Writes benchmarks/results/bench_precision.json (or ``--out``) with the C
 whether the CPU has bf16 in hardware (``repairlib.train.native_bf16``). ``--compile`` adds, for each
 network, the fastest eager combination (bf16, channels_last for the conv nets) run through
 ``torch.compile`` (inductor), timed the same way after its compiling first steps, whose wall time is
-recorded as ``compile_seconds``.
+recorded as ``compile_seconds``. ``--widths`` times BatchNorm ResNet20s at widths x0.25 to x2 instead
+and adds, from ``torch.profiler``, the share of each bf16 channels_last step spent in convolutions (forward
+and backward) and in the first stage's convolutions (28 x 28 feature maps) alone.
 """
 
 import argparse
@@ -32,6 +34,9 @@ CASES = {  # name -> (model config, batch, input shape)
     "resnet20 x1": ({"arch": "resnet20", "width": 1, "norm": "bn", "in_channels": 1}, 100, (1, 28, 28)),
     "vgg11 x1": ({"arch": "vgg", "depth": 11, "width": 1, "in_channels": 1}, 100, (1, 28, 28)),
 }
+
+WIDTHS = {f"resnet20 x{w:g}": ({"arch": "resnet20", "width": w, "norm": "bn", "in_channels": 1}, 100, (1, 28, 28))
+          for w in (0.25, 0.5, 1, 2)}
 
 
 def step_seconds(config: dict, batch: int, shape: tuple, bf16: bool, channels_last: bool, steps: int,
@@ -67,16 +72,46 @@ def step_seconds(config: dict, batch: int, shape: tuple, bf16: bool, channels_la
     return statistics.median(rounds), warm_up
 
 
+def conv_shares(config: dict, batch: int, shape: tuple, steps: int = 5) -> dict:
+    """Shares of one bf16 channels_last SGD step's profiled CPU time spent in convolutions (forward and
+    backward) and in those whose input is a first-stage feature map (the input's height, e.g. 28)."""
+    torch.manual_seed(0)
+    model = models.build(config).train().to(memory_format=torch.channels_last)
+    x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(steps):
+            step()
+    rows = prof.key_averages(group_by_input_shape=True)
+    total = sum(r.self_cpu_time_total for r in rows)
+    conv = [r for r in rows if r.key in ("aten::convolution_backward", "aten::mkldnn_convolution")]
+    first = [r for r in conv if r.input_shapes and len(r.input_shapes[0]) == 4 and r.input_shapes[0][2] == shape[-2]]
+    return {"conv_share": round(sum(r.self_cpu_time_total for r in conv) / total, 3),
+            "first_stage_conv_share": round(sum(r.self_cpu_time_total for r in first) / total, 3)}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--compile", action="store_true", help="also time the bf16 step under torch.compile")
+    p.add_argument("--widths", action="store_true", help="time ResNet20s at widths x0.25-x2 instead")
     p.add_argument("--out", type=Path, default=OUT, help="where the JSON record goes (written atomically)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
-    for name, (config, batch, shape) in CASES.items():
+    for name, (config, batch, shape) in (WIDTHS if args.widths else CASES).items():
         formats = (False,) if config["arch"] == "mlp" else (False, True)
         variants = [(channels_last, bf16, False) for channels_last in formats for bf16 in (False, True)]
         if args.compile:
@@ -90,6 +125,9 @@ def main():
             print(f"{name:>12} {'channels_last' if channels_last else 'contiguous':>13} "
                   f"{'bf16' if bf16 else 'fp32'}{' compiled' if compiled else ''}: {1000 * seconds:7.1f} CPU ms/step, "
                   f"{batch / seconds:8.0f} img/CPU s", flush=True)
+        if args.widths:
+            rows.append({"network": name, "batch": batch, **conv_shares(config, batch, shape)})
+            print(f"{name:>12} shares of a bf16 channels_last step: {rows[-1]}", flush=True)
     record = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "threads": torch.get_num_threads(),
               "load_1min": os.getloadavg()[0], "cpu": platform.processor() or platform.machine(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": train.native_bf16("cpu"),

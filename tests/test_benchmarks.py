@@ -41,3 +41,11 @@ def test_bench_book_records_a_main_job_run_from_its_progress_lines():
     assert run["notebooks"]["05_2_imagenet_resnets"] == {"seconds": 206.6, "ok": True, "error": None}
     with pytest.raises(SystemExit, match="no finished"):
         bench.parse_log("book: 2 notebook(s) at profile cpu -> /x\n")
+
+
+def test_bench_precision_conv_shares_are_fractions_of_a_profiled_step():
+    bench = _script("bench_precision")
+    config = {"arch": "resnet20", "width": 0.25, "norm": "bn", "in_channels": 1}
+    shares = bench.conv_shares(config, 4, (1, 28, 28), steps=1)
+    assert 0 < shares["first_stage_conv_share"] < shares["conv_share"] < 1
+    assert set(bench.WIDTHS) == {"resnet20 x0.25", "resnet20 x0.5", "resnet20 x1", "resnet20 x2"}

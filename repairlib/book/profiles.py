@@ -130,8 +130,8 @@ CPU = {
     "4": {**CPU_MLP, **CPU_DEPTHS, **CPU_CONV, "conv_widths": (0.25, 0.5, 1), "alphas": ALPHAS11,
           "conv_alphas": (0.0, 0.25, 0.5, 0.75, 1.0),  # conv curves cost a pass per alpha: fewer points
           **CPU_EXAMPLES},
-    # 5.1 and 5.3: widths x0.25, x0.5, x1 (4/8/16 to 16/32/64 channels; a x2 costs ~4x a x1), shared by the
-    # two sections. LayerNorm and Fixup ResNet20s train at the BatchNorm lr 0.08 with their gradient norm
+    # 5.1 and 5.3: widths x0.25, x0.5, x1 (4/8/16 to 16/32/64 channels; a x2 step costs 2.15x a x1's, a
+    # x0.25 0.42x, benchmarks/README.md), shared by the two sections. LayerNorm and Fixup ResNet20s train at the BatchNorm lr 0.08 with their gradient norm
     # clipped at 1: without the clip Fixup diverges at 0.08, and at 0.02 one Fixup x0.25 seed of four
     # collapsed to chance after a gradient spike (8.9%); with it that seed reaches 60.1%, a Fixup x1 75.5%
     # (70.7% at lr 0.02 unclipped) and a LayerNorm x1 75.2% (73.7% at lr 0.04), seed 0, 2026-12-01.
