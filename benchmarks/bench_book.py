@@ -6,10 +6,15 @@ one jupyter-book build. Writes benchmarks/results/bench_book.json.
     python benchmarks/bench_book.py                 # smoke, cpu cold, cpu warm, build (the lead's run)
     python benchmarks/bench_book.py --runs smoke    # seconds: every notebook at the smoke profile
     python benchmarks/bench_book.py --import-log cold.log --as cpu_cold   # record a main-job run
+    python benchmarks/bench_book.py --import-log page.log --as cpu_cold_page  # a page rerun alone (--only)
 
 ``--import-log`` records a run of ``python -m repairlib book --profile cpu --jobs 2`` made with an empty
 ``$REPAIR_ZOO`` (the run that wrote the committed executed copies) from its progress lines, so the book's
-own cold run is the measured one and need not be repeated.
+own cold run is the measured one and need not be repeated. A page changed after those runs is timed
+alone (``python -m repairlib book --profile cpu --only SECTION`` with an empty zoo, then again with
+the zoo it filled) and recorded as ``cpu_cold_page`` / ``cpu_warm_page``: those records collect
+notebooks, each with its own date, commit and log, and a later rerun of another page is added beside
+them (:func:`merge_page_run`); :mod:`repairlib.book.colab` reads a page's times from them.
 
 The executed copies go to a temporary directory (the book's own copies are written by
 ``python -m repairlib book``); measured results go to a temporary $REPAIR_RESULTS.
@@ -31,6 +36,7 @@ from repairlib import book
 ROOT = Path(__file__).resolve().parents[1]
 
 RUNS = {"smoke": ("smoke", "fresh"), "cpu_cold": ("cpu", "fresh"), "cpu_warm": ("cpu", "reuse")}
+PAGES = {"cpu_cold_page": "cpu_cold", "cpu_warm_page": "cpu_warm"}  # pages rerun alone -> their whole-book run
 _DONE = re.compile(r"^\[\d+/\d+\]\s+(\S+)\s+([\d.]+) s\s+(ok|FAILED)")
 _TOTAL = re.compile(r"^book: \d+ ok, \d+ failed in (\d+) s")
 
@@ -44,6 +50,15 @@ def parse_log(text: str, profile: str = "cpu", jobs: int = 2) -> dict:
         raise SystemExit("the log holds no finished `python -m repairlib book` run (no progress or total line)")
     return {"profile": profile, "jobs": jobs, "total_s": totals[-1], "ok": all(n["ok"] for n in notebooks.values()),
             "notebooks": notebooks, "source": "python -m repairlib book, progress lines"}
+
+
+def merge_page_run(earlier, new: dict) -> dict:
+    """A page-rerun record: ``new``'s notebooks, each stamped with ``new``'s date, commit and log, added
+    to (or replacing the same notebook in) ``earlier``'s; ``total_s`` is the last rerun's."""
+    stamped = {stem: {**entry, **{k: new.get(k) for k in ("date", "commit", "log")}}
+               for stem, entry in new["notebooks"].items()}
+    notebooks = {**((earlier or {}).get("notebooks", {})), **stamped}
+    return {**new, "notebooks": notebooks, "ok": all(n["ok"] for n in notebooks.values())}
 
 
 def run_profile(profile: str, zoo: Path, out: Path, only=None, jobs: int = 2) -> dict:
@@ -65,7 +80,8 @@ def run_profile(profile: str, zoo: Path, out: Path, only=None, jobs: int = 2) ->
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", nargs="+", default=[*RUNS, "build"], choices=[*RUNS, "build"])
+    p.add_argument("--runs", nargs="+", default=[*RUNS, "build"], choices=[*RUNS, *PAGES, "build"],
+                   help="cpu_cold_page / cpu_warm_page: the --only pages alone, recorded beside the earlier reruns")
     p.add_argument("--only", nargs="+", default=None, metavar="SECTION", help="a subset of the notebooks")
     p.add_argument("--zoo", type=Path, default=None,
                    help="the cpu profile's zoo: cpu_warm reuses it as it is (e.g. the zoo a "
@@ -73,12 +89,14 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="notebooks side by side, as `python -m repairlib book`")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_book.json"))
     p.add_argument("--import-log", type=Path, default=None, help="record this `python -m repairlib book` log")
-    p.add_argument("--as", dest="as_run", choices=list(RUNS), default="cpu_cold", help="the run it records")
+    p.add_argument("--as", dest="as_run", choices=[*RUNS, *PAGES], default="cpu_cold",
+                   help="the run it records")
     p.add_argument("--commit", default=None, help="with --import-log: the commit the logged run executed")
     p.add_argument("--date", default=None, help="with --import-log: when the logged run started (UTC)")
     args = p.parse_args(argv)
     if args.import_log is not None:
-        args.runs, imported = [], parse_log(args.import_log.read_text(), RUNS[args.as_run][0], args.jobs)
+        profile = RUNS[PAGES.get(args.as_run, args.as_run)][0]
+        args.runs, imported = [], parse_log(args.import_log.read_text(), profile, args.jobs)
         imported.update({"commit": args.commit, "date": args.date, "log": str(args.import_log)})
     else:
         imported = None
@@ -97,8 +115,10 @@ def main(argv=None) -> int:
     if imported is not None:
         report["runs"][args.as_run] = imported
     try:
-        for run in [r for r in RUNS if r in args.runs]:
-            profile, zoo_mode = RUNS[run]
+        for run in [r for r in [*RUNS, *PAGES] if r in args.runs]:
+            if run in PAGES and not args.only:
+                raise SystemExit(f"--runs {run} times pages rerun alone: name them with --only")
+            profile, zoo_mode = RUNS[PAGES.get(run, run)]
             zoo = args.zoo if args.zoo is not None and profile == "cpu" else work / f"zoo_{profile}"
             if zoo_mode == "fresh" and zoo == args.zoo:
                 raise SystemExit("--zoo is for cpu_warm: a cold run needs an empty zoo of its own")
@@ -106,6 +126,7 @@ def main(argv=None) -> int:
                 shutil.rmtree(zoo)
             print(f"{run}: profile {profile}, {'empty' if zoo_mode == 'fresh' else 'filled'} zoo", flush=True)
             report["runs"][run] = result = run_profile(profile, zoo, work / run, args.only, args.jobs)
+            result.update({"commit": report["commit"], "date": report["date"]})
             print(f"{run}: {result['total_s']} s, {'ok' if result['ok'] else 'FAILED'}", flush=True)
             status |= 0 if result["ok"] else 1
         if "build" in args.runs:
@@ -119,6 +140,9 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():  # runs measured earlier (another commit or date) are kept beside the new ones
         earlier = json.loads(out.read_text())
+        for run in PAGES:
+            if run in report["runs"]:
+                report["runs"][run] = merge_page_run(earlier.get("runs", {}).get(run), report["runs"][run])
         for run, result in earlier.get("runs", {}).items():
             if run not in report["runs"]:
                 report["runs"][run] = {**result, "commit": result.get("commit", earlier.get("commit")),

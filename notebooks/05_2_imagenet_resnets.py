@@ -28,11 +28,12 @@
 # first-layer filters of two ResNet50s before and after alignment; Fig. 11 the curves in test loss.
 #
 # **What we measure here.** ImageNet is not available on this machine. At the `paper` profile this
-# page runs torchvision's ResNet18 and ResNet50 on ImageNet; **at the `cpu` and `smoke` profiles it runs
-# the same torchvision ResNet18 on Fashion-MNIST** (28 x 28 grey images: the 7 x 7 stride-2 stem, which
-# takes one input channel here, and the max pool shrink them to 7 x 7 before the first stage), trained
-# for a few epochs on a subset. The numbers are therefore not ImageNet numbers; what carries over is
-# the comparison between the corrections, on an unmodified torchvision architecture:
+# page runs torchvision's ResNet18 and ResNet50 on ImageNet; **at the `cpu` profile it runs the same
+# torchvision ResNet18 and ResNet50 on Fashion-MNIST** (28 x 28 grey images: the 7 x 7 stride-2 stem,
+# which takes one input channel here, and the max pool shrink them to 7 x 7 before the first stage),
+# each trained for one epoch of all 60,000 training images (the `smoke` profile: a ResNet18 on a few
+# images). The numbers are therefore not ImageNet numbers; what carries over is the comparison between
+# the corrections, on unmodified torchvision architectures:
 #
 # - plain aligned interpolation,
 # - `repairlib.reset_bn` (recompute every BatchNorm's statistics on training data),
@@ -143,7 +144,7 @@ for config in cfg["models"]:
 # statistics plus $\alpha$ times B's; the BatchNorm reset needs no goals, it simply measures the
 # interpolated network.
 
-# %% mystnb={"figure": {"caption": "Paper Fig. 5 left (ResNet50, ImageNet; at the cpu profile ResNet18 on Fashion-MNIST, first seed pair). Test accuracy (%, linear scale) of networks interpolated between two aligned torchvision ResNets against alpha (0 = A, 1 = B): without correction (dotted), with BatchNorm statistics reset (dashed), with REPAIR of the convolution outputs (blue) and of the convolution and residual-block outputs (red).", "name": "fig-5-2-curves-accuracy"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 5 left (ResNet50, ImageNet; at the cpu profile ResNet50 on Fashion-MNIST, one epoch, first seed pair). Test accuracy (%, linear scale) of networks interpolated between two aligned torchvision ResNets against alpha (0 = A, 1 = B): without correction (dotted), with BatchNorm statistics reset (dashed), with REPAIR of the convolution outputs (blue) and of the convolution and residual-block outputs (red).", "name": "fig-5-2-curves-accuracy"}}
 SCOPE_LABELS = {"conv": "REPAIR, conv outputs", "all": "REPAIR, conv + block outputs"}
 CORRECTIONS = {"aligned, no correction": {}, "reset BatchNorm statistics": {"correct": "reset_bn"},
                **{SCOPE_LABELS[s]: {"correct": "repair", "scope": s} for s in cfg["scopes"]}}
@@ -176,7 +177,7 @@ first = MAIN
 plots.curve(cfg["alphas"], {label: [100 * a for a in curves[first, label]["accuracy"]] for label in CORRECTIONS},
             "test accuracy (%)", f"{first}, {cfg['dataset']}", styles=STYLES)
 
-# %% mystnb={"figure": {"caption": "Paper Fig. 11 left (ImageNet; at the cpu profile ResNet18 on Fashion-MNIST, first seed pair). The same interpolations in test loss (cross-entropy, linear scale) against alpha.", "name": "fig-5-2-curves-loss"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 11 left (ResNet50, ImageNet; at the cpu profile ResNet50 on Fashion-MNIST, first seed pair). The same interpolations in test loss (cross-entropy, linear scale) against alpha.", "name": "fig-5-2-curves-loss"}}
 plots.curve(cfg["alphas"], {label: curves[first, label]["loss"] for label in CORRECTIONS}, "test loss",
             f"{first}, {cfg['dataset']}", styles=STYLES)
 
@@ -226,11 +227,11 @@ print(f"{MAIN}, midpoint accuracy of conv-only REPAIR minus BN reset {gap['mean'
 # Section 3 of the paper shows the collapse in a ResNet50 on ImageNet: the variance ratio (the summed
 # variance of a layer's channels in the midpoint network over the endpoints' mean) at every
 # convolution, before and after REPAIR. Here it is measured at every convolution output of the
-# profile's main network (ResNet50 where the profile has one, ResNet18 at the `cpu` profile) with
+# profile's main network (the ResNet50 at the `cpu` and `paper` profiles, ResNet18 at `smoke`) with
 # `repairlib.variance_ratio` on the statistics images, for the first seed pair; below, the ratio at
 # the last convolution for every seed pair, resampled over the training images.
 
-# %% mystnb={"figure": {"caption": "Paper Fig. 2 right (ResNet50, ImageNet; at the cpu profile the torchvision ResNet18 of this page on Fashion-MNIST, 2 epochs on 4,000 training images, first seed pair: a ResNet50 trained like it stayed near chance). Variance ratio v_alpha / ((v_1 + v_2) / 2) at alpha 0.5 at every convolution output in network order (linear scale), aligned without correction and with REPAIR of the convolution outputs; the dotted line is no collapse.", "name": "fig-5-2-variance"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 2 right (ResNet50, ImageNet; at the cpu profile the torchvision ResNet50 of this page on Fashion-MNIST, one epoch of all 60,000 training images, first seed pair). Variance ratio v_alpha / ((v_1 + v_2) / 2) at alpha 0.5 at every convolution output in network order (linear scale), aligned without correction and with REPAIR of the convolution outputs; the dotted line is no collapse.", "name": "fig-5-2-variance"}}
 model_a, model_b, _, stats = pairs[MAIN]
 midpoint = repairlib.interpolate(model_a, model_b, 0.5)
 layer_ratios = {"aligned, no correction": repairlib.variance_ratio(midpoint, model_a, model_b, train, stats=stats),
@@ -256,11 +257,11 @@ print(f"{MAIN}: variance ratio of the aligned midpoint from {before[0]:.2f} at t
 # ## Larger networks, smaller barriers (Fig. 5 right)
 #
 # The midpoint of every architecture of the profile, without correction and with full REPAIR. At the
-# `paper` profile these are ResNet18 and ResNet50 on ImageNet; at the `cpu` profile ResNet18 only: a
-# ResNet50 trained like it stayed near chance (13% test accuracy, four seeds), so its curves would say
-# nothing about REPAIR.
+# `paper` profile these are ResNet18 and ResNet50 on ImageNet, at the `cpu` profile the same two on
+# Fashion-MNIST (11.2M and 23.5M parameters); the paper's double-width ResNet50 needs the `paper`
+# profile.
 
-# %% mystnb={"figure": {"caption": "Paper Fig. 5 right (ResNet18, ResNet50, ResNet50x2 on ImageNet; at the cpu profile ResNet18 on Fashion-MNIST only, first seed pair). Test accuracy (%, linear scale) along the interpolation path for each architecture of the profile, aligned without correction (dashed) and with full REPAIR (solid), against alpha.", "name": "fig-5-2-architectures"}}
+# %% mystnb={"figure": {"caption": "Paper Fig. 5 right (ResNet18, ResNet50, ResNet50x2 on ImageNet; at the cpu profile ResNet18 and ResNet50 on Fashion-MNIST, first seed pair). Test accuracy (%, linear scale) along the interpolation path for each architecture of the profile, aligned without correction (dashed) and with full REPAIR (solid), against alpha.", "name": "fig-5-2-architectures"}}
 series, styles = {}, {}
 for i, name in enumerate(pairs):
     for label, linestyle in (("aligned, no correction", "--"), ("REPAIR, conv + block outputs", "-")):
@@ -277,7 +278,7 @@ plots.curve(cfg["alphas"], series, "test accuracy (%)", f"torchvision ResNets, {
 # B's filters; the subtitle says how much more alike the pairs are than B's filters in their trained
 # order. At the `cpu` profile the stem has one input channel, so the 7 x 7 filters are grey.
 
-# %% mystnb={"figure": {"caption": "First-layer (stem) 7x7 convolution filters in pairs: filter i of network A (left in each pair) beside filter i of network B after B's channels were permuted to align with A (right), each filter scaled by its own largest magnitude (red positive, blue negative, white zero; filters with three input channels are shown in colour), the correlation of the pair's weights below it, best-matched pairs first. The subtitle compares the pairs' mean correlation with that of B in its trained order. Paper Fig. 9 (ResNet50, ImageNet, colour filters); at the cpu profile grey filters of ResNet18 on Fashion-MNIST.", "name": "fig-5-2-filters"}}
+# %% mystnb={"figure": {"caption": "First-layer (stem) 7x7 convolution filters in pairs: filter i of network A (left in each pair) beside filter i of network B after B's channels were permuted to align with A (right), each filter scaled by its own largest magnitude (red positive, blue negative, white zero; filters with three input channels are shown in colour), the correlation of the pair's weights below it, best-matched pairs first. The subtitle compares the pairs' mean correlation with that of B in its trained order. Paper Fig. 9 (ResNet50, ImageNet, colour filters); at the cpu profile grey filters of ResNet50 on Fashion-MNIST.", "name": "fig-5-2-filters"}}
 name = MAIN
 model_a, model_b, original_b, _ = pairs[name]
 plots.filter_pairs(model_a.conv1.weight, model_b.conv1.weight, unaligned=original_b.conv1.weight,
@@ -315,8 +316,9 @@ Markdown(paper_vs_ours(rows))
 #
 # Each claim of section 5.2 as a statistic of the per-image results of every seed pair, at the
 # midpoint: the gains of each correction, the barriers (Eq. 1 along the whole path) and their cuts;
-# the architecture trend (ResNet18 against ResNet50) and the double-width ResNet50 need the `paper`
-# profile.
+# the architecture trend (the barrier after REPAIR against the log of the parameter count) wherever
+# the profile has two architectures (ResNet18 and ResNet50 at `cpu`); the double-width ResNet50 needs
+# the `paper` profile.
 
 # %%
 def barrier(m, label, name=MAIN):

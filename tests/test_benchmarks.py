@@ -49,3 +49,20 @@ def test_bench_precision_conv_shares_are_fractions_of_a_profiled_step():
     shares = bench.conv_shares(config, 4, (1, 28, 28), steps=1)
     assert 0 < shares["first_stage_conv_share"] < shares["conv_share"] < 1
     assert set(bench.WIDTHS) == {"resnet20 x0.25", "resnet20 x0.5", "resnet20 x1", "resnet20 x2"}
+
+
+def test_bench_book_page_reruns_collect_notebooks_each_with_its_own_date():
+    bench = _script("bench_book")
+    first = bench.parse_log("[1/1] 05_2_imagenet_resnets  900.0 s  ok\nbook: 1 ok, 0 failed in 900 s\n")
+    first.update({"date": "2027-01-01 10:00 UTC", "commit": "aaa", "log": "one.log"})
+    merged = bench.merge_page_run(None, first)
+    second = bench.parse_log("[1/1] 04_repair  50.0 s  FAILED (x)\nbook: 0 ok, 1 failed in 50 s\n")
+    second.update({"date": "2027-01-02 10:00 UTC", "commit": "bbb", "log": "two.log"})
+    merged = bench.merge_page_run(merged, second)
+    assert set(merged["notebooks"]) == {"05_2_imagenet_resnets", "04_repair"} and merged["ok"] is False
+    assert merged["notebooks"]["05_2_imagenet_resnets"]["date"] == "2027-01-01 10:00 UTC"
+    assert merged["notebooks"]["04_repair"]["commit"] == "bbb" and merged["total_s"] == 50.0
+    again = bench.merge_page_run(merged, {**first, "date": "2027-01-03 10:00 UTC"})  # a page rerun again
+    assert again["notebooks"]["05_2_imagenet_resnets"]["date"] == "2027-01-03 10:00 UTC"
+    with pytest.raises(SystemExit, match="--only"):
+        bench.main(["--runs", "cpu_cold_page", "--out", "/dev/null"])

@@ -29,7 +29,9 @@ def measured_runs(root=None) -> dict:
     """The book's own timed runs at the cpu profile, ``python -m repairlib book --profile cpu --jobs 2``
     recorded by ``benchmarks/bench_book.py --import-log``: ``{"cpu_cold": run, "cpu_warm": run}`` from
     ``<root>/benchmarks/results/bench_book.json`` (cold: empty checkpoint zoo, every network trained;
-    warm: filled zoo, networks loaded). Each run has ``date`` and ``notebooks: {stem: {"seconds": s}}``."""
+    warm: filled zoo, networks loaded), plus ``"cpu_cold_page"`` / ``"cpu_warm_page"`` where pages were
+    rerun alone since (``--only``; each notebook with its own ``date``). Each run has ``date`` and
+    ``notebooks: {stem: {"seconds": s}}``."""
     import json
 
     from repairlib.book.results import book_root
@@ -42,21 +44,37 @@ def measured_runs(root=None) -> dict:
     missing = [k for k in ("cpu_cold", "cpu_warm") if k not in runs]
     if missing:
         raise KeyError(f"{path} has no run {' or '.join(missing)}: record a cold and a warm run of the cpu profile")
-    return {k: runs[k] for k in ("cpu_cold", "cpu_warm")}
+    return {k: runs[k] for k in ("cpu_cold", "cpu_warm", *PAGE_RUNS) if k in runs}
+
+
+PAGE_RUNS = ("cpu_cold_page", "cpu_warm_page")  # pages rerun alone after the whole-book runs
+
+
+def _timed_in(runs: dict, stem: str) -> tuple:
+    """The (cold, warm) run records that time ``stem``: its page reruns where both have it (a page changed
+    since the whole-book runs), else the whole-book runs."""
+    pages = [runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS]
+    if all(stem in notebooks for notebooks in pages):
+        return tuple(notebooks[stem] for notebooks in pages)
+    return runs["cpu_cold"]["notebooks"][stem], runs["cpu_warm"]["notebooks"][stem]
 
 
 def measured_cpu_s(root=None, runs=None) -> dict:
     """``{stem: (cold seconds, warm seconds)}`` for every notebook timed in both runs of
-    :func:`measured_runs` (read from ``root`` unless ``runs`` is given), in the cold run's order."""
+    :func:`measured_runs` (read from ``root`` unless ``runs`` is given), in the cold run's order; a page
+    rerun alone in both page runs takes its times from those."""
     runs = runs if runs is not None else measured_runs(root)
     cold, warm = runs["cpu_cold"]["notebooks"], runs["cpu_warm"]["notebooks"]
-    return {stem: (cold[stem]["seconds"], warm[stem]["seconds"]) for stem in cold if stem in warm}
+    return {stem: tuple(t["seconds"] for t in _timed_in(runs, stem)) for stem in cold if stem in warm}
 
 
-def measured_on(root=None, runs=None) -> str:
-    """When and where :func:`measured_cpu_s` was measured, as the notes state it."""
+def measured_on(root=None, runs=None, stem=None) -> str:
+    """When and where :func:`measured_cpu_s` was measured (for ``stem``: its own times), as the notes state it."""
     runs = runs if runs is not None else measured_runs(root)
-    dates = sorted({run["date"][:10] for run in runs.values()})
+    if stem is not None and all(stem in runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS):
+        dates = sorted({t.get("date", "")[:10] for t in _timed_in(runs, stem)})
+    else:
+        dates = sorted({runs[k]["date"][:10] for k in ("cpu_cold", "cpu_warm")})
     return f"{' and '.join(dates)}, {MACHINE}"
 
 
@@ -97,7 +115,7 @@ def colab_note(stem: str, root=None) -> str:
     return (
         f"{NOTE_START} (an estimate, not a measurement).** At the `cpu` profile this page should take "
         f"about {_minutes(t4_seconds(stem, measured))} on Colab's T4, training its networks from scratch, plus "
-        f"the install cell and the data download. Measured without a GPU ({measured_on(runs=runs)}): "
+        f"the install cell and the data download. Measured without a GPU ({measured_on(runs=runs, stem=stem)}): "
         f"{cold:.0f} s with an empty checkpoint zoo, {warm:.0f} s with the networks cached; the "
         f"estimate assumes that training runs {T4_TRAINING_SPEEDUP:g}x faster on a T4 and everything else "
         f"no faster (the basis: the *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks "
