@@ -85,6 +85,7 @@ from IPython.display import Markdown
 import repairlib
 from repairlib import book, data, plots, zoo
 from repairlib.book import evidence, paper_vs_ours
+from repairlib.metrics import batchnorm_drift
 from repairlib.points import correction_points
 
 cfg = book.settings(
@@ -222,6 +223,22 @@ print(f"{MAIN}, midpoint accuracy of conv-only REPAIR minus BN reset {gap['mean'
       evidence.in_words(gap, "agree within half a point", "differ by more than half a point"))
 
 # %% [markdown]
+# Where the two differ, the BatchNorms' running statistics are the suspect: REPAIR's goals are the
+# endpoints' statistics as measured in eval mode, a reset re-measures the running statistics, so the
+# two agree only where each endpoint's running variance is the variance its BatchNorms see at test
+# time. `repairlib.metrics.batchnorm_drift` measures that ratio (median over channels, training
+# images) for every BatchNorm of network A, here summarised per stage.
+
+# %%
+for name, (model_a, _, _, _) in pairs.items():
+    drift = batchnorm_drift(model_a, train)
+    stages = {}
+    for layer, ratio in drift.items():
+        stages.setdefault(layer.split(".")[0] if layer.startswith("layer") else "stem", []).append(ratio)
+    print(f"{name} A, Var(input) / running_var of its BatchNorms, median per stage: " + ", ".join(
+        f"{stage} {torch.tensor(r).median():.2f}" for stage, r in stages.items()))
+
+# %% [markdown]
 # ## Variance collapse in the ResNet50 (Fig. 2 right)
 #
 # Section 3 of the paper shows the collapse in a ResNet50 on ImageNet: the variance ratio (the summed
@@ -236,7 +253,8 @@ model_a, model_b, _, stats = pairs[MAIN]
 midpoint = repairlib.interpolate(model_a, model_b, 0.5)
 layer_ratios = {"aligned, no correction": repairlib.variance_ratio(midpoint, model_a, model_b, train, stats=stats),
                 CONV: repairlib.variance_ratio(repairlib.repair(midpoint, model_a, model_b, train, 0.5, scope="conv",
-                                                                stats=stats), model_a, model_b, train, stats=stats)}
+                                                                stats=stats, fuse=False), model_a, model_b, train,
+                                               stats=stats)}  # unfused: the ratio at the corrected channels
 plots.layer_ratios({k: list(v.values()) for k, v in layer_ratios.items()}, f"{MAIN} midpoint, {cfg['dataset']}",
                    styles={k: STYLES[k] for k in layer_ratios})
 

@@ -98,3 +98,34 @@ def variance_ratio(model: nn.Module, model_a: nn.Module, model_b: nn.Module, dat
     mid = point_statistics(model, data, stats.points)
     return {p: float(mid[p][1].sum() / ((stats.var_a[p].sum() + stats.var_b[p].sum()) / 2).clamp_min(1e-30))
             for p in stats.points}
+
+
+def batchnorm_drift(model: nn.Module, data) -> dict:
+    """``BatchNorm name -> Var(x) / running_var`` of each BatchNorm's input ``x`` in eval mode: the median
+    over its channels of the variance of ``x`` over ``data`` (per channel, pooled over batch and space)
+    divided by the running variance the BatchNorm normalises with. 1 where the running statistics
+    describe what the layer sees at test time; far from 1 where they do not (running statistics are
+    averages of training batches, taken while the layers before it ran on their own batch statistics).
+    REPAIR's goals are the endpoints' measured statistics, a BatchNorm reset re-measures the running
+    ones, so drifted BatchNorms separate the two corrections. ``model``'s modes are restored."""
+    import torch
+
+    from repairlib.plumbing import as_input, batches, eval_mode
+    from repairlib.stats import Moments
+
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.running_var is not None}
+    if not norms:
+        raise ValueError("model has no BatchNorm with running statistics")
+    moments = {n: Moments() for n in norms}
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: moments[n].update(args[0].detach().double()))
+             for n, m in norms.items()]
+    try:
+        with torch.no_grad(), eval_mode(model):
+            for x, _ in batches(reusable(data)):
+                model(as_input(x, model))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n: float((moments[n].var_x / norms[n].running_var.double().to(moments[n].var_x.device)).median())
+            for n in norms}

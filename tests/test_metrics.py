@@ -191,3 +191,24 @@ def test_batches_chunks_only_cpu_image_batches():
     assert len(list(batches([(x, y)]))) == 1  # passes that depend on the batch see it whole
     flat = torch.randn(CPU_CHUNK + 30, 16)  # an MLP's batch: matrix products prefer big batches
     assert len(list(batches([flat], chunk=True))) == 1
+
+
+def test_batchnorm_drift_is_one_for_running_statistics_of_the_same_data_and_large_when_stale():
+    from repairlib.metrics import batchnorm_drift
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4))
+    data = [(3 * torch.randn(50, 1, 8, 8), torch.zeros(50, dtype=torch.long)) for _ in range(2)]
+    stale = batchnorm_drift(model, data)  # running_var 1, inputs of variance ~9 x the conv's gain
+    assert set(stale) == {"1", "4"} and stale["1"] > 2
+    model.train()
+    for bn in (model[1], model[4]):
+        bn.momentum = None  # cumulative average: the running statistics of exactly these batches
+    with torch.no_grad():
+        for x, _ in data:
+            model(x)
+    fresh = batchnorm_drift(model, data)
+    assert fresh["1"] == pytest.approx(1.0, rel=0.02) and model.training  # its mode restored
+    assert fresh["4"] == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        batchnorm_drift(nn.Linear(3, 2), [(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))])
