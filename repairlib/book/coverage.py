@@ -275,6 +275,12 @@ CAUSES = tuple(_cause(*row) for row in (
      "that width again show a steeper growth"), "slope", (">", 0.0),
      "slope of the REPAIRed accuracy barrier over depth (shallowest and deepest VGG), half width minus "
      "the sweep's width"),
+    ("sec52_reset_running_stats", "sec52_reset", ("Running statistics: the two corrections coincide only "
+     "where each endpoint's BatchNorms normalise with the variance their inputs have at test time. With the "
+     "endpoints' running statistics re-measured on training images (a BatchNorm reset of A and of B) "
+     "before interpolating, REPAIR of the conv outputs and the reset agree within a point (what remains is the "
+     "gap between interpolated standard deviations and the root of interpolated variances)"),
+     "fraction", ("=", 0.0, 0.01), "midpoint accuracy, conv-only REPAIR minus BN reset, endpoints reset first"),
     ("fig7_unequal_endpoints", "fig7", ("Unequal endpoints: here the two halves' networks differ in test "
      "loss, and the merge is compared with the better one. Against the line between the endpoints' losses, "
      "some REPAIRed interpolation is lower: the merge gains over its endpoints"),
