@@ -94,6 +94,9 @@ def main(argv=None) -> int:
     p.add_argument("--commit", default=None, help="with --import-log: the commit the logged run executed")
     p.add_argument("--date", default=None, help="with --import-log: when the logged run started (UTC)")
     args = p.parse_args(argv)
+    alone = [r for r in args.runs if r in PAGES]
+    if alone and not args.only:
+        raise SystemExit(f"--runs {' '.join(alone)} times pages rerun alone: name them with --only")
     if args.import_log is not None:
         profile = RUNS[PAGES.get(args.as_run, args.as_run)][0]
         args.runs, imported = [], parse_log(args.import_log.read_text(), profile, args.jobs)
@@ -116,8 +119,6 @@ def main(argv=None) -> int:
         report["runs"][args.as_run] = imported
     try:
         for run in [r for r in [*RUNS, *PAGES] if r in args.runs]:
-            if run in PAGES and not args.only:
-                raise SystemExit(f"--runs {run} times pages rerun alone: name them with --only")
             profile, zoo_mode = RUNS[PAGES.get(run, run)]
             zoo = args.zoo if args.zoo is not None and profile == "cpu" else work / f"zoo_{profile}"
             if zoo_mode == "fresh" and zoo == args.zoo:

@@ -41,10 +41,10 @@
 # - `repairlib.repair(..., scope="all")`: also at every residual-block output.
 #
 # **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
-# about 2 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
-# data download. Measured without a GPU (2026-12-02, 2 CPU cores with AVX512-BF16, one torch thread
-# per notebook): 357 s with an empty checkpoint zoo, 44 s with the networks cached; the estimate
-# assumes that training runs 10x faster on a T4 and everything else no faster (the basis: the
+# about 8 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
+# data download. Measured without a GPU (2026-12-03, 2 CPU cores with AVX512-BF16, the page alone on
+# two torch threads): 1795 s with an empty checkpoint zoo, 109 s with the networks cached; the
+# estimate assumes that training runs 10x faster on a T4 and everything else no faster (the basis: the
 # *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks for
 # the paper's epochs and is not estimated here (see *Running at the paper's scale*).
 
@@ -193,7 +193,9 @@ plots.curve(cfg["alphas"], {label: curves[first, label]["loss"] for label in COR
 # interpolated affine parameters as mean and scale. The two differ only by the ratio between the
 # interpolated standard deviation $(1-\alpha)\sigma_A + \alpha\sigma_B$ and the square root of the
 # interpolated variance $\sqrt{(1-\alpha)\sigma_A^2 + \alpha\sigma_B^2}$, which is close to 1 when the
-# two networks' channels have similar scales, and by the images each statistic is measured on. We
+# two networks' channels have similar scales, by the images each statistic is measured on, and by
+# how well each endpoint's running statistics describe its BatchNorms' inputs at test time (REPAIR
+# keeps any mismatch the endpoints have, a reset removes it; tested below). We
 # compare the two corrected midpoints directly, and measure their gap at the midpoint over every
 # seed pair with a bootstrap over the test images (the paper's "mathematically equivalent": a gap of 0).
 

@@ -1,6 +1,7 @@
 """The benchmark scripts' own arithmetic (their measurements run outside the test suite)."""
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -64,5 +65,7 @@ def test_bench_book_page_reruns_collect_notebooks_each_with_its_own_date():
     assert merged["notebooks"]["04_repair"]["commit"] == "bbb" and merged["total_s"] == 50.0
     again = bench.merge_page_run(merged, {**first, "date": "2027-01-03 10:00 UTC"})  # a page rerun again
     assert again["notebooks"]["05_2_imagenet_resnets"]["date"] == "2027-01-03 10:00 UTC"
+    before = dict(os.environ)
     with pytest.raises(SystemExit, match="--only"):
         bench.main(["--runs", "cpu_cold_page", "--out", "/dev/null"])
+    assert dict(os.environ) == before  # refused before it sets $REPAIR_RESULTS or anything else

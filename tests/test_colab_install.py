@@ -71,7 +71,8 @@ def test_measured_times_are_the_benchmark_records(tmp_path):
              "cpu_warm_page": {"notebooks": {"04_repair": {"seconds": 90.0, "date": "2027-02-01 10:00 UTC"}}}}
     (tmp_path / colab.BENCH_BOOK).write_text(json.dumps({"runs": {**fresh, **pages}}))
     assert colab.measured_cpu_s(tmp_path) == {"04_repair": (900.0, 90.0)}
-    assert "2027-02-01," in colab.colab_note("04_repair", tmp_path)
+    note = colab.colab_note("04_repair", tmp_path)  # two threads: 90 + 2 x 810 / 10 s = 252 s
+    assert "2027-02-01," in note and "two torch threads" in note and "about 5 minutes" in note
     del pages["cpu_warm_page"]  # a cold rerun without its warm one is not used
     (tmp_path / colab.BENCH_BOOK).write_text(json.dumps({"runs": {**fresh, **pages}}))
     assert colab.measured_cpu_s(tmp_path) == {"04_repair": (600.0, 60.0)}

@@ -23,6 +23,7 @@ from pathlib import Path
 
 BENCH_BOOK = Path("benchmarks") / "results" / "bench_book.json"  # under the book's root
 MACHINE = "2 CPU cores with AVX512-BF16, one torch thread per notebook"  # the machine of those runs
+PAGE_MACHINE = "2 CPU cores with AVX512-BF16, the page alone on two torch threads"  # a page rerun alone
 
 
 def measured_runs(root=None) -> dict:
@@ -54,7 +55,7 @@ def _timed_in(runs: dict, stem: str) -> tuple:
     """The (cold, warm) run records that time ``stem``: its page reruns where both have it (a page changed
     since the whole-book runs), else the whole-book runs."""
     pages = [runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS]
-    if all(stem in notebooks for notebooks in pages):
+    if all(stem in notebooks for notebooks in pages):  # rerun_alone
         return tuple(notebooks[stem] for notebooks in pages)
     return runs["cpu_cold"]["notebooks"][stem], runs["cpu_warm"]["notebooks"][stem]
 
@@ -71,10 +72,10 @@ def measured_cpu_s(root=None, runs=None) -> dict:
 def measured_on(root=None, runs=None, stem=None) -> str:
     """When and where :func:`measured_cpu_s` was measured (for ``stem``: its own times), as the notes state it."""
     runs = runs if runs is not None else measured_runs(root)
-    if stem is not None and all(stem in runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS):
+    if stem is not None and rerun_alone(stem, runs):
         dates = sorted({t.get("date", "")[:10] for t in _timed_in(runs, stem)})
-    else:
-        dates = sorted({runs[k]["date"][:10] for k in ("cpu_cold", "cpu_warm")})
+        return f"{' and '.join(dates)}, {PAGE_MACHINE}"
+    dates = sorted({runs[k]["date"][:10] for k in ("cpu_cold", "cpu_warm")})
     return f"{' and '.join(dates)}, {MACHINE}"
 
 
@@ -93,12 +94,18 @@ NOTE_START = "**On a free Colab GPU"
 _URL = re.compile(r"git\+[^\"'\s]+")
 
 
-def t4_seconds(stem: str, measured=None) -> float:
+def t4_seconds(stem: str, measured=None, threads: int = 1) -> float:
     """The estimated seconds of notebook ``stem`` on a T4 at the cpu profile with an empty zoo: the
     measured time without training (the filled-zoo run) plus the measured training time (empty zoo
-    minus filled zoo) divided by :data:`T4_TRAINING_SPEEDUP`."""
+    minus filled zoo) on ``threads`` torch threads, in one-thread time, divided by
+    :data:`T4_TRAINING_SPEEDUP` (its basis is one thread's rate)."""
     cold, warm = (measured if measured is not None else measured_cpu_s())[stem]
-    return warm + max(cold - warm, 0.0) / T4_TRAINING_SPEEDUP
+    return warm + max(cold - warm, 0.0) * threads / T4_TRAINING_SPEEDUP
+
+
+def rerun_alone(stem: str, runs: dict) -> bool:
+    """Whether ``stem``'s times come from the page reruns (:data:`PAGE_RUNS`), on two torch threads."""
+    return all(stem in runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS)
 
 
 def _minutes(seconds: float) -> str:
@@ -114,7 +121,7 @@ def colab_note(stem: str, root=None) -> str:
     cold, warm = measured[stem]
     return (
         f"{NOTE_START} (an estimate, not a measurement).** At the `cpu` profile this page should take "
-        f"about {_minutes(t4_seconds(stem, measured))} on Colab's T4, training its networks from scratch, plus "
+        f"about {_minutes(t4_seconds(stem, measured, 2 if rerun_alone(stem, runs) else 1))} on Colab's T4, training its networks from scratch, plus "
         f"the install cell and the data download. Measured without a GPU ({measured_on(runs=runs, stem=stem)}): "
         f"{cold:.0f} s with an empty checkpoint zoo, {warm:.0f} s with the networks cached; the "
         f"estimate assumes that training runs {T4_TRAINING_SPEEDUP:g}x faster on a T4 and everything else "
