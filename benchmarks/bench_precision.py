@@ -39,10 +39,11 @@ WIDTHS = {f"resnet20 x{w:g}": ({"arch": "resnet20", "width": w, "norm": "bn", "i
           for w in (0.25, 0.5, 1, 2)}
 
 
-def step_seconds(config: dict, batch: int, shape: tuple, bf16: bool, channels_last: bool, steps: int,
-                 compiled: bool = False) -> tuple:
-    """(median CPU seconds of one SGD step of ``config`` on a batch of ``batch`` random inputs, wall seconds
-    of the three warm-up steps: the compile time with ``compiled``)."""
+def sgd_step(config: dict, batch: int, shape: tuple, bf16: bool, channels_last: bool, compiled: bool = False):
+    """One SGD step of ``config`` (seed 0) on a fixed batch of ``batch`` random inputs of ``shape``, as a
+    function of no arguments: forward under bf16 autocast or not, cross-entropy, backward, SGD with
+    momentum, in ``channels_last`` memory format or contiguous, the forward through ``torch.compile``
+    with ``compiled``."""
     torch.manual_seed(0)
     model = models.build(config).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -59,6 +60,14 @@ def step_seconds(config: dict, batch: int, shape: tuple, bf16: bool, channels_la
         loss.backward()
         opt.step()
 
+    return step
+
+
+def step_seconds(config: dict, batch: int, shape: tuple, bf16: bool, channels_last: bool, steps: int,
+                 compiled: bool = False) -> tuple:
+    """(median CPU seconds of one SGD step of ``config`` on a batch of ``batch`` random inputs, wall seconds
+    of the three warm-up steps: the compile time with ``compiled``)."""
+    step = sgd_step(config, batch, shape, bf16, channels_last, compiled)
     warm_start = time.perf_counter()
     for _ in range(3):
         step()
@@ -75,19 +84,7 @@ def step_seconds(config: dict, batch: int, shape: tuple, bf16: bool, channels_la
 def conv_shares(config: dict, batch: int, shape: tuple, steps: int = 5) -> dict:
     """Shares of one bf16 channels_last SGD step's profiled CPU time spent in convolutions (forward and
     backward) and in those whose input is a first-stage feature map (the input's height, e.g. 28)."""
-    torch.manual_seed(0)
-    model = models.build(config).train().to(memory_format=torch.channels_last)
-    x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    step = sgd_step(config, batch, shape, bf16=True, channels_last=True)
     for _ in range(3):
         step()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:

@@ -6,6 +6,12 @@ from torch import nn
 from repairlib.plumbing import as_input, batches, eval_mode, reusable
 
 
+def tracked_batchnorms(model: nn.Module) -> dict:
+    """``name -> module`` of every BatchNorm1d/2d/3d of ``model`` that keeps running statistics."""
+    return {n: m for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+
+
 @torch.no_grad()
 def reset_bn(model: nn.Module, data, max_examples: int | None = None) -> nn.Module:
     """Recompute every BatchNorm's running statistics on ``data``, in place; returns ``model``.
@@ -16,7 +22,7 @@ def reset_bn(model: nn.Module, data, max_examples: int | None = None) -> nn.Modu
     only the BatchNorm layers in train mode; modes and momenta are restored. The statistics are only
     reset once the first batch has arrived, so bad data leaves them as they were.
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = list(tracked_batchnorms(model).values())
     if not bns:
         return model
     momenta = [bn.momentum for bn in bns]

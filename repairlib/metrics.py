@@ -1,14 +1,25 @@
 """Interpolation barriers (paper Eq. 1) and variance collapse (section 3.1), measured on data."""
 
+import torch
 from torch import nn
 
+from repairlib.batchnorm import tracked_batchnorms
 from repairlib.correction import CORRECTIONS, corrected
 from repairlib.endpoints import EndpointStats, endpoint_stats, measure
 from repairlib.evaluation import evaluate
 from repairlib.fusion import ChannelAffine
 from repairlib.interpolation import interpolate
-from repairlib.plumbing import check_choice, check_finite, check_networks, reusable
+from repairlib.plumbing import (
+    as_input,
+    batches,
+    check_choice,
+    check_finite,
+    check_networks,
+    eval_mode,
+    reusable,
+)
 from repairlib.spec import trace
+from repairlib.stats import Moments
 
 
 def barrier(model_a: nn.Module, model_b: nn.Module, data, alphas=None, correct: str = "none", stats_data=None,
@@ -108,13 +119,7 @@ def batchnorm_drift(model: nn.Module, data) -> dict:
     averages of training batches, taken while the layers before it ran on their own batch statistics).
     REPAIR's goals are the endpoints' measured statistics, a BatchNorm reset re-measures the running
     ones, so drifted BatchNorms separate the two corrections. ``model``'s modes are restored."""
-    import torch
-
-    from repairlib.plumbing import as_input, batches, eval_mode
-    from repairlib.stats import Moments
-
-    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.running_var is not None}
+    norms = tracked_batchnorms(model)
     if not norms:
         raise ValueError("model has no BatchNorm with running statistics")
     moments = {n: Moments() for n in norms}

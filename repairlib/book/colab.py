@@ -23,7 +23,9 @@ from pathlib import Path
 
 BENCH_BOOK = Path("benchmarks") / "results" / "bench_book.json"  # under the book's root
 MACHINE = "2 CPU cores with AVX512-BF16, one torch thread per notebook"  # the machine of those runs
-PAGE_MACHINE = "2 CPU cores with AVX512-BF16, the page alone on two torch threads"  # a page rerun alone
+PAGE_RUNS = ("cpu_cold_page", "cpu_warm_page")  # pages rerun alone after the whole-book runs
+PAGE_THREADS = 2  # on both cores: two torch threads
+PAGE_MACHINE = "2 CPU cores with AVX512-BF16, the page alone on two torch threads"
 
 
 def measured_runs(root=None) -> dict:
@@ -48,16 +50,17 @@ def measured_runs(root=None) -> dict:
     return {k: runs[k] for k in ("cpu_cold", "cpu_warm", *PAGE_RUNS) if k in runs}
 
 
-PAGE_RUNS = ("cpu_cold_page", "cpu_warm_page")  # pages rerun alone after the whole-book runs
+def rerun_alone(stem: str, runs: dict) -> bool:
+    """Whether ``stem``'s times come from the page reruns (:data:`PAGE_RUNS`, on :data:`PAGE_THREADS`
+    torch threads): both of them time it."""
+    return all(stem in runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS)
 
 
 def _timed_in(runs: dict, stem: str) -> tuple:
     """The (cold, warm) run records that time ``stem``: its page reruns where both have it (a page changed
     since the whole-book runs), else the whole-book runs."""
-    pages = [runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS]
-    if all(stem in notebooks for notebooks in pages):  # rerun_alone
-        return tuple(notebooks[stem] for notebooks in pages)
-    return runs["cpu_cold"]["notebooks"][stem], runs["cpu_warm"]["notebooks"][stem]
+    keys = PAGE_RUNS if rerun_alone(stem, runs) else ("cpu_cold", "cpu_warm")
+    return tuple(runs[k]["notebooks"][stem] for k in keys)
 
 
 def measured_cpu_s(root=None, runs=None) -> dict:
@@ -103,11 +106,6 @@ def t4_seconds(stem: str, measured=None, threads: int = 1) -> float:
     return warm + max(cold - warm, 0.0) * threads / T4_TRAINING_SPEEDUP
 
 
-def rerun_alone(stem: str, runs: dict) -> bool:
-    """Whether ``stem``'s times come from the page reruns (:data:`PAGE_RUNS`), on two torch threads."""
-    return all(stem in runs.get(k, {}).get("notebooks", {}) for k in PAGE_RUNS)
-
-
 def _minutes(seconds: float) -> str:
     m = max(1, math.ceil(seconds / 60))
     return f"{m} minute" + ("s" if m != 1 else "")
@@ -121,7 +119,7 @@ def colab_note(stem: str, root=None) -> str:
     cold, warm = measured[stem]
     return (
         f"{NOTE_START} (an estimate, not a measurement).** At the `cpu` profile this page should take "
-        f"about {_minutes(t4_seconds(stem, measured, 2 if rerun_alone(stem, runs) else 1))} on Colab's T4, training its networks from scratch, plus "
+        f"about {_minutes(t4_seconds(stem, measured, PAGE_THREADS if rerun_alone(stem, runs) else 1))} on Colab's T4, training its networks from scratch, plus "
         f"the install cell and the data download. Measured without a GPU ({measured_on(runs=runs, stem=stem)}): "
         f"{cold:.0f} s with an empty checkpoint zoo, {warm:.0f} s with the networks cached; the "
         f"estimate assumes that training runs {T4_TRAINING_SPEEDUP:g}x faster on a T4 and everything else "
