@@ -31,11 +31,11 @@
 #
 # **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
 # about 1 minute on Colab's T4, training its networks from scratch, plus the install cell and the data
-# download. Measured without a GPU (2026-12-02, 2 CPU cores with AVX512-BF16, one torch thread per
-# notebook): 38 s with an empty checkpoint zoo, 12 s with the networks cached; the estimate assumes
-# that training runs 10x faster on a T4 and everything else no faster (the basis: the *Reproduce*
-# page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks for the paper's
-# epochs and is not estimated here (see *Running at the paper's scale*).
+# download. Measured without a GPU (2026-12-02 and 2026-12-04, 2 CPU cores with AVX512-BF16, one torch
+# thread per notebook): 37 s with an empty checkpoint zoo, 12 s with the networks cached; the estimate
+# assumes that training runs 10x faster on a T4 and everything else no faster (the basis: the
+# *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks for
+# the paper's epochs and is not estimated here (see *Running at the paper's scale*).
 
 # %% tags=["hide-cell"]
 # Colab / Binder: install repairlib (and the book's plotting tools) when it is missing.

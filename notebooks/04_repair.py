@@ -41,9 +41,9 @@
 #
 # **On a free Colab GPU (an estimate, not a measurement).** At the `cpu` profile this page should take
 # about 2 minutes on Colab's T4, training its networks from scratch, plus the install cell and the
-# data download. Measured without a GPU (2026-12-02, 2 CPU cores with AVX512-BF16, one torch thread
-# per notebook): 196 s with an empty checkpoint zoo, 55 s with the networks cached; the estimate
-# assumes that training runs 10x faster on a T4 and everything else no faster (the basis: the
+# data download. Measured without a GPU (2026-12-02 and 2026-12-04, 2 CPU cores with AVX512-BF16, one
+# torch thread per notebook): 188 s with an empty checkpoint zoo, 55 s with the networks cached; the
+# estimate assumes that training runs 10x faster on a T4 and everything else no faster (the basis: the
 # *Reproduce* page, and `repairlib.book.colab`). The `paper` profile trains the paper's networks for
 # the paper's epochs and is not estimated here (see *Running at the paper's scale*).
 
